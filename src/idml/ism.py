@@ -1,0 +1,124 @@
+"""The introspective similarity metric (ISM) of IDML, for classification.
+
+The official code turns plain classifier logits ``s`` into introspective logits
+
+    z = 1 - (1 - s) * exp(-d_u / (lam * d_s))
+
+where ``d_s`` is the squared distance between an image's embedding and each class prototype and
+``d_u`` the squared distance between their uncertainty embeddings (prototype uncertainty is zero
+for classification, so ``d_u = ||u||^2``).  An image that is uncertain relative to how far it lies
+from a class has that class's logit pulled towards 1, which flattens the softmax: the network may
+stay unsure about ambiguous images instead of being forced into confidence.
+
+Everything here runs in float32 even under autocast, and ``d_s`` is clamped to a tiny epsilon so
+that an embedding lying exactly on a prototype gives a finite value (the official code gives NaN).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+#: Smallest semantic distance used in the denominator; official values are unchanged above it.
+DISTANCE_EPS = 1e-12
+#: exp(-88) is below float32's smallest normal number: larger exponents change nothing but can
+#: overflow to inf (and inf * 0 = NaN in the backward pass), so the exponent is capped there.
+MAX_EXPONENT = 88.0
+
+
+def squared_distances(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise squared Euclidean distances (N x M) with one matrix product."""
+    a_sq = a.pow(2).sum(dim=1, keepdim=True)
+    b_sq = b.pow(2).sum(dim=1).unsqueeze(0)
+    return torch.addmm(a_sq + b_sq, a, b.t(), alpha=-2.0).clamp_min_(0.0)
+
+
+def introspective_logits(
+    logits: Tensor,
+    embedding: Tensor,
+    prototypes: Tensor,
+    uncertainty: Tensor,
+    prototype_uncertainty: Tensor | None = None,
+    lam: float = 5.0,
+) -> Tensor:
+    """Introspective logits (B x C) from plain logits and the two embeddings.
+
+    Shapes: ``logits`` B x C, ``embedding`` B x D, ``prototypes`` C x D, ``uncertainty`` B x K,
+    ``prototype_uncertainty`` C x K or ``None`` (zeros, as in the official classification code).
+    """
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        s = logits.float()
+        d_s = squared_distances(embedding.float(), prototypes.float()).clamp_min(DISTANCE_EPS)
+        u = uncertainty.float()
+        if prototype_uncertainty is None:
+            d_u = u.pow(2).sum(dim=1, keepdim=True)
+        else:
+            d_u = squared_distances(u, prototype_uncertainty.float())
+        exponent = (d_u / (lam * d_s)).clamp(max=MAX_EXPONENT)
+        return 1.0 - (1.0 - s) * torch.exp(-exponent)
+
+
+def uncertainty_score(uncertainty: Tensor) -> Tensor:
+    """Per-image uncertainty score: the squared norm of the uncertainty embedding (``d_u``)."""
+    return uncertainty.float().pow(2).sum(dim=1)
+
+
+class HeadOutput(NamedTuple):
+    """What a classifier with the IDML head returns.
+
+    ``logits`` are the plain classifier logits (used for evaluation and prediction);
+    ``train_logits`` are what the training loss reads: the introspective logits when ISM is on,
+    otherwise the plain logits again; ``uncertainty`` is the B x K uncertainty embedding, or
+    ``None`` without ISM.
+    """
+
+    logits: Tensor
+    train_logits: Tensor
+    uncertainty: Tensor | None
+
+
+class ISMHead(nn.Module):
+    """Linear classifier plus the IDML uncertainty branch, on pooled features (B x D).
+
+    ``fc`` is an ordinary ``nn.Linear`` (so pretrained classifier weights load into it) and the
+    class prototypes are ``w_c + b_c``: exactly what the official code gets by applying ``fc`` to
+    the identity matrix, without building that matrix every step.
+    """
+
+    def __init__(
+        self, in_features: int, num_classes: int, uncertainty_dim: int | None = 128, lam: float = 5.0
+    ) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes)
+        self.uncertainty = nn.Linear(in_features, uncertainty_dim) if uncertainty_dim else None
+        self.lam = lam
+
+    @property
+    def ism(self) -> bool:
+        return self.uncertainty is not None
+
+    def prototypes(self) -> Tensor:
+        """Class prototypes (C x D); gradients flow into the classifier's weight and bias."""
+        return self.fc.weight + self.fc.bias.unsqueeze(1)
+
+    def forward(self, features: Tensor) -> HeadOutput:
+        logits = self.fc(features)
+        if self.uncertainty is None:
+            return HeadOutput(logits, logits, None)
+        u = torch.relu(self.uncertainty(features))
+        z = introspective_logits(logits, features, self.prototypes(), u, lam=self.lam)
+        return HeadOutput(logits, z, u)
+
+
+class IntrospectiveClassifier(nn.Module):
+    """Any feature extractor (images -> B x D pooled features) followed by an :class:`ISMHead`."""
+
+    def __init__(self, backbone: nn.Module, head: ISMHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: Tensor) -> HeadOutput:
+        return self.head(torch.flatten(self.backbone(x), 1))

@@ -1,0 +1,86 @@
+"""Model registry and :func:`build_model`, which puts the IDML head on a backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from idml.datasets_info import DEFAULT_UNCERTAINTY_DIM, dataset_info
+from idml.errors import ConfigError
+from idml.ism import IntrospectiveClassifier, ISMHead
+from idml.models.pyramidnet import cifar_pyramidnet, imagenet_pyramidnet
+from idml.models.resnet import CifarResNet, imagenet_resnet
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model; stored in every checkpoint."""
+
+    net_type: str
+    dataset: str
+    depth: int
+    alpha: float = 300.0
+    bottleneck: bool = True
+    num_classes: int | None = None
+    ism: bool = True
+    uncertainty_dim: int | None = None
+    ism_lambda: float = 5.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+BackboneFactory = Callable[[ModelSpec], nn.Module]
+
+#: (net_type, input family) -> function building a feature extractor with ``num_features``.
+BACKBONES: dict[tuple[str, str], BackboneFactory] = {
+    ("resnet", "cifar"): lambda s: CifarResNet(s.depth, s.bottleneck),
+    ("resnet", "imagenet"): lambda s: imagenet_resnet(s.depth),
+    ("pyramidnet", "cifar"): lambda s: cifar_pyramidnet(s.depth, s.alpha, s.bottleneck),
+    ("pyramidnet", "imagenet"): lambda s: imagenet_pyramidnet(s.depth, s.alpha),
+}
+
+
+def net_types() -> list[str]:
+    return sorted({name for name, _ in BACKBONES})
+
+
+def build_backbone(spec: ModelSpec) -> nn.Module:
+    family = dataset_info(spec.dataset).family
+    factory = BACKBONES.get((spec.net_type.lower(), family))
+    if factory is None:
+        raise ConfigError(f"unknown --net_type {spec.net_type!r}: choose one of {', '.join(net_types())}")
+    return factory(spec)
+
+
+def build_from_spec(spec: ModelSpec) -> IntrospectiveClassifier:
+    info = dataset_info(spec.dataset)
+    backbone = build_backbone(spec)
+    num_classes = spec.num_classes or info.num_classes
+    k = (spec.uncertainty_dim or DEFAULT_UNCERTAINTY_DIM[info.family]) if spec.ism else None
+    head = ISMHead(backbone.num_features, num_classes, k, lam=spec.ism_lambda)
+    return IntrospectiveClassifier(backbone, head)
+
+
+def build_model(
+    net_type: str,
+    dataset: str,
+    depth: int,
+    alpha: float = 300.0,
+    bottleneck: bool = True,
+    num_classes: int | None = None,
+    ism: bool = True,
+    uncertainty_dim: int | None = None,
+    ism_lambda: float = 5.0,
+) -> IntrospectiveClassifier:
+    """Build ``net_type`` of ``depth`` for ``dataset`` with the IDML head (``ism=False``: plain fc).
+
+    The model returns a :class:`idml.ism.HeadOutput` (plain logits, training logits,
+    uncertainty embedding). ``num_classes`` defaults to the dataset's, ``uncertainty_dim`` to 128
+    for 32x32 datasets and 512 for ImageNet, as in the official code.
+    """
+    return build_from_spec(
+        ModelSpec(net_type, dataset, depth, alpha, bottleneck, num_classes, ism, uncertainty_dim, ism_lambda)
+    )
