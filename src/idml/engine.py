@@ -1,0 +1,233 @@
+"""Training and evaluation loops (mixed precision, channels_last, DDP-aware).
+
+One obvious flow: :class:`Trainer` owns the model, optimiser, data and runtime of a run;
+``fit`` alternates ``train_epoch`` and ``evaluate`` and writes checkpoints, printing the official
+code's console lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save
+from idml.config import TrainConfig
+from idml.data import DataBundle
+from idml.mixing import mix_batch, mixed_cross_entropy
+from idml.runtime import Runtime
+
+Printer = Callable[[str], None]
+
+
+def learning_rate(base_lr: float, dataset: str, epoch: int, epochs: int) -> float:
+    """The official step schedules, for epoch ``epoch`` (counted from 0) of ``epochs``.
+
+    CIFAR-style data: x0.1 from epoch E/2 and again from 3E/4. ImageNet: x0.1 every 75 epochs
+    when E == 300, every 30 epochs otherwise.
+    """
+    if dataset == "imagenet":
+        period = 75 if epochs == 300 else 30
+        return base_lr * 0.1 ** (epoch // period)
+    return base_lr * 0.1 ** (epoch >= epochs * 0.5) * 0.1 ** (epoch >= epochs * 0.75)
+
+
+def step_rng(seed: int, epoch: int, step: int, rank: int) -> np.random.Generator:
+    """The random stream of one training step: reproducible from its position alone."""
+    return np.random.default_rng([seed, epoch, step, rank])
+
+
+def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...]) -> Tensor:
+    """How many targets are within the top-k predictions, for each k (a tensor, no sync)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == targets.unsqueeze(1)
+    return torch.stack([hits[:, :k].sum() for k in ks])
+
+
+class Meter:
+    """Sums of loss and top-1/top-5 hits kept on the device; read (one sync) only when printed."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, hits1, hits5, n
+        self.last = self.sums.clone()
+
+    def update(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        n = targets.shape[0]
+        hits = topk_correct(logits.detach(), targets, (1, 5))
+        self.last = torch.cat([loss.detach().double().view(1) * n, hits.double(), self.sums.new_tensor([n])])
+        self.sums += self.last
+
+    def all_reduce(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.sums)
+
+    @staticmethod
+    def _summary(sums: Tensor) -> tuple[float, float, float]:
+        loss_sum, hits1, hits5, n = sums.tolist()
+        n = max(n, 1.0)
+        return loss_sum / n, 100.0 * (1 - hits1 / n), 100.0 * (1 - hits5 / n)
+
+    def average(self) -> tuple[float, float, float]:
+        """(loss, top-1 error %, top-5 error %) over everything seen."""
+        return self._summary(self.sums)
+
+    def current(self) -> tuple[float, float, float]:
+        return self._summary(self.last)
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    top1_err: float
+    top5_err: float
+    images: int
+    seconds: float
+
+
+class Trainer:
+    def __init__(
+        self, cfg: TrainConfig, model: nn.Module, data: DataBundle, runtime: Runtime,
+        printer: Printer = print,
+    ) -> None:
+        self.cfg, self.data, self.rt = cfg, data, runtime
+        self.model = model  # the plain module: what checkpoints hold
+        self.net = model  # what runs the steps: possibly compiled and/or DDP-wrapped
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.momentum > 0,
+        )
+        self.scaler = runtime.grad_scaler()
+        self.print = printer if runtime.is_main else (lambda _msg: None)
+        self.start_epoch = 0
+        self.best_err1, self.best_err5 = 100.0, 100.0
+
+    # -- one step -----------------------------------------------------------------------------
+    def _to_device(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        return (images.to(self.rt.device, non_blocking=True), targets.to(self.rt.device, non_blocking=True))
+
+    def _format(self, images: Tensor) -> Tensor:
+        if self.rt.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def train_step(self, images: Tensor, targets: Tensor, rng: np.random.Generator, meter: Meter) -> None:
+        images = self._format(self.data.train_transform(images, rng))
+        batch = mix_batch(images, targets, self.cfg.mix, rng)
+        with self.rt.autocast():
+            out = self.net(batch.images)
+        loss = mixed_cross_entropy(out.train_logits, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        meter.update(loss, out.train_logits, targets)
+
+    # -- epochs -------------------------------------------------------------------------------
+    def set_lr(self, epoch: int) -> float:
+        lr = learning_rate(self.cfg.lr, self.cfg.dataset.lower(), epoch, self.cfg.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        cfg = self.cfg
+        lr = self.set_lr(epoch)
+        self.net.train()
+        self.data.train.set_epoch(epoch)
+        meter = Meter(self.rt.device)
+        steps = len(self.data.train)
+        start = last = time.perf_counter()
+        images_seen = 0
+        for step, (images, targets) in enumerate(self.data.train):
+            data_time = time.perf_counter() - last
+            images, targets = self._to_device(images, targets)
+            self.train_step(images, targets, step_rng(cfg.seed, epoch, step, self.rt.rank), meter)
+            images_seen += targets.shape[0]
+            if cfg.verbose and step % cfg.print_freq == 0:
+                loss, e1, e5 = meter.current()
+                avg_loss, a1, a5 = meter.average()
+                now = time.perf_counter()
+                self.print(
+                    f"Epoch: [{epoch}/{cfg.epochs}][{step}/{steps}]\tLR: {lr:.6f}\t"
+                    f"Time {now - last:.3f} ({(now - start) / (step + 1):.3f})\tData {data_time:.3f}\t"
+                    f"Loss {loss:.4f} ({avg_loss:.4f})\tTop 1-err {e1:.4f} ({a1:.4f})\t"
+                    f"Top 5-err {e5:.4f} ({a5:.4f})"
+                )
+            last = time.perf_counter()
+        meter.all_reduce()
+        loss, e1, e5 = meter.average()
+        result = EpochResult(loss, e1, e5, images_seen, time.perf_counter() - start)
+        self.print(
+            f"* Epoch: [{epoch}/{cfg.epochs}]\t Top 1-err {e1:.3f}  Top 5-err {e5:.3f}\t Train Loss {loss:.3f}"
+        )
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> EpochResult:
+        """Top-1/top-5 error of the plain logits over the whole validation set (all ranks)."""
+        model = self.model if self.rt.distributed else self.net
+        model.eval()
+        meter = Meter(self.rt.device)
+        start = time.perf_counter()
+        steps = len(self.data.val)
+        for step, (images, targets) in enumerate(self.data.val):
+            images, targets = self._to_device(images, targets)
+            with self.rt.autocast():
+                logits = model(self._format(self.data.eval_transform(images))).logits
+            loss = nn.functional.cross_entropy(logits.float(), targets)
+            meter.update(loss, logits, targets)
+            if self.cfg.verbose and step % self.cfg.print_freq == 0:
+                _, e1, e5 = meter.current()
+                self.print(f"Test (on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
+                           f"Top 1-err {e1:.4f}\tTop 5-err {e5:.4f}")
+        meter.all_reduce()
+        loss, e1, e5 = meter.average()
+        images = int(meter.sums[3].item())
+        self.print(f"* Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {e1:.3f}  Top 5-err {e5:.3f}\t Test Loss {loss:.3f}")
+        return EpochResult(loss, e1, e5, images, time.perf_counter() - start)
+
+    # -- the run ------------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict:
+        """Everything a checkpoint holds (plain types only: loadable with weights_only=True)."""
+        spec = self.cfg.model_spec.to_dict() | {"num_classes": self.data.num_classes}
+        return {
+            "epoch": epoch + 1,
+            "arch": self.cfg.net_type,
+            "model": spec,
+            "state_dict": self.model.state_dict(),
+            "best_err1": self.best_err1,
+            "best_err5": self.best_err5,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": self.cfg.to_dict(),
+            "class_names": list(self.data.class_names),
+            "mean": list(self.data.mean),
+            "std": list(self.data.std),
+            "input_size": self.data.input_size,
+        }
+
+    def save(self, epoch: int, is_best: bool) -> None:
+        if not self.rt.is_main:
+            return
+        state = self.state(epoch)
+        atomic_save(state, self.cfg.run_dir / CHECKPOINT_NAME)
+        if is_best:
+            atomic_save(state, self.cfg.run_dir / BEST_NAME)
+
+    def fit(self) -> tuple[float, float]:
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            self.train_epoch(epoch)
+            val = self.evaluate(epoch)
+            is_best = val.top1_err <= self.best_err1
+            self.best_err1 = min(val.top1_err, self.best_err1)
+            if is_best:
+                self.best_err5 = val.top5_err
+            self.print(f"Current best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}")
+            self.save(epoch, is_best)
+        self.print(f"Best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}")
+        return self.best_err1, self.best_err5
