@@ -1,0 +1,5 @@
+import sys
+
+from idml.cli import main
+
+sys.exit(main())
