@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import datasets  # noqa: E402
+import datasets
 
 
 @pytest.fixture

@@ -1,40 +1,39 @@
-"""The ``idml`` command: ``idml train ...`` (``python train.py ...`` is the same trainer)."""
+"""The ``idml`` command. Each subcommand lives in its own module with ``main(argv) -> int``.
+
+``python train.py ...`` at the repository root is ``idml train ...``.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from idml.config import OneLineParser, parse_train_args
+from idml.config import OneLineParser
 from idml.errors import IdmlError
 
-COMMANDS = {"train": "train a classifier (the seed README's train.py)"}
-
-
-def _train(argv: list[str]) -> int:
-    from idml.train import run_train
-
-    run_train(parse_train_args(argv))
-    return 0
-
-
-HANDLERS = {"train": _train}
+#: subcommand -> (module implementing ``main(argv)``, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("idml.train", "train a classifier (the official README's train.py)"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = OneLineParser(prog="idml", description="Introspective Deep Metric Learning for image classification.")
-    parser.add_argument("command", choices=list(COMMANDS), help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+    parser.add_argument("command", choices=list(COMMANDS),
+                        help="; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()))
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
     parser.parse_args(argv[:1])
+    command = argv[0]
     try:
-        return HANDLERS[argv[0]](argv[1:])
+        return importlib.import_module(COMMANDS[command][0]).main(argv[1:])
     except IdmlError as exc:
-        print(f"idml {argv[0]}: error: {exc}", file=sys.stderr)
+        print(f"idml {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"idml {argv[0]}: interrupted", file=sys.stderr)
+        print(f"idml {command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -80,8 +80,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse impossible values with a message that names the flag and the fix."""
         checks = [
-            (self.dataset.lower() in DATASETS, f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"),
-            (self.net_type.lower() in net_types(), f"unknown --net_type {self.net_type!r}: choose one of {', '.join(net_types())}"),
+            (self.dataset.lower() in DATASETS,
+             f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"),
+            (self.net_type.lower() in net_types(),
+             f"unknown --net_type {self.net_type!r}: choose one of {', '.join(net_types())}"),
             (self.batch_size >= 1, f"--batch_size must be at least 1 (got {self.batch_size})"),
             (self.lr > 0, f"--lr must be positive (got {self.lr})"),
             (self.momentum >= 0, f"--momentum must be >= 0 (got {self.momentum})"),

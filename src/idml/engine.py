@@ -188,7 +188,9 @@ class Trainer:
         meter.all_reduce()
         loss, e1, e5 = meter.average()
         images = int(meter.sums[3].item())
-        self.print(f"* Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {e1:.3f}  Top 5-err {e5:.3f}\t Test Loss {loss:.3f}")
+        self.print(
+            f"* Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {e1:.3f}  Top 5-err {e5:.3f}\t Test Loss {loss:.3f}"
+        )
         return EpochResult(loss, e1, e5, images, time.perf_counter() - start)
 
     # -- the run ------------------------------------------------------------------------------

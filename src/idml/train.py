@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
-from idml.config import TrainConfig
+from idml.config import TrainConfig, parse_train_args
 from idml.data import DataRequest, build_data
 from idml.distributed import init_distributed, shutdown_distributed, wrap_ddp
 from idml.engine import Trainer
@@ -62,3 +62,8 @@ def run_train(cfg: TrainConfig) -> tuple[float, float]:
         return result
     finally:
         shutdown_distributed()
+
+
+def main(argv: list[str]) -> int:
+    run_train(parse_train_args(argv))
+    return 0
