@@ -1,0 +1,117 @@
+"""Dataset registry: :func:`build_data` turns a config into loaders plus on-device transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler
+
+from idml.data.augment import Normalize, RandomCropFlip
+from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
+from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
+from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, load_imagenet
+from idml.data.loaders import InMemoryLoader, ShardSampler
+from idml.datasets_info import dataset_info
+
+TrainTransform = Callable[[Tensor, np.random.Generator], Tensor]
+EvalTransform = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class DataBundle:
+    """Loaders and what the model needs to know about the data.
+
+    ``train_transform`` / ``eval_transform`` run on the training device on each batch after it
+    arrives there (for in-memory sets: augmentation and normalisation; for ImageNet the workers
+    already did that and only a dtype check remains).
+    """
+
+    train: Iterable
+    val: Iterable
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int
+    train_transform: TrainTransform
+    eval_transform: EvalTransform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What :func:`build_data` needs from the run's settings."""
+
+    dataset: str
+    data_dir: str | Path
+    batch_size: int
+    workers: int = 4
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+
+IN_MEMORY = {
+    "cifar10": (lambda d: load_cifar("cifar10", d), CIFAR_MEAN, CIFAR_STD, True),
+    "cifar100": (lambda d: load_cifar("cifar100", d), CIFAR_MEAN, CIFAR_STD, True),
+    "digits": (lambda d: load_digits_data(), DIGITS_MEAN, DIGITS_STD, False),
+}
+
+
+def _in_memory(req: DataRequest, device: torch.device) -> DataBundle:
+    load, mean, std, flip = IN_MEMORY[req.dataset]
+    data = load(req.data_dir)
+    shard = {"seed": req.seed, "rank": req.rank, "world_size": req.world_size}
+    train = InMemoryLoader(*(t.to(device) for t in data["train"]), req.batch_size, train=True, **shard)
+    val = InMemoryLoader(*(t.to(device) for t in data["val"]), req.batch_size, train=False, **shard)
+    normalize = Normalize(mean, std, device)
+    crop_flip = RandomCropFlip(pad=4, flip=flip)
+    return DataBundle(
+        train, val, data["class_names"], mean, std, 32,
+        train_transform=lambda x, rng: normalize(crop_flip(x, rng)),
+        eval_transform=normalize,
+    )
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose ``set_epoch`` reaches its sampler (reshuffles like the in-memory loader)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+def _imagenet(req: DataRequest, device: torch.device) -> DataBundle:
+    data = load_imagenet(req.data_dir)
+    common = {
+        "batch_size": req.batch_size,
+        "num_workers": req.workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": req.workers > 0,
+    }
+    train_sampler = DistributedSampler(
+        data["train"], num_replicas=req.world_size, rank=req.rank, shuffle=True, seed=req.seed, drop_last=True
+    )
+    train = EpochDataLoader(data["train"], sampler=train_sampler, drop_last=False, **common)
+    val_sampler = ShardSampler(len(data["val"]), req.rank, req.world_size)
+    val = EpochDataLoader(data["val"], sampler=val_sampler, **common)
+    return DataBundle(
+        train, val, data["class_names"], IMAGENET_MEAN, IMAGENET_STD, 224,
+        train_transform=lambda x, rng: x.float(),
+        eval_transform=lambda x: x.float(),
+    )
+
+
+def build_data(req: DataRequest, device: torch.device) -> DataBundle:
+    """Load ``req.dataset`` and build its loaders for ``device``."""
+    name = dataset_info(req.dataset).name
+    if name == "imagenet":
+        return _imagenet(req, device)
+    return _in_memory(replace(req, dataset=name), device)

@@ -1,0 +1,87 @@
+"""ImageNet-1K (or any class-folder dataset laid out like it) through torchvision's ImageFolder.
+
+Decoding and augmentation run in DataLoader worker processes, so the training thread only moves
+ready float batches to the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from idml.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: PCA of ImageNet's RGB pixels (AlexNet's lighting noise), as used by the official code.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+LAYOUT = "expected <data_dir>/imagenet-1k/train/<class>/*.JPEG and <data_dir>/imagenet-1k/val/<class>/*.JPEG"
+
+
+class Lighting(nn.Module):
+    """AlexNet-style PCA lighting noise on a float image tensor (3 x H x W)."""
+
+    def __init__(self, alphastd: float = 0.1) -> None:
+        super().__init__()
+        self.alphastd = alphastd
+        self.register_buffer("eigval", torch.tensor(PCA_EIGVAL))
+        self.register_buffer("eigvec", torch.tensor(PCA_EIGVEC))
+
+    def forward(self, img: Tensor) -> Tensor:
+        if self.alphastd == 0:
+            return img
+        alpha = torch.randn(3) * self.alphastd
+        rgb = self.eigvec @ (alpha * self.eigval)
+        return img + rgb.view(3, 1, 1).to(img.dtype)
+
+
+def train_transform(size: int = 224) -> v2.Compose:
+    """RandomResizedCrop, flip, colour jitter (random order), PCA lighting, normalise."""
+    return v2.Compose([
+        v2.RandomResizedCrop(size, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+        Lighting(0.1),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def val_transform(size: int = 224, resize: int = 256) -> v2.Compose:
+    return v2.Compose([
+        v2.Resize(resize, antialias=True),
+        v2.CenterCrop(size),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def image_folder(path: Path, transform: nn.Module) -> datasets.ImageFolder:
+    if not path.is_dir():
+        raise DataError(f"missing folder {path}; {LAYOUT} (download from https://image-net.org/)")
+    try:
+        return datasets.ImageFolder(str(path), transform=transform)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{path}: {exc}; {LAYOUT}") from None
+
+
+def load_imagenet(data_dir: str | Path) -> dict:
+    """The two ImageFolder datasets of ``<data_dir>/imagenet-1k``; classes come from the folders."""
+    root = Path(data_dir) / "imagenet-1k"
+    train = image_folder(root / "train", train_transform())
+    val = image_folder(root / "val", val_transform())
+    if val.classes != train.classes:
+        extra = sorted(set(val.classes) ^ set(train.classes))[:3]
+        raise DataError(f"{root}: train/ and val/ must hold the same class folders (differ in {extra})")
+    return {"train": train, "val": val, "class_names": list(train.classes)}
