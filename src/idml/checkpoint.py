@@ -19,6 +19,7 @@ from idml.errors import IdmlError
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
+TEMP_SUFFIX = ".tmp"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -32,20 +33,44 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _file_mode() -> int:
+    """The permissions a plain ``open(path, "wb")`` would give (mkstemp's are owner-only)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_save(state: dict[str, Any], path: str | Path) -> None:
-    """Save ``state`` to ``path`` so that ``path`` is always either the old or the new file."""
+    """Save ``state`` to ``path`` so that ``path`` is always either the old or the new file.
+
+    A failed write (full disk, lost permission) removes its temporary file and raises a one-line
+    :class:`IdmlError`; the previous file is untouched.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except (OSError, RuntimeError) as exc:  # torch.save reports failed writes as RuntimeError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise IdmlError(f"cannot write {path}: {reason}; the previous file, if any, is intact "
+                        "(free some space or fix the folder, then continue with --resume auto)") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Delete temporary files left by a run killed while writing a checkpoint."""
+    for name in (CHECKPOINT_NAME, BEST_NAME):
+        for stale in folder.glob(f".{name}.*{TEMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

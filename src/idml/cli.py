@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from idml.config import OneLineParser
-from idml.errors import IdmlError
+from idml.distributed import AgreedError
+from idml.errors import ConfigError, IdmlError, RunStopped, one_line
 
 #: subcommand -> (module implementing ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = OneLineParser(prog="idml", description="Introspective Deep Metric Learning for image classification.")
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
+    parser = OneLineParser(prog="idml", description="Introspective Deep Metric Learning for image classification. "
+                           "--debug (anywhere on the command line) shows Python tracebacks instead of one-line errors.")
     parser.add_argument("command", choices=list(COMMANDS),
                         help="; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()))
     if not argv or argv[0] in ("-h", "--help"):
@@ -30,11 +35,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(COMMANDS[command][0]).main(argv[1:])
     except IdmlError as exc:
-        print(f"idml {command}: error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        report(f"idml {command}: error: {one_line(exc)}", shared=isinstance(exc, AgreedError | ConfigError))
         return 2
+    except RunStopped as exc:
+        report(f"idml {command}: {exc}", shared=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"idml {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def report(line: str, shared: bool) -> None:
+    """Print ``line`` on stderr. Under torchrun a message every rank has is printed by rank 0 only;
+    a rank's own message is prefixed with its rank."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and shared and rank != 0:
+        return
+    print(f"[rank {rank}] {line}" if world > 1 and not shared else line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ new flags are documented in the README. ``TrainConfig`` is what the trainer, the
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -24,7 +25,7 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 _TYPE_NAMES: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "float": (float,), "bool": (bool,),
-    "int | None": (int, type(None)), "bool | None": (bool, type(None)),
+    "int | None": (int, type(None)), "bool | None": (bool, type(None)), "str | None": (str, type(None)),
 }
 EXPNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
@@ -61,6 +62,11 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    # --- reliability and scale-out (see the README's "Resuming" and "Distributed" sections) ---
+    resume: str | None = None
+    save_every_steps: int = 0
+    sync_bn: bool = False
+    skip_bad_images: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -76,6 +82,8 @@ class TrainConfig:
             elif not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 expected = " or ".join(k.__name__ for k in kinds)
                 raise ConfigError(f"setting {f.name} must be {expected}, got {value!r}")
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise ConfigError(f"setting {f.name} must be a finite number, got {value!r}")
 
     def validate(self) -> None:
         """Refuse impossible values with a message that names the flag and the fix."""
@@ -104,6 +112,9 @@ class TrainConfig:
              f"--uncertainty_dim must be at least 1 (got {self.uncertainty_dim})"),
             (self.amp in AMP_CHOICES, f"--amp must be one of {', '.join(AMP_CHOICES)}"),
             (self.device in DEVICE_CHOICES, f"--device must be one of {', '.join(DEVICE_CHOICES)}"),
+            (self.save_every_steps >= 0, f"--save_every_steps must be >= 0 (got {self.save_every_steps})"),
+            (self.resume is None or self.resume.strip() != "",
+             "--resume needs 'auto' or the path of a checkpoint"),
             (bool(EXPNAME_PATTERN.match(self.expname)) and ".." not in self.expname,
              f"--expname {self.expname!r} must be a plain folder name (letters, digits, . _ + = -), "
              "so that the run stays inside --output_dir"),
@@ -198,6 +209,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     new.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                      help="channels-last memory format (default: on for CUDA, off on CPU)")
     new.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    new.add_argument("--resume", metavar="auto|PATH",
+                     help="continue a run: auto = <output_dir>/<expname>/checkpoint.pth.tar if present, "
+                     "else start fresh; PATH = that checkpoint (must exist)")
+    new.add_argument("--save_every_steps", type=int, metavar="N",
+                     help="also checkpoint every N training steps inside an epoch (default: 0 = epoch ends only)")
+    new.add_argument("--sync_bn", action="store_const", const=True,
+                     help="under torchrun: convert BatchNorm to SyncBatchNorm (statistics over all processes)")
+    new.add_argument("--skip_bad_images", action="store_const", const=True,
+                     help="ImageNet: skip (and count) unreadable images instead of stopping at the first one")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

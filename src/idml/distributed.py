@@ -1,12 +1,28 @@
-"""PyTorch DDP set-up for runs launched by ``torchrun`` (which sets RANK, WORLD_SIZE, ...)."""
+"""PyTorch DDP set-up for runs launched by ``torchrun`` (which sets RANK, WORLD_SIZE, ...).
+
+Besides the process group that carries the gradients (NCCL on GPUs, Gloo on CPUs) there is a
+small Gloo group for control messages (stop requests, errors), so that those never wait on, or
+force a sync with, the GPU.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from idml.errors import ConfigError, IdmlError, one_line
 from idml.runtime import Runtime
+
+T = TypeVar("T")
+_control: dict[str, dist.ProcessGroup | None] = {"group": None}
+
+
+class AgreedError(IdmlError):
+    """One rank's failure, raised on every rank so that none waits for the others; rank 0 prints it."""
 
 
 def init_distributed(rt: Runtime) -> None:
@@ -14,7 +30,23 @@ def init_distributed(rt: Runtime) -> None:
     if rt.distributed and not dist.is_initialized():
         if rt.device.type == "cuda":
             torch.cuda.set_device(rt.device)
-        dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo")
+        backend = "nccl" if rt.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        _control["group"] = dist.new_group(backend="gloo") if backend != "gloo" else None
+
+
+def control_group() -> dist.ProcessGroup | None:
+    """The Gloo group for CPU control messages (None = the default group, already Gloo)."""
+    return _control["group"]
+
+
+def convert_sync_bn(model: nn.Module, rt: Runtime, enabled: bool) -> nn.Module:
+    """``--sync_bn``: BatchNorm statistics over all processes (needs GPUs; no-op on one process)."""
+    if not (enabled and rt.distributed):
+        return model
+    if rt.device.type != "cuda":
+        raise ConfigError("--sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU)")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
@@ -24,6 +56,42 @@ def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+def share_failure(failure: Exception | None, rt: Runtime) -> None:
+    """Every rank calls this; if any rank failed, every rank raises (rank 0 prints the message).
+
+    The failing rank re-raises its own exception when it is not a user error (a bug keeps its
+    traceback); the others raise :class:`AgreedError` naming the failing rank.
+    """
+    if not rt.distributed:
+        if failure is not None:
+            raise failure
+        return
+    messages: list[str | None] = [None] * rt.world_size
+    mine = None if failure is None else one_line(failure)
+    if failure is not None and not isinstance(failure, IdmlError):
+        mine = f"{type(failure).__name__}: {mine}"
+    dist.all_gather_object(messages, mine, group=control_group())
+    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
+    if not failed:
+        return
+    if failure is not None and not isinstance(failure, IdmlError):
+        raise failure
+    rank, text = failed[0]
+    raise AgreedError(f"rank {rank}: {text}") from None
+
+
+def run_agreed(action: Callable[[], T], rt: Runtime) -> T:
+    """Run ``action`` on every rank; if it fails on any, all fail with that one-line error."""
+    try:
+        result = action()
+    except Exception as exc:
+        share_failure(exc, rt)
+        raise
+    share_failure(None, rt)
+    return result
+
+
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _control["group"] = None

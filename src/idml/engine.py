@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -19,7 +20,12 @@ from torch import Tensor, nn
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save
 from idml.config import TrainConfig
 from idml.data import DataBundle
+from idml.distributed import run_agreed
+from idml.errors import RunStopped
+from idml.guard import CHECK_EVERY, LossWatch
+from idml.interrupt import StepControl
 from idml.mixing import mix_batch, mixed_cross_entropy
+from idml.resume import ResumePoint, progress_fields
 from idml.runtime import Runtime
 
 Printer = Callable[[str], None]
@@ -104,6 +110,9 @@ class Trainer:
         self.scaler = runtime.grad_scaler()
         self.print = printer if runtime.is_main else (lambda _msg: None)
         self.start_epoch = 0
+        self.resume_at = ResumePoint()  # set by resume.restore_training
+        self.control = StepControl(runtime)
+        self.watch = LossWatch(runtime.device, runtime.distributed)
         self.best_err1, self.best_err5 = 100.0, 100.0
 
     # -- one step -----------------------------------------------------------------------------
@@ -134,19 +143,50 @@ class Trainer:
             group["lr"] = lr
         return lr
 
+    def _epoch_start(self, epoch: int) -> tuple[int, Meter]:
+        """The first step to run in ``epoch`` and its meter (both from the checkpoint on resume)."""
+        first = self.resume_at.step if epoch == self.resume_at.epoch else 0
+        self.data.train.set_epoch(epoch, first)
+        meter = Meter(self.rt.device)
+        if first and self.resume_at.train_sums is not None:
+            meter.sums = self.resume_at.train_sums.clone()
+        return first, meter
+
+    def _after_step(self, epoch: int, step: int, steps: int, meter: Meter) -> None:
+        """Watch the loss for NaN/inf and write the ``--save_every_steps`` checkpoints."""
+        self.watch.observe(meter.last[0], epoch, step)
+        done, every = step + 1, self.cfg.save_every_steps
+        if every and done % every == 0 and done < steps:
+            self.save_position(epoch, done, meter)
+        elif done % CHECK_EVERY == 0:
+            self.watch.check()
+
+    def _stop_at(self, epoch: int, meter: Meter, step: int) -> None:
+        """A stop signal arrived: checkpoint "``step`` steps of ``epoch`` done" and stop."""
+        self.save_position(epoch, step, meter)
+        self._raise_stopped()
+
+    def _raise_stopped(self) -> None:
+        signum = self.control.agreed_signal
+        raise RunStopped(
+            f"stopped by signal {signum}; saved {self.watch.last_saved}: continue with the same "
+            "command plus --resume auto", 128 + signum,
+        )
+
     def train_epoch(self, epoch: int) -> EpochResult:
         cfg = self.cfg
         lr = self.set_lr(epoch)
         self.net.train()
-        self.data.train.set_epoch(epoch)
-        meter = Meter(self.rt.device)
-        steps = len(self.data.train)
+        first, meter = self._epoch_start(epoch)
+        steps = first + len(self.data.train)
         start = last = time.perf_counter()
         images_seen = 0
-        for step, (images, targets) in enumerate(self.data.train):
+        batches = self.control.batches(self.data.train, partial(self._stop_at, epoch, meter), first)
+        for step, (images, targets) in enumerate(batches, start=first):
             data_time = time.perf_counter() - last
             images, targets = self._to_device(images, targets)
             self.train_step(images, targets, step_rng(cfg.seed, epoch, step, self.rt.rank), meter)
+            self._after_step(epoch, step, steps, meter)
             images_seen += targets.shape[0]
             if cfg.verbose and step % cfg.print_freq == 0:
                 loss, e1, e5 = meter.current()
@@ -154,7 +194,7 @@ class Trainer:
                 now = time.perf_counter()
                 self.print(
                     f"Epoch: [{epoch}/{cfg.epochs}][{step}/{steps}]\tLR: {lr:.6f}\t"
-                    f"Time {now - last:.3f} ({(now - start) / (step + 1):.3f})\tData {data_time:.3f}\t"
+                    f"Time {now - last:.3f} ({(now - start) / (step + 1 - first):.3f})\tData {data_time:.3f}\t"
                     f"Loss {loss:.4f} ({avg_loss:.4f})\tTop 1-err {e1:.4f} ({a1:.4f})\t"
                     f"Top 5-err {e5:.4f} ({a5:.4f})"
                 )
@@ -175,7 +215,7 @@ class Trainer:
         meter = Meter(self.rt.device)
         start = time.perf_counter()
         steps = len(self.data.val)
-        for step, (images, targets) in enumerate(self.data.val):
+        for step, (images, targets) in enumerate(self.control.batches(self.data.val)):
             images, targets = self._to_device(images, targets)
             with self.rt.autocast():
                 logits = model(self._format(self.data.eval_transform(images))).logits
@@ -214,16 +254,35 @@ class Trainer:
         }
 
     def save(self, epoch: int, is_best: bool) -> None:
-        if not self.rt.is_main:
-            return
-        state = self.state(epoch)
-        atomic_save(state, self.cfg.run_dir / CHECKPOINT_NAME)
-        if is_best:
-            atomic_save(state, self.cfg.run_dir / BEST_NAME)
+        """The end-of-epoch checkpoint (and ``model_best`` when ``is_best``); all ranks call it."""
+        self._write(self.state(epoch), is_best, step=0, meter=None)
+
+    def save_position(self, epoch: int, step: int, meter: Meter) -> None:
+        """A checkpoint inside ``epoch`` after ``step`` of its steps (never of a NaN loss)."""
+        self.watch.check()
+        self._write(self.state(epoch) | {"epoch": epoch}, False, step, meter)
+
+    def _write(self, state: dict, is_best: bool, step: int, meter: Meter | None) -> None:
+        state |= progress_fields(self.rt, self.cfg.batch_size, step, None if meter is None else meter.sums)
+        path = self.cfg.run_dir / CHECKPOINT_NAME
+
+        def write() -> None:
+            if self.rt.is_main:
+                atomic_save(state, path)
+                if is_best:
+                    atomic_save(state, self.cfg.run_dir / BEST_NAME)
+
+        run_agreed(write, self.rt)
+        self.watch.last_saved = f"{path} (resumes at epoch {state['epoch']}, step {step})"
 
     def fit(self) -> tuple[float, float]:
+        with self.control.handling_signals():
+            return self._fit()
+
+    def _fit(self) -> tuple[float, float]:
         for epoch in range(self.start_epoch, self.cfg.epochs):
             self.train_epoch(epoch)
+            self.watch.check()
             val = self.evaluate(epoch)
             is_best = val.top1_err <= self.best_err1
             self.best_err1 = min(val.top1_err, self.best_err1)
@@ -231,5 +290,7 @@ class Trainer:
                 self.best_err5 = val.top5_err
             self.print(f"Current best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}")
             self.save(epoch, is_best)
+            if self.control.stop_signal() and epoch + 1 < self.cfg.epochs:
+                self._raise_stopped()
         self.print(f"Best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}")
         return self.best_err1, self.best_err5

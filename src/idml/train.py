@@ -8,14 +8,15 @@ from dataclasses import replace
 import torch
 import yaml
 
-from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
+from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, remove_stale_temp_files
 from idml.config import TrainConfig, parse_train_args
 from idml.data import DataRequest, build_data
-from idml.distributed import init_distributed, shutdown_distributed, wrap_ddp
+from idml.distributed import convert_sync_bn, init_distributed, run_agreed, shutdown_distributed, wrap_ddp
 from idml.engine import Trainer
 from idml.errors import IdmlError
 from idml.models import build_from_spec
-from idml.runtime import build_runtime
+from idml.resume import load_resume_state, refuse_to_overwrite, resolve_resume_path, restore_training
+from idml.runtime import Runtime, build_runtime
 
 
 def prepare_run_dir(cfg: TrainConfig) -> None:
@@ -23,6 +24,7 @@ def prepare_run_dir(cfg: TrainConfig) -> None:
     run_dir = cfg.run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     except OSError as exc:
         raise IdmlError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --output_dir") from None
@@ -38,24 +40,43 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return model
 
 
+def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
+    """Data, model and (on resume) its checkpoint: everything that bad input can break is checked
+    before the run folder is touched, so a failing start or resume never overwrites anything."""
+    resume_path = resolve_resume_path(cfg)
+    refuse_to_overwrite(cfg, resume_path)
+    torch.manual_seed(cfg.seed)
+    req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,
+                      cfg.skip_bad_images)
+    data = build_data(req, rt.device)
+    spec = replace(cfg.model_spec, num_classes=data.num_classes)
+    state = load_resume_state(resume_path, spec.to_dict()) if resume_path else None
+    model = convert_sync_bn(build_from_spec(spec).to(rt.device), rt, cfg.sync_bn)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainer = Trainer(cfg, model, data, rt)
+    if state is not None and resume_path is not None:
+        notes = restore_training(trainer, state, resume_path)
+        at = trainer.resume_at
+        trainer.print(f"=> resuming {resume_path} at epoch {at.epoch}, step {at.step}")
+        for note in notes:
+            trainer.print(f"=> note: {note}")
+    if rt.is_main:
+        prepare_run_dir(cfg)
+    return trainer
+
+
 def run_train(cfg: TrainConfig) -> tuple[float, float]:
     rt = build_runtime(cfg.device, cfg.amp, cfg.channels_last)
     init_distributed(rt)
     try:
-        torch.manual_seed(cfg.seed)
-        req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size)
-        data = build_data(req, rt.device)
-        model = build_from_spec(replace(cfg.model_spec, num_classes=data.num_classes)).to(rt.device)
-        if rt.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if rt.is_main:
-            prepare_run_dir(cfg)
-        trainer = Trainer(cfg, model, data, rt)
+        trainer = run_agreed(lambda: build_trainer(cfg, rt), rt)
+        model = trainer.model
         trainer.net = wrap_ddp(maybe_compile(model, cfg.compile), rt)
         n_params = sum(p.numel() for p in model.parameters())
         trainer.print(f"=> creating model '{cfg.net_type}' (depth {cfg.depth}, ISM {'on' if cfg.ism else 'off'})")
         trainer.print(f"the number of model parameters: {n_params}")
-        trainer.print(f"=> training on {rt.describe()}; {len(data.class_names)} classes")
+        trainer.print(f"=> training on {rt.describe()}; {len(trainer.data.class_names)} classes")
         result = trainer.fit()
         if cfg.epochs > 0:
             trainer.print(f"=> checkpoint: {cfg.run_dir / CHECKPOINT_NAME}  best model: {cfg.run_dir / BEST_NAME}")

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from idml.data.augment import Normalize, RandomCropFlip
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
-from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, load_imagenet
-from idml.data.loaders import InMemoryLoader, ShardSampler
+from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, SeededImages, collate_readable, load_imagenet
+from idml.data.loaders import InMemoryLoader, ResumableSampler, ShardSampler
 from idml.datasets_info import dataset_info
 
 TrainTransform = Callable[[Tensor, np.random.Generator], Tensor]
@@ -56,6 +56,7 @@ class DataRequest:
     seed: int = 0
     rank: int = 0
     world_size: int = 1
+    skip_bad_images: bool = False
 
 
 IN_MEMORY = {
@@ -83,25 +84,27 @@ def _in_memory(req: DataRequest, device: torch.device) -> DataBundle:
 class EpochDataLoader(DataLoader):
     """A DataLoader whose ``set_epoch`` reaches its sampler (reshuffles like the in-memory loader)."""
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
+            self.sampler.set_epoch(epoch, start_step)
 
 
 def _imagenet(req: DataRequest, device: torch.device) -> DataBundle:
     data = load_imagenet(req.data_dir)
+    train_set, val_set = (SeededImages(data[split], req.seed, req.skip_bad_images) for split in ("train", "val"))
     common = {
         "batch_size": req.batch_size,
         "num_workers": req.workers,
         "pin_memory": device.type == "cuda",
         "persistent_workers": req.workers > 0,
+        "collate_fn": collate_readable,
     }
-    train_sampler = DistributedSampler(
-        data["train"], num_replicas=req.world_size, rank=req.rank, shuffle=True, seed=req.seed, drop_last=True
+    shuffled = DistributedSampler(
+        train_set, num_replicas=req.world_size, rank=req.rank, shuffle=True, seed=req.seed, drop_last=True
     )
-    train = EpochDataLoader(data["train"], sampler=train_sampler, drop_last=False, **common)
-    val_sampler = ShardSampler(len(data["val"]), req.rank, req.world_size)
-    val = EpochDataLoader(data["val"], sampler=val_sampler, **common)
+    train = EpochDataLoader(train_set, sampler=ResumableSampler(shuffled, req.batch_size), drop_last=False, **common)
+    val_sampler = ShardSampler(len(val_set), req.rank, req.world_size)
+    val = EpochDataLoader(val_set, sampler=val_sampler, **common)
     return DataBundle(
         train, val, data["class_names"], IMAGENET_MEAN, IMAGENET_STD, 224,
         train_transform=lambda x, rng: x.float(),

@@ -6,10 +6,16 @@ ready float batches to the device.
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
 from torchvision import datasets
 from torchvision.transforms import v2
 
@@ -67,13 +73,67 @@ def val_transform(size: int = 224, resize: int = 256) -> v2.Compose:
     ])
 
 
+def read_rgb(path: str) -> Image.Image:
+    """Open one image as RGB; an unreadable file is a :class:`DataError` that names it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read image {path} ({reason}); replace or delete it, "
+                        "or pass --skip_bad_images to skip unreadable images") from None
+
+
+class SeededImages(Dataset):
+    """An ImageFolder whose augmentation is a function of (seed, epoch, sample index).
+
+    Each sample's transform runs under its own torch seed, so the draws do not depend on which
+    worker process decodes it, how many workers there are, or where a resumed run restarted.
+    Keys are ``(epoch, index)`` pairs (see ``loaders.ResumableSampler``) or plain indices.
+    With ``skip_bad``, an unreadable image yields None (dropped by :func:`collate_readable`) and
+    a one-line warning with the running count.
+    """
+
+    def __init__(self, folder: datasets.ImageFolder, seed: int, skip_bad: bool) -> None:
+        self.folder, self.seed, self.skip_bad = folder, seed, skip_bad
+        self.skipped = multiprocessing.Value("i", 0)
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int] | None:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.folder[index]
+        except DataError:
+            if not self.skip_bad:
+                raise
+            with self.skipped.get_lock():
+                self.skipped.value += 1
+                count = self.skipped.value
+            path = self.folder.samples[index][0]
+            print(f"idml: warning: skipped unreadable image {path} ({count} so far)", file=sys.stderr, flush=True)
+            return None
+
+
+def collate_readable(batch: list) -> Any:
+    """``default_collate`` of the samples that could be read."""
+    readable = [sample for sample in batch if sample is not None]
+    if not readable:
+        raise DataError("every image of a batch was unreadable (--skip_bad_images); check the data folder")
+    return default_collate(readable)
+
+
 def image_folder(path: Path, transform: nn.Module) -> datasets.ImageFolder:
     if not path.is_dir():
         raise DataError(f"missing folder {path}; {LAYOUT} (download from https://image-net.org/)")
     try:
-        return datasets.ImageFolder(str(path), transform=transform)
+        return datasets.ImageFolder(str(path), transform=transform, loader=read_rgb)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{path}: {exc}; {LAYOUT}") from None
+        raise DataError(f"{path}: {str(exc).splitlines()[0]}; {LAYOUT}") from None
 
 
 def load_imagenet(data_dir: str | Path) -> dict:

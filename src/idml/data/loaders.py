@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> Tensor:
@@ -34,10 +35,11 @@ class InMemoryLoader:
         self.images, self.labels = images, labels
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.epoch = self.start_step = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Iterate epoch ``epoch`` from batch ``start_step`` on (a resumed run skips what it did)."""
+        self.epoch, self.start_step = epoch, start_step
 
     def _indices(self) -> Tensor:
         order = epoch_order(len(self.labels), self.seed, self.epoch, shuffle=self.train)
@@ -51,15 +53,19 @@ class InMemoryLoader:
             return n // self.world_size
         return len(range(self.rank, n, self.world_size))
 
-    def __len__(self) -> int:
+    def _epoch_steps(self) -> int:
         n = self._num_samples()
         if self.train and n % self.batch_size == 1 and n > 1:
             n -= 1
         return math.ceil(n / self.batch_size)
 
+    def __len__(self) -> int:
+        """The batches still to come in this epoch."""
+        return max(self._epoch_steps() - self.start_step, 0)
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         indices = self._indices().to(self.labels.device)
-        for step in range(len(self)):
+        for step in range(self.start_step, self._epoch_steps()):
             idx = indices[step * self.batch_size : (step + 1) * self.batch_size]
             yield self.images[idx], self.labels[idx]
 
@@ -75,3 +81,26 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """Wraps a ``DistributedSampler``: yields (epoch, index) and can start inside an epoch.
+
+    The epoch travels with each index to the DataLoader's workers, where it seeds that sample's
+    augmentation (see ``data.imagenet.SeededImages``); skipping whole batches keeps the batch
+    boundaries of an uninterrupted epoch.
+    """
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+        self.epoch = self.skip = 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch, self.skip = epoch, start_step * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in itertools.islice(iter(self.sampler), self.skip, None))
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)

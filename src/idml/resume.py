@@ -1,0 +1,164 @@
+"""Exact resume: what a checkpoint holds besides the weights, and how a run takes it back.
+
+The data order and every augmentation draw of a step are functions of (seed, epoch, step, rank)
+(see ``engine.step_rng`` and ``data.loaders``), so a checkpoint only needs its position: the epoch
+in progress and the number of its steps already done. It also holds the optimiser, the AMP scaler,
+the best metrics, the sums of the epoch's training meter (so that the epoch's printed averages
+match) and the global RNG states (Python, NumPy, torch CPU and CUDA) of every rank, which anything
+drawing from them (dropout, ImageNet's workers' seeds) resumes from.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from idml.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from idml.config import TrainConfig
+from idml.distributed import control_group
+from idml.errors import ConfigError, IdmlError
+from idml.runtime import Runtime
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run starts: ``step`` steps of ``epoch`` are already done."""
+
+    epoch: int = 0
+    step: int = 0
+    train_sums: Tensor | None = None
+
+
+def resolve_resume_path(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from: ``auto`` = the run's own if present; a path must exist."""
+    if cfg.resume is None:
+        return None
+    own = cfg.run_dir / CHECKPOINT_NAME
+    if cfg.resume == "auto":
+        return own if own.is_file() else None
+    path = Path(cfg.resume)
+    if not path.is_file():
+        raise ConfigError(f"--resume {path}: no such checkpoint file; give an existing one, or 'auto'")
+    return path
+
+
+def refuse_to_overwrite(cfg: TrainConfig, resume_path: Path | None) -> None:
+    """A fresh run never silently replaces another run's checkpoint."""
+    own = cfg.run_dir / CHECKPOINT_NAME
+    if resume_path is None and own.exists():
+        raise ConfigError(
+            f"{own} already exists: continue that run with --resume auto, or choose another --expname "
+            "(or delete the folder) to start afresh"
+        )
+
+
+def check_same_model(state: dict[str, Any], spec: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint of another network with one line naming the settings that differ."""
+    saved = state.get("model", {})
+    diffs = [f"{key} {saved.get(key)!r} (checkpoint) vs {value!r} (this run)"
+             for key, value in spec.items() if saved.get(key) != value]
+    if diffs:
+        raise ConfigError(
+            f"{path} holds another model: {'; '.join(diffs)}; resume with the checkpoint's settings "
+            "or start a new --expname"
+        )
+
+
+def load_resume_state(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    state = load_checkpoint(path)
+    check_same_model(state, spec, path)
+    return state
+
+
+# -- RNG states ---------------------------------------------------------------------------------
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """This process's global RNG states, as types ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_rng(states: dict[str, Any], device: torch.device) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(states["torch"])
+    if device.type == "cuda" and states["cuda"] is not None:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def gather_rank_states(rt: Runtime, train_sums: Tensor | None) -> list[dict[str, Any]]:
+    """Every rank's RNG states and training-meter sums (a collective under DDP), by rank."""
+    mine = capture_rng(rt.device) | {"train_meter": None if train_sums is None else train_sums.detach().cpu()}
+    if not rt.distributed:
+        return [mine]
+    states: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(states, mine, group=control_group())
+    return states
+
+
+# -- positions ----------------------------------------------------------------------------------
+def progress_fields(rt: Runtime, batch_size: int, step: int, train_sums: Tensor | None) -> dict[str, Any]:
+    """The checkpoint entries that make a resume exact (call on every rank: a collective)."""
+    return {"step": step, "global_batch": batch_size * rt.world_size, "ranks": gather_rank_states(rt, train_sums)}
+
+
+def _own_rank_state(state: dict[str, Any], rt: Runtime, notes: list[str]) -> dict[str, Any] | None:
+    ranks = state.get("ranks") or []
+    if len(ranks) != rt.world_size:
+        notes.append(f"the checkpoint was written by {len(ranks) or 'an unknown number of'} process(es), "
+                     f"this run has {rt.world_size}: the data shards differ, the run is not bit-identical")
+        return None
+    return ranks[rt.rank]
+
+
+def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, notes: list[str]) -> ResumePoint:
+    """Where to restart; a different global batch size maps the position to the samples done."""
+    step = int(state.get("step", 0))
+    global_batch = cfg.batch_size * rt.world_size
+    saved_batch = int(state.get("global_batch", global_batch))
+    if step and saved_batch != global_batch:
+        step = step * saved_batch // global_batch
+        notes.append(f"the global batch changed ({saved_batch} -> {global_batch}): restarting the "
+                     f"epoch at step {step} (up to one batch repeated; not bit-identical)")
+    own = _own_rank_state(state, rt, notes)
+    if own is not None:
+        restore_rng(own, rt.device)
+    sums = None if own is None or saved_batch != global_batch else own["train_meter"]
+    return ResumePoint(int(state["epoch"]), step, None if sums is None else sums.to(rt.device))
+
+
+def restore_training(trainer: Any, state: dict[str, Any], path: Path) -> list[str]:
+    """Put weights, optimiser, scaler, best metrics, position and RNG states back into ``trainer``.
+
+    Returns notes on anything that makes the continuation differ from an uninterrupted run.
+    """
+    notes: list[str] = []
+    try:
+        trainer.model.load_state_dict(state["state_dict"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise IdmlError(f"{path} does not fit this model or optimiser ({first}); "
+                        "resume with the checkpoint's settings or start a new --expname") from None
+    if state.get("scaler") and trainer.scaler.is_enabled():
+        trainer.scaler.load_state_dict(state["scaler"])
+    trainer.best_err1 = float(state.get("best_err1", 100.0))
+    trainer.best_err5 = float(state.get("best_err5", 100.0))
+    trainer.resume_at = resume_point(state, trainer.cfg, trainer.rt, notes)
+    trainer.start_epoch = trainer.resume_at.epoch
+    trainer.watch.last_saved = f"{path} (resumes at epoch {trainer.start_epoch}, step {trainer.resume_at.step})"
+    return notes

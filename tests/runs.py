@@ -1,0 +1,74 @@
+"""Helpers for tests that run ``idml train`` on tiny data, in this process or as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import datasets
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_PY = REPO / "train.py"
+#: A tiny CIFAR-10 ResNet run: 160 training images in batches of 8 = 20 steps per epoch.
+TINY = ["--dataset", "cifar10", "--net_type", "resnet", "--depth", "8", "--no-bottleneck",
+        "--batch_size", "8", "--device", "cpu", "--amp", "off", "--workers", "0", "--lr", "0.05"]
+STEPS_PER_EPOCH = 20
+
+
+def tiny_cifar(root: Path) -> Path:
+    datasets.make_cifar10(root, n_train=160, n_test=40)
+    return root
+
+
+def train_args(data: Path, out: Path, expname: str, *extra: str) -> list[str]:
+    return [*TINY, "--data_dir", str(data), "--output_dir", str(out), "--expname", expname, *extra]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The test's environment, single-threaded (2 shared cores: threads only contend) and unbuffered."""
+    return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def start_train(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(TRAIN_PY), *args], env=subprocess_env(), text=True, **kwargs)
+
+
+def run_train_process(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TRAIN_PY), *args], env=subprocess_env(), text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Every tensor of the two checkpoints' state_dicts and optimiser states is bitwise equal."""
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+    momentum_a = a["optimizer"]["state"]
+    momentum_b = b["optimizer"]["state"]
+    assert momentum_a.keys() == momentum_b.keys()
+    for key in momentum_a:
+        assert torch.equal(momentum_a[key]["momentum_buffer"], momentum_b[key]["momentum_buffer"]), key
+    assert (a["epoch"], a["step"], a["best_err1"], a["best_err5"]) == (b["epoch"], b["step"], b["best_err1"],
+                                                                     b["best_err5"])
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.tmp"))
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """``python train.py ARGS`` in this process: (exit code, stdout, stderr)."""
+    from idml.cli import main
+
+    capsys.readouterr()
+    code = main(["train", *args])
+    out, err = capsys.readouterr()
+    return code, out, err

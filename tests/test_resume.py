@@ -1,0 +1,133 @@
+"""Exact resume: a run killed (SIGKILL, a real process) or stopped by SIGTERM/SIGINT and resumed
+ends with bitwise the same weights and optimiser state as an uninterrupted run on the CPU."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import datasets
+import idml.engine
+from runs import (
+    STEPS_PER_EPOCH,
+    assert_same_weights,
+    load,
+    run_cli,
+    run_train_process,
+    start_train,
+    temp_files,
+    tiny_cifar,
+    train_args,
+)
+
+EPOCHS = ["--epochs", "2"]
+PROGRESS = re.compile(r"^Epoch: \[(\d+)/2\]\[(\d+)/20\]")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Single-threaded like the subprocesses (OMP_NUM_THREADS=1), so results compare bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_cifar(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The final checkpoint of an uninterrupted 2-epoch run."""
+    out = tmp_path_factory.mktemp("reference")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from idml.train import main
+
+        assert main(train_args(data, out, "ref", *EPOCHS, "--no-verbose")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return load(out / "ref" / "checkpoint.pth.tar")
+
+
+def kill_after(proc: subprocess.Popen, epoch: int, step: int, delay: float) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after it printed step ``step`` of ``epoch``."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = PROGRESS.match(line)
+        if match and (int(match[1]), int(match[2])) >= (epoch, step):
+            time.sleep(delay)
+            proc.kill()
+            break
+    proc.communicate(timeout=120)
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_is_bit_exact(data, reference, tmp_path: Path) -> None:
+    rng = random.Random()
+    epoch, step, delay = rng.randint(0, 1), rng.randint(2, STEPS_PER_EPOCH - 4), rng.uniform(0, 0.05)
+    args = train_args(data, tmp_path, "run", *EPOCHS, "--save_every_steps", "1")
+    proc = start_train(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    kill_after(proc, epoch, step, delay)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = load(tmp_path / "run" / "checkpoint.pth.tar")
+    assert (killed_at["epoch"], killed_at["step"]) < (2, 0), "killed too late to test a resume"
+
+    resumed = run_train_process([*args, "--resume", "auto", "--no-verbose"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at epoch {killed_at['epoch']}, step {killed_at['step']}" in resumed.stdout
+    assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), reference)
+    assert temp_files(tmp_path / "run") == []
+
+
+def signal_at(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step: int) -> None:
+    """Deliver ``sig`` to this process while step ``step`` of ``epoch`` runs."""
+    original = idml.engine.step_rng
+
+    def step_rng(seed: int, e: int, s: int, rank: int):
+        if (e, s) == (epoch, step):
+            os.kill(os.getpid(), sig)
+        return original(seed, e, s, rank)
+
+    monkeypatch.setattr(idml.engine, "step_rng", step_rng)
+
+
+@pytest.mark.parametrize(("sig", "epoch", "step"), [(signal.SIGTERM, 0, 5), (signal.SIGINT, 1, 0)])
+def test_signal_finishes_the_step_saves_and_resumes_exactly(
+    data, reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, sig: int, epoch: int, step: int
+) -> None:
+    args = train_args(data, tmp_path, "run", *EPOCHS, "--no-verbose")
+    signal_at(monkeypatch, sig, epoch, step)
+    code, _, err = run_cli(args, capsys)
+    assert code == 128 + sig  # 143 for SIGTERM, 130 for SIGINT
+    assert len(err.strip().splitlines()) == 1 and "--resume auto" in err, err
+    stopped = load(tmp_path / "run" / "checkpoint.pth.tar")
+    assert (stopped["epoch"], stopped["step"]) == (epoch, step + 1)  # the step in flight was finished
+    assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)  # handlers put back
+
+    monkeypatch.undo()
+    code, _, err = run_cli([*args, "--resume", "auto"], capsys)
+    assert code == 0, err
+    assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), reference)
+
+
+def test_bf16_autocast_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    small = datasets.make_cifar10(tmp_path / "data", n_train=40, n_test=10).parent  # 5 steps (bf16 is slow here)
+    bf16 = ["--epochs", "1", "--amp", "bf16", "--no-verbose"]
+    assert run_cli(train_args(small, tmp_path, "ref", *bf16), capsys)[0] == 0
+    signal_at(monkeypatch, signal.SIGTERM, 0, 1)
+    assert run_cli(train_args(small, tmp_path, "run", *bf16), capsys)[0] == 143
+    monkeypatch.undo()
+    assert run_cli(train_args(small, tmp_path, "run", *bf16, "--resume", "auto"), capsys)[0] == 0
+    assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), load(tmp_path / "ref" / "checkpoint.pth.tar"))
