@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import datasets
@@ -17,6 +18,16 @@ TRAIN_PY = REPO / "train.py"
 TINY = ["--dataset", "cifar10", "--net_type", "resnet", "--depth", "8", "--no-bottleneck",
         "--batch_size", "8", "--device", "cpu", "--amp", "off", "--workers", "0", "--lr", "0.05"]
 STEPS_PER_EPOCH = 20
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Single-threaded like the subprocesses: on 2 shared cores extra threads only contend (a tiny
+    run took 27 s with 2 threads against 1.7 s with 1), and bitwise comparisons need equal threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_cifar(root: Path) -> Path:

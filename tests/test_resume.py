@@ -20,6 +20,7 @@ from runs import (
     STEPS_PER_EPOCH,
     assert_same_weights,
     load,
+    one_thread,  # noqa: F401 - autouse fixture
     run_cli,
     run_train_process,
     start_train,
@@ -30,15 +31,6 @@ from runs import (
 
 EPOCHS = ["--epochs", "2"]
 PROGRESS = re.compile(r"^Epoch: \[(\d+)/2\]\[(\d+)/20\]")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded like the subprocesses (OMP_NUM_THREADS=1), so results compare bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,11 @@ def check_same_model(state: dict[str, Any], spec: dict[str, Any], path: Path) ->
 
 
 def load_resume_state(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked to be a training checkpoint of this very model."""
     state = load_checkpoint(path)
+    missing = sorted({"epoch", "optimizer", "best_err1"} - set(state))
+    if missing:
+        raise IdmlError(f"{path} cannot be resumed: it lacks {', '.join(missing)} (not a training checkpoint)")
     check_same_model(state, spec, path)
     return state
 
