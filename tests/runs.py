@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +22,22 @@ TINY = ["--dataset", "cifar10", "--net_type", "resnet", "--depth", "8", "--no-bo
 STEPS_PER_EPOCH = 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
     """Single-threaded like the subprocesses: on 2 shared cores extra threads only contend (a tiny
     run took 27 s with 2 threads against 1.7 s with 1), and bitwise comparisons need equal threads."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    with single_thread():
+        yield
 
 
 def tiny_cifar(root: Path) -> Path:
@@ -80,6 +90,9 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     from idml.cli import main
 
     capsys.readouterr()
-    code = main(["train", *args])
+    try:
+        code = main(["train", *args])
+    except SystemExit as exc:  # argparse's errors exit through the parser
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import datasets
 import idml.engine
+from idml.train import main as train_main
 from runs import (
     STEPS_PER_EPOCH,
     assert_same_weights,
@@ -23,6 +23,7 @@ from runs import (
     one_thread,  # noqa: F401 - autouse fixture
     run_cli,
     run_train_process,
+    single_thread,
     start_train,
     temp_files,
     tiny_cifar,
@@ -42,14 +43,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The final checkpoint of an uninterrupted 2-epoch run."""
     out = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from idml.train import main
-
-        assert main(train_args(data, out, "ref", *EPOCHS, "--no-verbose")) == 0
-    finally:
-        torch.set_num_threads(threads)
+    with single_thread():
+        assert train_main(train_args(data, out, "ref", *EPOCHS, "--no-verbose")) == 0
     return load(out / "ref" / "checkpoint.pth.tar")
 
 

@@ -33,12 +33,16 @@ _ALLOWED = {
 }
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """The pickle names a function or class that a CIFAR archive never contains."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None
+            raise ForbiddenGlobal(f"forbidden global {module}.{name}") from None
 
 
 def load_pickle(path: Path) -> Any:
@@ -49,7 +53,7 @@ def load_pickle(path: Path) -> Any:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
+    except ForbiddenGlobal as exc:
         raise DataError(f"{path} is not a plain CIFAR archive ({exc}); refusing to load it") from None
     except Exception as exc:  # truncated or corrupt streams raise many different types
         raise DataError(
