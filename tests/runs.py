@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,22 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def learnable_cifar(root: Path, n_train: int = 160, n_test: int = 45) -> Path:
+    """A tiny CIFAR-10 whose classes differ in brightness, so a model learns something in an epoch
+    and its validation error says more than "always the same class" (``n_test`` odd: uneven shards)."""
+    rng = np.random.default_rng(1)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(n: int) -> dict:
+        labels = rng.integers(0, 10, size=n)
+        noise = rng.integers(0, 60, size=(n, 3072))
+        return {"data": (noise + labels[:, None] * 20).astype(np.uint8), "labels": labels.tolist()}
+
+    for i in range(1, 6):
+        datasets.write_pickle(folder / f"data_batch_{i}", batch(n_train // 5), py2=False)
+    datasets.write_pickle(folder / "test_batch", batch(n_test), py2=False)
+    datasets.write_pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]}, py2=False)
+    return root

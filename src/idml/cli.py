@@ -10,7 +10,7 @@ import os
 import sys
 
 from idml.config import OneLineParser
-from idml.distributed import AgreedError
+from idml.distributed import AgreedError, exit_without_interruption
 from idml.errors import ConfigError, IdmlError, RunStopped, one_line
 
 #: subcommand -> (module implementing ``main(argv)``, one-line help)
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(COMMANDS[command][0]).main(argv[1:])
     except IdmlError as exc:
+        exit_without_interruption()
         if debug:
             raise
         report(f"idml {command}: error: {one_line(exc)}", shared=isinstance(exc, AgreedError | ConfigError))

@@ -7,6 +7,9 @@ force a sync with, the GPU.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -56,6 +59,18 @@ def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+def broadcast_buffers(model: nn.Module, rt: Runtime) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    Each rank's last training forward updated its own statistics from its own shard; evaluating
+    with those would score the validation shards with slightly different models. After this,
+    every rank evaluates exactly the model that rank 0 checkpoints.
+    """
+    if rt.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def share_failure(failure: Exception | None, rt: Runtime) -> None:
     """Every rank calls this; if any rank failed, every rank raises (rank 0 prints the message).
 
@@ -74,10 +89,21 @@ def share_failure(failure: Exception | None, rt: Runtime) -> None:
     failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
     if not failed:
         return
+    exit_without_interruption()
     if failure is not None and not isinstance(failure, IdmlError):
         raise failure
     rank, text = failed[0]
     raise AgreedError(f"rank {rank}: {text}") from None
+
+
+def exit_without_interruption() -> None:
+    """A DDP worker on its way out with an error ignores SIGTERM from now on.
+
+    torchrun sends SIGTERM to every worker as soon as one has exited; the others are already
+    exiting with the same error and should end with their own status (2), not be killed.
+    """
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def run_agreed(action: Callable[[], T], rt: Runtime) -> T:

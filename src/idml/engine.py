@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save
 from idml.config import TrainConfig
 from idml.data import DataBundle
-from idml.distributed import run_agreed
+from idml.distributed import broadcast_buffers, run_agreed
 from idml.errors import RunStopped
 from idml.guard import CHECK_EVERY, LossWatch
 from idml.interrupt import StepControl
@@ -211,6 +211,7 @@ class Trainer:
     def evaluate(self, epoch: int) -> EpochResult:
         """Top-1/top-5 error of the plain logits over the whole validation set (all ranks)."""
         model = self.model if self.rt.distributed else self.net
+        broadcast_buffers(self.model, self.rt)
         model.eval()
         meter = Meter(self.rt.device)
         start = time.perf_counter()

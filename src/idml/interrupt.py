@@ -60,7 +60,8 @@ class StepControl:
             yield
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                if signal.getsignal(sig) == self._on_signal:  # not replaced meanwhile (see distributed)
+                    signal.signal(sig, handler)
 
     def _agree(self, failed: bool) -> tuple[bool, int]:
         """(whether any rank failed; the stop signal any rank received, or 0)."""
