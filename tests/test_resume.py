@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import datasets
 import idml.engine
+from idml.data import DataRequest, build_data
 from idml.train import main as train_main
 from runs import (
     STEPS_PER_EPOCH,
@@ -118,3 +120,15 @@ def test_bf16_autocast_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.undo()
     assert run_cli(train_args(small, tmp_path, "run", *bf16, "--resume", "auto"), capsys)[0] == 0
     assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), load(tmp_path / "ref" / "checkpoint.pth.tar"))
+
+
+def test_imagenet_augmentation_depends_only_on_seed_epoch_and_index(tmp_path: Path) -> None:
+    """What makes ImageNet resumable without worker RNG state: a sample's random crop, flip, jitter
+    and lighting are drawn from its own seed, whatever ran before in that process."""
+    datasets.make_imagenet(tmp_path)
+    data = build_data(DataRequest("imagenet", tmp_path, batch_size=4, workers=0, seed=5), torch.device("cpu"))
+    images = data.train.dataset
+    first = images[(1, 3)][0]
+    torch.rand(100)  # disturb the global RNG
+    assert torch.equal(images[(1, 3)][0], first)
+    assert not torch.equal(images[(2, 3)][0], first)
