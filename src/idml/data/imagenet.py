@@ -106,7 +106,7 @@ class SeededImages(Dataset):
         seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs ~0.3 ms
                 return self.folder[index]
         except DataError:
             if not self.skip_bad:
