@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import datasets
-from idml.checkpoint import CHECKPOINT_NAME
+from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from idml.cli import main as cli_main
 from idml.data import DataRequest, build_data
 from idml.errors import DataError
@@ -176,7 +176,6 @@ CHECKPOINT_FAULTS = {
     "truncated": (truncate, ["--resume", "auto"], "truncated or corrupt"),
     "not a checkpoint": (lambda path: torch.save({"weights": torch.zeros(2)}, path), ["--resume", "auto"],
                          "not an idml checkpoint"),
-    "fresh run over it": (lambda path: None, [], "already exists: continue that run with --resume auto"),
 }
 
 
@@ -190,6 +189,16 @@ def test_unusable_checkpoint_is_refused_and_kept(case: str, cifar, finished_run,
     assert re.search(expected, line), line
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == [CHECKPOINT_NAME]  # no config.yaml either
+
+
+def test_fresh_run_moves_an_earlier_run_aside(cifar: Path, finished_run: Path, tmp_path: Path, capsys) -> None:
+    path = damaged_copy(finished_run, tmp_path, lambda path: None)
+    before = path.read_bytes()
+    code, out, _ = run_cli(train_args(cifar, tmp_path, "run", "--epochs", "1", "--no-verbose"), capsys)
+    assert code == 0
+    assert f"moved it to {tmp_path / 'run.1'}" in out
+    assert (tmp_path / "run.1" / CHECKPOINT_NAME).read_bytes() == before
+    assert (tmp_path / "run" / CHECKPOINT_NAME).is_file() and (tmp_path / "run" / BEST_NAME).is_file()
 
 
 def test_output_folder_that_cannot_be_written(cifar: Path, tmp_path: Path, capsys) -> None:

@@ -49,16 +49,6 @@ def resolve_resume_path(cfg: TrainConfig) -> Path | None:
     return path
 
 
-def refuse_to_overwrite(cfg: TrainConfig, resume_path: Path | None) -> None:
-    """A fresh run never silently replaces another run's checkpoint."""
-    own = cfg.run_dir / CHECKPOINT_NAME
-    if resume_path is None and own.exists():
-        raise ConfigError(
-            f"{own} already exists: continue that run with --resume auto, or choose another --expname "
-            "(or delete the folder) to start afresh"
-        )
-
-
 def check_same_model(state: dict[str, Any], spec: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint of another network with one line naming the settings that differ."""
     saved = state.get("model", {})

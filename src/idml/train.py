@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import yaml
@@ -15,14 +17,33 @@ from idml.distributed import convert_sync_bn, init_distributed, run_agreed, shut
 from idml.engine import Trainer
 from idml.errors import IdmlError
 from idml.models import build_from_spec
-from idml.resume import load_resume_state, refuse_to_overwrite, resolve_resume_path, restore_training
+from idml.resume import load_resume_state, resolve_resume_path, restore_training
 from idml.runtime import Runtime, build_runtime
 
 
-def prepare_run_dir(cfg: TrainConfig) -> None:
+def archive_earlier_run(run_dir: Path) -> Path | None:
+    """Move a finished or interrupted run out of the way of a fresh one, to ``<run_dir>.<n>``.
+
+    The official code silently overwrote it (the official README's CIFAR commands all share
+    ``--expname PyraNet200``); idml keeps those commands working without losing anything.
+    """
+    if not any((run_dir / name).exists() for name in (CHECKPOINT_NAME, BEST_NAME)):
+        return None
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.{n}").exists():
+        n += 1
+    target = run_dir.with_name(f"{run_dir.name}.{n}")
+    run_dir.rename(target)
+    return target
+
+
+def prepare_run_dir(cfg: TrainConfig, fresh: bool, printer: Callable[[str], None]) -> None:
     """Create ``<output_dir>/<expname>`` and record the resolved settings as ``config.yaml``."""
     run_dir = cfg.run_dir
     try:
+        moved = archive_earlier_run(run_dir) if fresh else None
+        if moved is not None:
+            printer(f"=> {run_dir} held an earlier run: moved it to {moved} (use --resume auto to continue a run)")
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
@@ -44,7 +65,6 @@ def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
     """Data, model and (on resume) its checkpoint: everything that bad input can break is checked
     before the run folder is touched, so a failing start or resume never overwrites anything."""
     resume_path = resolve_resume_path(cfg)
-    refuse_to_overwrite(cfg, resume_path)
     torch.manual_seed(cfg.seed)
     req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,
                       cfg.skip_bad_images)
@@ -62,7 +82,7 @@ def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
         for note in notes:
             trainer.print(f"=> note: {note}")
     if rt.is_main:
-        prepare_run_dir(cfg)
+        prepare_run_dir(cfg, fresh=resume_path is None, printer=trainer.print)
     return trainer
 
 
