@@ -18,6 +18,7 @@ import yaml
 
 from idml.datasets_info import DATASETS
 from idml.errors import ConfigError
+from idml.logs import MISSING_TENSORBOARD, tensorboard_available
 from idml.mixing import MixConfig
 from idml.models import ModelSpec, net_types
 
@@ -67,6 +68,7 @@ class TrainConfig:
     save_every_steps: int = 0
     sync_bn: bool = False
     skip_bad_images: bool = False
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -118,6 +120,7 @@ class TrainConfig:
             (bool(EXPNAME_PATTERN.match(self.expname)) and ".." not in self.expname,
              f"--expname {self.expname!r} must be a plain folder name (letters, digits, . _ + = -), "
              "so that the run stays inside --output_dir"),
+            (not self.tensorboard or tensorboard_available(), MISSING_TENSORBOARD),
         ]
         for ok, message in checks:
             if not ok:
@@ -218,6 +221,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                      help="under torchrun: convert BatchNorm to SyncBatchNorm (statistics over all processes)")
     new.add_argument("--skip_bad_images", action="store_const", const=True,
                      help="ImageNet: skip (and count) unreadable images instead of stopping at the first one")
+    new.add_argument("--tensorboard", action="store_const", const=True,
+                     help="also write TensorBoard event files to <run>/tensorboard (needs idml[tensorboard])")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

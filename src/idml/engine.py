@@ -24,6 +24,7 @@ from idml.distributed import broadcast_buffers, run_agreed
 from idml.errors import RunStopped
 from idml.guard import CHECK_EVERY, LossWatch
 from idml.interrupt import StepControl
+from idml.logs import RunLog
 from idml.mixing import mix_batch, mixed_cross_entropy
 from idml.resume import ResumePoint, progress_fields
 from idml.runtime import Runtime
@@ -109,6 +110,8 @@ class Trainer:
         )
         self.scaler = runtime.grad_scaler()
         self.print = printer if runtime.is_main else (lambda _msg: None)
+        self.log = RunLog(cfg.run_dir, self.print, is_main=runtime.is_main, verbose=cfg.verbose,
+                          tensorboard=cfg.tensorboard, world_size=runtime.world_size)
         self.start_epoch = 0
         self.resume_at = ResumePoint()  # set by resume.restore_training
         self.control = StepControl(runtime)
@@ -182,6 +185,7 @@ class Trainer:
         start = last = time.perf_counter()
         images_seen = 0
         batches = self.control.batches(self.data.train, partial(self._stop_at, epoch, meter), first)
+        batches = self.log.batches(batches, f"Epoch {epoch}/{cfg.epochs}", steps, first)
         for step, (images, targets) in enumerate(batches, start=first):
             data_time = time.perf_counter() - last
             images, targets = self._to_device(images, targets)
@@ -192,11 +196,11 @@ class Trainer:
                 loss, e1, e5 = meter.current()
                 avg_loss, a1, a5 = meter.average()
                 now = time.perf_counter()
-                self.print(
+                self.log.step(
                     f"Epoch: [{epoch}/{cfg.epochs}][{step}/{steps}]\tLR: {lr:.6f}\t"
                     f"Time {now - last:.3f} ({(now - start) / (step + 1 - first):.3f})\tData {data_time:.3f}\t"
                     f"Loss {loss:.4f} ({avg_loss:.4f})\tTop 1-err {e1:.4f} ({a1:.4f})\t"
-                    f"Top 5-err {e5:.4f} ({a5:.4f})"
+                    f"Top 5-err {e5:.4f} ({a5:.4f})", loss=avg_loss, top1_err=a1,
                 )
             last = time.perf_counter()
         meter.all_reduce()
@@ -216,7 +220,8 @@ class Trainer:
         meter = Meter(self.rt.device)
         start = time.perf_counter()
         steps = len(self.data.val)
-        for step, (images, targets) in enumerate(self.control.batches(self.data.val)):
+        batches = self.log.batches(self.control.batches(self.data.val), f"Test {epoch}/{self.cfg.epochs}", steps)
+        for step, (images, targets) in enumerate(batches):
             images, targets = self._to_device(images, targets)
             with self.rt.autocast():
                 logits = model(self._format(self.data.eval_transform(images))).logits
@@ -224,8 +229,8 @@ class Trainer:
             meter.update(loss, logits, targets)
             if self.cfg.verbose and step % self.cfg.print_freq == 0:
                 _, e1, e5 = meter.current()
-                self.print(f"Test (on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
-                           f"Top 1-err {e1:.4f}\tTop 5-err {e5:.4f}")
+                self.log.step(f"Test (on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
+                              f"Top 1-err {e1:.4f}\tTop 5-err {e5:.4f}", top1_err=e1)
         meter.all_reduce()
         loss, e1, e5 = meter.average()
         images = int(meter.sums[3].item())
@@ -282,9 +287,10 @@ class Trainer:
 
     def _fit(self) -> tuple[float, float]:
         for epoch in range(self.start_epoch, self.cfg.epochs):
-            self.train_epoch(epoch)
+            train = self.train_epoch(epoch)
             self.watch.check()
             val = self.evaluate(epoch)
+            self.log.epoch_end(epoch, self.optimizer.param_groups[0]["lr"], train, val)
             is_best = val.top1_err <= self.best_err1
             self.best_err1 = min(val.top1_err, self.best_err1)
             if is_best:
@@ -293,5 +299,6 @@ class Trainer:
             self.save(epoch, is_best)
             if self.control.stop_signal() and epoch + 1 < self.cfg.epochs:
                 self._raise_stopped()
+        self.log.close()
         self.print(f"Best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}")
         return self.best_err1, self.best_err5

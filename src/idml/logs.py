@@ -1,0 +1,194 @@
+"""What a training run records besides its console lines: metrics.csv, TensorBoard, progress bars.
+
+:class:`RunLog` is the trainer's one entry point: ``batches`` wraps a loader in a tqdm progress
+bar (with ETA) when the run is verbose and stdout is an interactive terminal, and ``epoch_end``
+appends one row per epoch to ``<run>/metrics.csv`` (and TensorBoard scalars with
+``--tensorboard``). Only the main process (rank 0) writes or shows anything. Files are opened on
+the first epoch, so building a trainer creates nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+from tqdm import tqdm
+
+from idml.errors import IdmlError
+
+METRICS_NAME = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+MISSING_TENSORBOARD = "--tensorboard needs the tensorboard package: pip install 'idml[tensorboard]'"
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class PhaseResult(Protocol):
+    """What the trainer measured in one pass over a split (engine.EpochResult)."""
+
+    loss: float
+    top1_err: float
+    top5_err: float
+    images: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of metrics.csv. Errors in percent; ``epoch`` counted from 0 like the console lines.
+
+    ``train_loss`` is the training objective (cross-entropy on the introspective logits, mixed
+    under CutMix/Mixup); ``val_loss`` is the cross-entropy of the plain logits. ``epoch_seconds``
+    covers training and validation; ``images_per_s`` is the training throughput of all processes.
+    """
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_top1_err: float
+    train_top5_err: float
+    val_loss: float
+    val_top1_err: float
+    val_top5_err: float
+    epoch_seconds: float
+    images_per_s: float
+
+    @classmethod
+    def from_results(
+        cls, epoch: int, lr: float, train: PhaseResult, val: PhaseResult, world_size: int = 1
+    ) -> EpochRecord:
+        throughput = train.images * world_size / train.seconds if train.seconds > 0 else 0.0
+        return cls(epoch, lr, train.loss, train.top1_err, train.top5_err, val.loss, val.top1_err, val.top5_err,
+                   train.seconds + val.seconds, throughput)
+
+
+COLUMNS = [f.name for f in fields(EpochRecord)]
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a metrics.csv as floats (``epoch`` as int); one-line error if unreadable."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not set(COLUMNS) <= set(reader.fieldnames):
+                raise IdmlError(f"{path} is not an idml metrics.csv (expected the columns {', '.join(COLUMNS)})")
+            return [{k: (int(row[k]) if k == "epoch" else float(row[k])) for k in COLUMNS} for row in reader]
+    except OSError as exc:
+        raise IdmlError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise IdmlError(f"{path} holds a malformed row ({exc})") from None
+
+
+class MetricsCSV:
+    """``metrics.csv``: rows of epochs before the first one logged now are kept (a resumed run
+    continues its file), later ones are dropped (a fresh run, or epochs being redone)."""
+
+    def __init__(self, path: Path, first_epoch: int) -> None:
+        kept = self._rows_before(path, first_epoch)
+        self.fh = path.open("w", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.fh, fieldnames=COLUMNS)
+        self.writer.writeheader()
+        self.writer.writerows(kept)
+        self.fh.flush()
+
+    @staticmethod
+    def _rows_before(path: Path, epoch: int) -> list[dict]:
+        if epoch == 0 or not path.is_file():
+            return []
+        try:
+            return [row for row in read_metrics(path) if row["epoch"] < epoch]
+        except IdmlError:  # a damaged or foreign file: start it afresh rather than stop training
+            return []
+
+    def write(self, record: EpochRecord) -> None:
+        self.writer.writerow({k: v if isinstance(v, int) else f"{v:.6g}" for k, v in asdict(record).items()})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class TensorBoardLog:
+    """The same numbers as TensorBoard scalars, under ``<run>/tensorboard``."""
+
+    def __init__(self, log_dir: Path) -> None:
+        if not tensorboard_available():
+            raise IdmlError(MISSING_TENSORBOARD)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write(self, record: EpochRecord) -> None:
+        for name, value in asdict(record).items():
+            if name != "epoch":
+                split, _, metric = name.partition("_")
+                tag = f"{split}/{metric}" if split in ("train", "val") else f"run/{name}"
+                self.writer.add_scalar(tag, value, record.epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class RunLog:
+    """Per-run logging for :class:`idml.engine.Trainer` (a no-op on processes other than rank 0)."""
+
+    def __init__(self, run_dir: str | Path, printer: Callable[[str], None] = print, *, is_main: bool = True,
+                 verbose: bool = True, tensorboard: bool = False, world_size: int = 1) -> None:
+        self.run_dir = Path(run_dir)
+        self.printer = printer
+        self.is_main = is_main
+        self.world_size = world_size
+        self.tensorboard = tensorboard
+        #: progress bars replace the per-step lines on an interactive terminal
+        self.interactive = is_main and verbose and sys.stdout.isatty()
+        self._bar: tqdm | None = None
+        self._sinks: list[MetricsCSV | TensorBoardLog] | None = None
+
+    def batches(self, loader: Iterable, description: str, total: int, initial: int = 0) -> Iterable:
+        """``loader`` itself, or wrapped in a tqdm progress bar (steps/s and ETA) when interactive.
+
+        ``total`` is the number of steps of the whole pass, ``initial`` how many were done before
+        (a run resumed inside an epoch).
+        """
+        if not self.interactive:
+            return loader
+        self._bar = tqdm(loader, desc=description, total=total, initial=initial, leave=False, file=sys.stdout,
+                         dynamic_ncols=True, unit="batch")
+        return self._bar
+
+    def step(self, line: str, **running: float) -> None:
+        """A verbose per-step report: the full line, or the running averages on the progress bar."""
+        if self._bar is None:
+            self.printer(line)
+        else:
+            self._bar.set_postfix({name: f"{value:.4g}" for name, value in running.items()}, refresh=False)
+
+    def _open(self, first_epoch: int) -> list[MetricsCSV | TensorBoardLog]:
+        sinks: list[MetricsCSV | TensorBoardLog] = [MetricsCSV(self.run_dir / METRICS_NAME, first_epoch)]
+        if self.tensorboard:
+            sinks.append(TensorBoardLog(self.run_dir / TENSORBOARD_DIR))
+        return sinks
+
+    def epoch_end(self, epoch: int, lr: float, train: PhaseResult, val: PhaseResult) -> None:
+        """Record one finished epoch (called once per epoch by the trainer)."""
+        if not self.is_main:
+            return
+        if self._sinks is None:
+            self._sinks = self._open(epoch)
+        record = EpochRecord.from_results(epoch, lr, train, val, self.world_size)
+        for sink in self._sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        for sink in self._sinks or []:
+            sink.close()
+        self._sinks = None
