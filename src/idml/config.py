@@ -20,7 +20,7 @@ from idml.datasets_info import DATASETS
 from idml.errors import ConfigError
 from idml.logs import MISSING_TENSORBOARD, tensorboard_available
 from idml.mixing import MixConfig
-from idml.models import ModelSpec, net_types
+from idml.models import ModelSpec, net_type_problem
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -92,8 +92,7 @@ class TrainConfig:
         checks = [
             (self.dataset.lower() in DATASETS,
              f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"),
-            (self.net_type.lower() in net_types(),
-             f"unknown --net_type {self.net_type!r}: choose one of {', '.join(net_types())}"),
+            net_type_problem(self.net_type),
             (self.batch_size >= 1, f"--batch_size must be at least 1 (got {self.batch_size})"),
             (self.lr > 0, f"--lr must be positive (got {self.lr})"),
             (self.momentum >= 0, f"--momentum must be >= 0 (got {self.momentum})"),

@@ -10,6 +10,7 @@ from torch import nn
 from idml.datasets_info import DEFAULT_UNCERTAINTY_DIM, dataset_info
 from idml.errors import ConfigError
 from idml.ism import IntrospectiveClassifier, ISMHead
+from idml.models.external import SOURCES, external_backbone, name_problem
 from idml.models.pyramidnet import cifar_pyramidnet, imagenet_pyramidnet
 from idml.models.resnet import CifarResNet, imagenet_resnet
 
@@ -47,8 +48,20 @@ def net_types() -> list[str]:
     return sorted({name for name, _ in BACKBONES})
 
 
+def net_type_problem(net_type: str) -> tuple[bool, str]:
+    """(ok, message) for ``--net_type``: a built-in name, or ``torchvision:<name>`` / ``timm:<name>``."""
+    if ":" in net_type:
+        problem = name_problem(net_type)
+        return problem is None, problem or ""
+    choices = ", ".join([*net_types(), *(f"{prefix}:<name>" for prefix in SOURCES)])
+    return net_type.lower() in net_types(), f"unknown --net_type {net_type!r}: choose one of {choices}"
+
+
 def build_backbone(spec: ModelSpec) -> nn.Module:
-    family = dataset_info(spec.dataset).family
+    info = dataset_info(spec.dataset)
+    if ":" in spec.net_type:
+        return external_backbone(spec.net_type, info.input_size)
+    family = info.family
     factory = BACKBONES.get((spec.net_type.lower(), family))
     if factory is None:
         raise ConfigError(f"unknown --net_type {spec.net_type!r}: choose one of {', '.join(net_types())}")

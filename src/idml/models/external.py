@@ -1,0 +1,134 @@
+"""Backbones from other libraries: ``--net_type torchvision:<name>`` and ``--net_type timm:<name>``.
+
+Each source builds the named network without its classifier, so that it returns pooled features
+(B x D), and the IDML head goes on top. D is measured by running the network once on a blank
+image of the dataset's input size: that also proves the network accepts that size (32x32 for
+CIFAR and digits) before any training starts. Weights start from random initialisation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from idml.errors import ConfigError
+
+
+def _strip_torchvision_classifier(net: nn.Module, name: str) -> nn.Module:
+    """Replace the network's last ``nn.Linear`` (its classifier) by an identity.
+
+    Auxiliary training classifiers (GoogLeNet, Inception v3) are removed, so that the network
+    returns one tensor in training mode too.
+    """
+    if hasattr(net, "aux_logits"):
+        net.aux_logits = False
+        for child in [n for n, _ in net.named_children() if n.lower().startswith("aux")]:
+            setattr(net, child, None)
+    linears = [qualified for qualified, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"torchvision:{name} has no nn.Linear classifier to replace; "
+                          "wrap it yourself with idml.IntrospectiveClassifier (see the README's Python API)")
+    parent_name, _, attr = linears[-1].rpartition(".")
+    setattr(net.get_submodule(parent_name), attr, nn.Identity())
+    return net
+
+
+def _torchvision_features(name: str) -> nn.Module:
+    import torchvision
+
+    return _strip_torchvision_classifier(torchvision.models.get_model(name, weights=None), name)
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _timm_features(name: str) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=0)
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+@dataclass(frozen=True)
+class Source:
+    """A library of networks: how to build one without its classifier, and which names exist."""
+
+    package: str
+    build: Callable[[str], nn.Module]
+    names: Callable[[], list[str]]
+    install: str
+
+
+#: ``<prefix>:<name>`` -> where the network comes from.
+SOURCES: dict[str, Source] = {
+    "torchvision": Source("torchvision", _torchvision_features, _torchvision_names, "pip install torchvision"),
+    "timm": Source("timm", _timm_features, _timm_names, "pip install 'idml[timm]'"),
+}
+
+
+def name_problem(net_type: str) -> str | None:
+    """Why ``<prefix>:<name>`` cannot be built here (unknown source, missing package, unknown
+    name), or None when it can."""
+    prefix, _, name = net_type.partition(":")
+    source = SOURCES.get(prefix.lower())
+    if source is None:
+        forms = " or ".join(f"{p}:<name>" for p in SOURCES)
+        return f"unknown backbone source {prefix!r} in --net_type {net_type!r}: use {forms}"
+    if importlib.util.find_spec(source.package) is None:
+        return f"--net_type {net_type} needs the {source.package} package: {source.install}"
+    if name not in source.names():
+        return (f"{source.package} has no model {name!r} (--net_type {net_type}); "
+                f"list them with python -c 'import {source.package}; print({source.package}.list_models())'")
+    return None
+
+
+class FeatureBackbone(nn.Module):
+    """A classifier-less network with the feature width ``num_features`` the IDML head needs."""
+
+    def __init__(self, net: nn.Module, num_features: int) -> None:
+        super().__init__()
+        self.net = net
+        self.num_features = num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def _feature_width(net: nn.Module, net_type: str, input_size: int) -> int:
+    """Run the network once (eval mode, no gradients) on a blank image and read D."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, 3, input_size, input_size))
+    except Exception as exc:  # shape errors come as RuntimeError, ValueError, AssertionError...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"--net_type {net_type} cannot run on {input_size}x{input_size} images: {first}") from None
+    finally:
+        net.train(was_training)
+    if not isinstance(out, Tensor) or out.ndim != 2:
+        raise ConfigError(f"--net_type {net_type} does not return pooled features (B x D) once its classifier "
+                          "is removed; wrap it yourself with idml.IntrospectiveClassifier")
+    return out.shape[1]
+
+
+def external_backbone(net_type: str, input_size: int) -> FeatureBackbone:
+    """Build ``<prefix>:<name>`` as a feature extractor for ``input_size`` x ``input_size`` images."""
+    problem = name_problem(net_type)
+    if problem:
+        raise ConfigError(problem)
+    prefix, _, name = net_type.partition(":")
+    net = SOURCES[prefix.lower()].build(name)
+    return FeatureBackbone(net, _feature_width(net, net_type, input_size))
