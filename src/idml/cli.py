@@ -16,6 +16,9 @@ from idml.errors import ConfigError, IdmlError, RunStopped, one_line
 #: subcommand -> (module implementing ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("idml.train", "train a classifier (the official README's train.py)"),
+    "eval": ("idml.evaluate", "error, NLL, calibration and uncertainty AUROC of a checkpoint"),
+    "predict": ("idml.predict", "top-k classes and uncertainty score of image files"),
+    "plot": ("idml.plot", "loss and error curves of runs from their metrics.csv"),
 }
 
 

@@ -18,13 +18,21 @@ DIGITS_STD = (0.3241, 0.3241, 0.3241)
 TEST_EVERY = 5
 
 
+def upsample_digits(small: torch.Tensor) -> torch.Tensor:
+    """N x 1 x 8 x 8 ink values in 0..255 (float) -> N x 3 x 32 x 32 uint8: the quick-start images.
+
+    ``idml predict`` prepares digit image files with this same function.
+    """
+    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
+    return big.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
 def load_digits_data() -> dict:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     small = torch.from_numpy(bunch.images).float().unsqueeze(1) * (255.0 / 16.0)
-    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
-    images = big.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    images = upsample_digits(small)
     labels = torch.from_numpy(bunch.target).long()
     is_test = torch.arange(len(labels)) % TEST_EVERY == 0
     return {

@@ -1,0 +1,118 @@
+"""``idml eval``: accuracy, calibration and how well the uncertainty score flags mistakes.
+
+The network and its settings come from the checkpoint; the data from ``--dataset`` (default: the
+one it was trained on) under ``--data_dir``, read and normalised exactly as during training's
+validation. Predictions use the plain logits, as the official code evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from idml.config import DEVICE_CHOICES, OneLineParser
+from idml.data import DataBundle, DataRequest, build_data
+from idml.datasets_info import dataset_info
+from idml.errors import ConfigError
+from idml.inference import Outputs, TrainedModel, load_trained_model, run_model
+from idml.metrics import EvalReport, evaluate_predictions, reliability_bins, softmax
+from idml.runtime import resolve_device
+
+
+def parse_args(argv: list[str]):
+    p = OneLineParser(prog="idml eval", description="Evaluate a checkpoint on a dataset's validation set.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by idml train (e.g. model_best.pth.tar)")
+    p.add_argument("--dataset", help="dataset to evaluate on (default: the checkpoint's)")
+    p.add_argument("--data_dir", default="data", help="folder holding the datasets (default: data)")
+    p.add_argument("-b", "--batch_size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("-j", "--workers", type=int, default=4, help="data-loading processes, ImageNet (default: 4)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = CUDA when available")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the reliability diagram and the uncertainty-score histograms to FILE.png")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.workers < 0:
+        raise ConfigError("--batch_size must be at least 1 and --workers at least 0")
+    return args
+
+
+def check_compatible(trained: TrainedModel, dataset: str, data: DataBundle) -> None:
+    """Refuse a dataset whose input size or classes the network was not built for."""
+    trained_on = dataset_info(trained.dataset)
+    target = dataset_info(dataset)
+    if trained_on.family != target.family:
+        raise ConfigError(f"the checkpoint was trained on {trained.dataset} ({trained_on.input_size}px inputs) and "
+                          f"cannot evaluate {dataset} ({target.input_size}px); pick a matching --dataset")
+    if data.num_classes != len(trained.class_names):
+        raise ConfigError(f"the checkpoint predicts {len(trained.class_names)} classes but {dataset} has "
+                          f"{data.num_classes}; pick a matching --dataset")
+
+
+def predict_validation_set(trained: TrainedModel, data: DataBundle) -> tuple[Outputs, np.ndarray]:
+    """Plain logits and uncertainty scores of every validation image, with their targets."""
+    targets: list[torch.Tensor] = []
+
+    def batches() -> Iterator[torch.Tensor]:
+        for images, labels in data.val:
+            targets.append(labels.cpu())
+            yield data.eval_transform(images.to(trained.device))
+
+    outputs = run_model(trained, batches())
+    return outputs, torch.cat(targets).numpy()
+
+
+def format_report(report: EvalReport, checkpoint: str, dataset: str, has_ism: bool) -> str:
+    """The human-readable result: one metric per line, units spelled out."""
+    def auroc(value: float | None, why: str) -> str:
+        return f"{value:.4f}" if value is not None else f"n/a ({why})"
+
+    undefined = "every prediction right or every one wrong"
+    uncertainty_note = auroc(report.auroc_uncertainty, undefined if has_ism else "model trained without ISM")
+    rows = [
+        ("checkpoint", checkpoint),
+        ("dataset", f"{dataset} ({report.images} validation images)"),
+        ("top-1 error", f"{report.top1_err:.2f} %"),
+        ("top-5 error", f"{report.top5_err:.2f} %"),
+        ("NLL", f"{report.nll:.4f} nats/image"),
+        ("ECE (15 bins)", f"{report.ece:.2f} %"),
+        ("AUROC uncertainty ||u||^2", uncertainty_note),
+        ("AUROC 1 - max softmax", auroc(report.auroc_msp, undefined)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def draw_plot(path: str, outputs: Outputs, targets: np.ndarray, report: EvalReport, title: str) -> Path:
+    from idml.figures import evaluation_figure, save_figure
+
+    probs = softmax(outputs.logits)
+    wrong = probs.argmax(axis=1) != targets
+    bins = reliability_bins(probs.max(axis=1), ~wrong)
+    aurocs = (report.auroc_uncertainty, report.auroc_msp)
+    fig = evaluation_figure(bins, report.ece, outputs.uncertainty, wrong, aurocs, title)
+    return save_figure(fig, path)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    trained = load_trained_model(args.checkpoint, resolve_device(args.device))
+    dataset = dataset_info(args.dataset or trained.dataset).name
+    req = DataRequest(dataset, args.data_dir, args.batch_size, args.workers)
+    data = build_data(req, trained.device)
+    check_compatible(trained, dataset, data)
+    outputs, targets = predict_validation_set(trained, data)
+    report = evaluate_predictions(outputs.logits, targets, outputs.uncertainty)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "dataset": dataset, "ism": trained.has_ism,
+                          **report.to_dict()}))
+    else:
+        print(format_report(report, args.checkpoint, dataset, trained.has_ism))
+    if args.plot:
+        path = draw_plot(args.plot, outputs, targets, report, f"{Path(args.checkpoint).name} on {dataset}")
+        if not args.json:
+            print(f"plot: {path}")
+    return 0

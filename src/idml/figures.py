@@ -1,0 +1,139 @@
+"""The figures of ``idml plot`` and ``idml eval --plot``, drawn with matplotlib's Agg backend.
+
+matplotlib is an optional extra (``pip install 'idml[plot]'``); without it these functions stop
+with one line saying how to install it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from idml.errors import IdmlError
+from idml.metrics import ReliabilityBins
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MISSING_MATPLOTLIB = "plots need matplotlib: pip install 'idml[plot]' (or pip install matplotlib)"
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (works without a display)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise IdmlError(MISSING_MATPLOTLIB) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG (any folders created) and free it; one-line error if impossible."""
+    path = Path(path)
+    plt = _pyplot()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    except (OSError, ValueError) as exc:
+        raise IdmlError(f"cannot write the figure to {path}: {exc}") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+SCORE = r"$\|u\|^2$"
+
+
+def _reliability_panel(ax, bins: ReliabilityBins, ece: float) -> None:
+    width = np.diff(bins.edges)
+    left = bins.edges[:-1]
+    filled = bins.counts > 0
+    ax.bar(left[filled], bins.accuracy[filled], width[filled], align="edge", color="tab:blue",
+           edgecolor="white", label="accuracy")
+    ax.bar(left[filled], (bins.confidence - bins.accuracy)[filled], width[filled], bottom=bins.accuracy[filled],
+           align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to mean confidence")
+    for x, w, top, n in zip(left[filled], width[filled], np.fmax(bins.accuracy, bins.confidence)[filled],
+                            bins.counts[filled], strict=True):
+        ax.text(x + w / 2, top + 0.01, str(n), ha="center", va="bottom", fontsize=7, color="dimgrey")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence (max softmax probability)", ylabel="accuracy",
+           title=f"Reliability diagram ({len(left)} bins), ECE = {ece:.2f} %")
+    ax.legend(loc="upper left", title="numbers: images per bin", title_fontsize=8)
+
+
+def _uncertainty_panel(
+    ax, scores: np.ndarray | None, wrong: np.ndarray, aurocs: tuple[float | None, float | None]
+) -> None:
+    ax.set(title=f"Uncertainty score {SCORE} by outcome", xlabel=f"uncertainty score {SCORE}",
+           ylabel="share of images in the group")
+    if scores is None:
+        ax.text(0.5, 0.5, "no uncertainty embedding\n(model trained with --no-ism)", ha="center", va="center",
+                transform=ax.transAxes, fontsize=12)
+        return
+    edges = np.histogram_bin_edges(scores, bins=30)
+    for group, name, colour in ((scores[~wrong], "correct", "tab:green"), (scores[wrong], "wrong", "tab:red")):
+        if len(group):
+            weights = np.full(len(group), 1.0 / len(group))
+            ax.hist(group, bins=edges, weights=weights, histtype="stepfilled", alpha=0.45, color=colour,
+                    edgecolor=colour, label=f"{name} (n = {len(group)})")
+    notes = ["n/a" if a is None else f"{a:.3f}" for a in aurocs]
+    ax.legend(loc="best", title=f"AUROC for errors: {SCORE} {notes[0]}, 1 - max prob {notes[1]}", title_fontsize=9)
+
+
+def evaluation_figure(
+    bins: ReliabilityBins, ece: float, scores: np.ndarray | None, wrong: np.ndarray,
+    aurocs: tuple[float | None, float | None], title: str,
+) -> Figure:
+    """Reliability diagram beside histograms of the uncertainty score for correct and wrong images.
+
+    ``aurocs``: how well the uncertainty score and 1 - max softmax probability flag the errors.
+    """
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    _reliability_panel(left, bins, ece)
+    _uncertainty_panel(right, scores, wrong, aurocs)
+    fig.suptitle(title)
+    return fig
+
+
+def _style_legend(fig, names: list[str], colours) -> None:
+    """One legend for the whole figure: a colour per run, dashed = train, solid = validation."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours(i % 10), lw=3, label=name) for i, name in enumerate(names)]
+    handles += [Line2D([], [], color="black", ls="--", label="train"),
+                Line2D([], [], color="black", ls="-", marker="o", markersize=3, label="validation")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
+
+
+def training_curves_figure(runs: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
+    """Loss and top-1 error per epoch of each run (train dashed, validation solid, one colour per run)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    colours = plt.get_cmap("tab10")
+    for i, table in enumerate(runs.values()):
+        colour = colours(i % 10)
+        for ax, key in ((loss_ax, "loss"), (err_ax, "top1_err")):
+            ax.plot(table["epoch"], table[f"train_{key}"], "--", color=colour)
+            ax.plot(table["epoch"], table[f"val_{key}"], "-", color=colour, marker="o", markersize=3)
+        best = int(np.argmin(table["val_top1_err"]))
+        at = (table["epoch"][best], table["val_top1_err"][best])
+        err_ax.plot(*at, marker="*", markersize=12, color=colour)
+        err_ax.annotate(f"{at[1]:.2f}", at, textcoords="offset points", xytext=(0, 8), ha="center", color=colour,
+                        fontsize=9, fontweight="bold")
+    loss_ax.set(title="Loss (train: training objective; validation: cross-entropy)", xlabel="epoch",
+                ylabel="loss")
+    err_ax.set(title="Top-1 error (star: lowest validation error)", xlabel="epoch", ylabel="top-1 error (%)")
+    for ax in (loss_ax, err_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _style_legend(fig, list(runs), colours)
+    return fig

@@ -1,0 +1,45 @@
+"""``idml plot``: loss and top-1 error curves of one or more runs, side by side, from metrics.csv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from idml.config import OneLineParser
+from idml.errors import IdmlError
+from idml.logs import METRICS_NAME, read_metrics
+
+
+def parse_args(argv: list[str]):
+    p = OneLineParser(prog="idml plot", description="Plot the training curves of runs (their metrics.csv).")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by idml train (runs/<expname>)")
+    p.add_argument("--out", default="curves.png", metavar="FILE.png", help="image to write (default: curves.png)")
+    return p.parse_args(argv)
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Each run's folder name, or its full path where two runs share a name."""
+    names = [d.resolve().name for d in run_dirs]
+    return [name if names.count(name) == 1 else str(d) for name, d in zip(names, run_dirs, strict=True)]
+
+
+def load_run(run_dir: Path) -> dict[str, list[float]]:
+    """A run's metrics.csv as columns; one-line errors for a missing or empty file."""
+    path = run_dir / METRICS_NAME
+    if not path.is_file():
+        raise IdmlError(f"{run_dir} has no {METRICS_NAME}: give a run folder written by idml train (runs/<expname>)")
+    rows = read_metrics(path)
+    if not rows:
+        raise IdmlError(f"{path} holds no finished epoch yet")
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def main(argv: list[str]) -> int:
+    from idml.figures import save_figure, training_curves_figure
+
+    args = parse_args(argv)
+    run_dirs = [Path(r) for r in args.runs]
+    runs = {label: load_run(d) for label, d in zip(run_labels(run_dirs), run_dirs, strict=True)}
+    if len(runs) < len(run_dirs):
+        raise IdmlError("the same run folder was given twice")
+    print(f"plot: {save_figure(training_curves_figure(runs), args.out)}")
+    return 0

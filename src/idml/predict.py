@@ -1,0 +1,119 @@
+"""``idml predict``: the top-k classes of image files, with each image's uncertainty score.
+
+Probabilities are the softmax of the plain logits (what evaluation uses). The uncertainty score
+is ``||u||^2``, the squared norm of the image's uncertainty embedding: the quantity that pulls
+the introspective logits towards 1 during training; larger means the network learnt to be less
+sure about images like this one. Models trained with ``--no-ism`` have no score.
+
+Every file is read before anything is printed, so a bad file stops the command with one line
+naming it and no partial output.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from idml.config import DEVICE_CHOICES, OneLineParser
+from idml.data.augment import Normalize
+from idml.errors import ConfigError
+from idml.images import image_files, image_preparer, read_image
+from idml.inference import TrainedModel, load_trained_model, run_model
+from idml.metrics import softmax
+from idml.runtime import resolve_device
+
+FORMATS = ("table", "csv", "json")
+
+
+@dataclass
+class Prediction:
+    file: str
+    uncertainty: float | None
+    classes: list[str]
+    probabilities: list[float]
+
+
+def parse_args(argv: list[str]):
+    p = OneLineParser(prog="idml predict", description="Classify image files with a trained checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by idml train (e.g. model_best.pth.tar)")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files, or folders (their image files at any depth, sorted)")
+    p.add_argument("--topk", type=int, default=5, help="classes to list per image (default: 5, at most all)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("-b", "--batch_size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = CUDA when available")
+    args = p.parse_args(argv)
+    if args.topk < 1 or args.batch_size < 1:
+        raise ConfigError("--topk and --batch_size must be at least 1")
+    return args
+
+
+def load_images(files: list[Path], trained: TrainedModel) -> torch.Tensor:
+    """All files decoded and prepared as the model's validation images (uint8, N x 3 x H x W)."""
+    prepare = image_preparer(trained.dataset, trained.input_size)
+    return torch.stack([prepare(read_image(path)) for path in files])
+
+
+def predict(trained: TrainedModel, images: torch.Tensor, topk: int, batch_size: int) -> list[tuple]:
+    """(top-k class indices, their probabilities, uncertainty score or None) per image."""
+    normalize = Normalize(trained.mean, trained.std, trained.device)
+    batches = (normalize(chunk.to(trained.device)) for chunk in images.split(batch_size))
+    outputs = run_model(trained, batches)
+    probs = softmax(outputs.logits)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
+    scores = outputs.uncertainty if outputs.uncertainty is not None else [None] * len(probs)
+    return [(order[i], probs[i, order[i]], scores[i]) for i in range(len(probs))]
+
+
+def format_table(preds: list[Prediction]) -> str:
+    k = len(preds[0].classes)
+    header = ["file", "uncertainty", *(f"top-{i + 1}" for i in range(k))]
+    rows = [[p.file, "n/a" if p.uncertainty is None else f"{p.uncertainty:.4g}",
+             *(f"{c} {100 * q:.1f}%" for c, q in zip(p.classes, p.probabilities, strict=True))] for p in preds]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    align = ["<", ">"] + ["<"] * k
+    return "\n".join("  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(r, align, widths, strict=True)).rstrip()
+                     for r in [header, *rows])
+
+
+def format_csv(preds: list[Prediction]) -> str:
+    k = len(preds[0].classes)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "uncertainty", *(f"{col}_{i + 1}" for i in range(k) for col in ("class", "prob"))])
+    for p in preds:
+        pairs = [v for c, q in zip(p.classes, p.probabilities, strict=True) for v in (c, f"{q:.6f}")]
+        writer.writerow([p.file, "" if p.uncertainty is None else f"{p.uncertainty:.6g}", *pairs])
+    return out.getvalue().rstrip("\n")
+
+
+def format_json(preds: list[Prediction]) -> str:
+    return json.dumps([
+        {"file": p.file, "uncertainty": p.uncertainty,
+         "topk": [{"class": c, "probability": q} for c, q in zip(p.classes, p.probabilities, strict=True)]}
+        for p in preds
+    ], indent=2)
+
+
+FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    files = image_files(args.images)
+    trained = load_trained_model(args.checkpoint, resolve_device(args.device))
+    images = load_images(files, trained)
+    topk = min(args.topk, len(trained.class_names))
+    preds = [
+        Prediction(str(path), None if score is None else float(score),
+                   [trained.class_names[i] for i in idx], [float(q) for q in probs])
+        for path, (idx, probs, score) in zip(files, predict(trained, images, topk, args.batch_size), strict=True)
+    ]
+    print(FORMATTERS[args.format](preds))
+    return 0
