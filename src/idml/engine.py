@@ -230,7 +230,7 @@ class Trainer:
             if self.cfg.verbose and step % self.cfg.print_freq == 0:
                 _, e1, e5 = meter.current()
                 self.log.step(f"Test (on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
-                              f"Top 1-err {e1:.4f}\tTop 5-err {e5:.4f}", top1_err=e1)
+                              f"Top 1-err {e1:.4f}\tTop 5-err {e5:.4f}", batch_top1_err=e1)
         meter.all_reduce()
         loss, e1, e5 = meter.average()
         images = int(meter.sums[3].item())
