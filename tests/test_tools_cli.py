@@ -103,8 +103,9 @@ def test_eval_and_predict_without_ism(tiny, tmp_path):
     state |= {"model": spec.to_dict(), "state_dict": build_from_spec(spec).state_dict()}
     torch.save(state, tmp_path / "plain.pth.tar")
     status, out, _ = run_cli(["eval", "--checkpoint", str(tmp_path / "plain.pth.tar"),
-                              "--data_dir", str(tiny["data"])])
+                              "--data_dir", str(tiny["data"]), "--plot", str(tmp_path / "plain.png")])
     assert status == 0 and "AUROC uncertainty ||u||^2  n/a (model trained without ISM)" in out
+    assert is_png(tmp_path / "plain.png")
     Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
     status, out, _ = run_cli(["predict", "--checkpoint", str(tmp_path / "plain.pth.tar"), str(tmp_path / "red.png"),
                               "--format", "json"])
