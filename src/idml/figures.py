@@ -56,8 +56,9 @@ def _reliability_panel(ax, bins: ReliabilityBins, ece: float) -> None:
     filled = bins.counts > 0
     ax.bar(left[filled], bins.accuracy[filled], width[filled], align="edge", color="tab:blue",
            edgecolor="white", label="accuracy")
-    ax.bar(left[filled], (bins.confidence - bins.accuracy)[filled], width[filled], bottom=bins.accuracy[filled],
-           align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to mean confidence")
+    gap_low = np.fmin(bins.accuracy, bins.confidence)[filled]
+    ax.bar(left[filled], np.abs(bins.confidence - bins.accuracy)[filled], width[filled], bottom=gap_low,
+           align="edge", fill=False, hatch="///", edgecolor="tab:red", label="gap to mean confidence")
     for x, w, top, n in zip(left[filled], width[filled], np.fmax(bins.accuracy, bins.confidence)[filled],
                             bins.counts[filled], strict=True):
         ax.text(x + w / 2, top + 0.01, str(n), ha="center", va="bottom", fontsize=7, color="dimgrey")
@@ -130,7 +131,7 @@ def training_curves_figure(runs: Mapping[str, Mapping[str, Sequence[float]]]) ->
         err_ax.annotate(f"{at[1]:.2f}", at, textcoords="offset points", xytext=(0, 8), ha="center", color=colour,
                         fontsize=9, fontweight="bold")
     loss_ax.set(title="Loss (train: training objective; validation: cross-entropy)", xlabel="epoch",
-                ylabel="loss")
+                ylabel="loss (log scale)", yscale="log")
     err_ax.set(title="Top-1 error (star: lowest validation error)", xlabel="epoch", ylabel="top-1 error (%)")
     for ax in (loss_ax, err_ax):
         ax.grid(alpha=0.3)
