@@ -3,6 +3,7 @@ and the paper's table, and command-line flags override them."""
 
 import re
 import shlex
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,16 @@ def test_override_order_defaults_yaml_cli(tmp_path):
     assert cfg.momentum == TrainConfig.momentum and cfg.batch_size == TrainConfig.batch_size  # defaults
     flags_first = parse_train_args(["--lr", "0.5", "--config", str(path)])
     assert flags_first.lr == 0.5  # position on the command line does not matter
+
+
+def test_readme_train_commands_validate(monkeypatch):
+    """Every ``idml train`` command of the README parses and validates (run from the repository root)."""
+    monkeypatch.chdir(ROOT)
+    commands = readme_commands("idml train ")
+    assert len(commands) >= 8
+    extras = {"--tensorboard": "tensorboard", "timm:": "timm"}
+    for argv in commands:
+        needed = [pkg for flag, pkg in extras.items() if any(flag in a for a in argv)]
+        if any(not find_spec(pkg) for pkg in needed) or any(a.startswith("runs/") for a in argv):
+            continue  # an optional extra is not installed, or the command reads a run made earlier
+        parse_train_args(argv)
