@@ -87,6 +87,11 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
         raise IdmlError(f"{path} holds a malformed row ({exc})") from None
 
 
+def _formatted(row: dict) -> dict[str, str]:
+    """A row as text: the epoch as an integer, other numbers to 6 significant digits."""
+    return {k: str(v) if k == "epoch" else f"{v:.6g}" for k, v in row.items()}
+
+
 class MetricsCSV:
     """``metrics.csv``: rows of epochs before the first one logged now are kept (a resumed run
     continues its file), later ones are dropped (a fresh run, or epochs being redone)."""
@@ -96,7 +101,7 @@ class MetricsCSV:
         self.fh = path.open("w", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.fh, fieldnames=COLUMNS)
         self.writer.writeheader()
-        self.writer.writerows(kept)
+        self.writer.writerows(_formatted(row) for row in kept)
         self.fh.flush()
 
     @staticmethod
@@ -109,7 +114,7 @@ class MetricsCSV:
             return []
 
     def write(self, record: EpochRecord) -> None:
-        self.writer.writerow({k: v if isinstance(v, int) else f"{v:.6g}" for k, v in asdict(record).items()})
+        self.writer.writerow(_formatted(asdict(record)))
         self.fh.flush()
 
     def close(self) -> None:
