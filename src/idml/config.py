@@ -69,6 +69,8 @@ class TrainConfig:
     sync_bn: bool = False
     skip_bad_images: bool = False
     tensorboard: bool = False
+    # --- experiments ---
+    label_noise: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -108,6 +110,9 @@ class TrainConfig:
              "--cutmix_prob + --mixup_prob must not exceed 1 (one draw per batch picks at most one)"),
             (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
             (self.epochs >= 0, f"--epochs must be >= 0 (got {self.epochs})"),
+            (0 <= self.label_noise < 1, f"--label_noise must lie in [0, 1) (got {self.label_noise})"),
+            (self.label_noise == 0 or self.dataset.lower() != "imagenet",
+             "--label_noise works on the in-memory datasets (cifar10, cifar100, digits), not imagenet"),
             (self.ism_lambda > 0, f"--ism_lambda must be positive (got {self.ism_lambda})"),
             (self.uncertainty_dim is None or self.uncertainty_dim >= 1,
              f"--uncertainty_dim must be at least 1 (got {self.uncertainty_dim})"),
@@ -220,6 +225,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                      help="under torchrun: convert BatchNorm to SyncBatchNorm (statistics over all processes)")
     new.add_argument("--skip_bad_images", action="store_const", const=True,
                      help="ImageNet: skip (and count) unreadable images instead of stopping at the first one")
+    new.add_argument("--label_noise", type=float, metavar="RATE",
+                     help="move this share of the training labels to another class, uniformly at random "
+                     "(in-memory datasets; fixed by --seed; default: 0)")
     new.add_argument("--tensorboard", action="store_const", const=True,
                      help="also write TensorBoard event files to <run>/tensorboard (needs idml[tensorboard])")
 

@@ -16,6 +16,7 @@ from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
 from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, SeededImages, collate_readable, load_imagenet
 from idml.data.loaders import InMemoryLoader, ResumableSampler, ShardSampler
+from idml.data.noise import symmetric_label_noise
 from idml.datasets_info import dataset_info
 
 TrainTransform = Callable[[Tensor, np.random.Generator], Tensor]
@@ -57,6 +58,7 @@ class DataRequest:
     rank: int = 0
     world_size: int = 1
     skip_bad_images: bool = False
+    label_noise: float = 0.0
 
 
 IN_MEMORY = {
@@ -69,6 +71,10 @@ IN_MEMORY = {
 def _in_memory(req: DataRequest, device: torch.device) -> DataBundle:
     load, mean, std, flip = IN_MEMORY[req.dataset]
     data = load(req.data_dir)
+    if req.label_noise > 0:
+        images, labels = data["train"]
+        noisy = symmetric_label_noise(labels, req.label_noise, len(data["class_names"]), req.seed)
+        data["train"] = (images, noisy)
     shard = {"seed": req.seed, "rank": req.rank, "world_size": req.world_size}
     train = InMemoryLoader(*(t.to(device) for t in data["train"]), req.batch_size, train=True, **shard)
     val = InMemoryLoader(*(t.to(device) for t in data["val"]), req.batch_size, train=False, **shard)
