@@ -28,8 +28,8 @@ def imagenet_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread() -> None:
-    """The unit tests' tensors are tiny: one thread is fastest, and several threads slow to a crawl
-    when other processes share the cores (subprocesses of the end-to-end tests keep the default)."""
+    """The tests' tensors are tiny: one thread is fastest, and several threads slow to a crawl when
+    other processes share the cores (subprocesses get OMP_NUM_THREADS=1 for the same reason)."""
     import torch
 
     torch.set_num_threads(1)

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import datasets
-from idml import cli
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_in_process(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        code = cli.main(["train", *argv])
-    except SystemExit as exc:  # argparse exits by itself
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from runs import run_cli, run_train_process
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
@@ -61,7 +47,7 @@ def test_bad_values_exit_2_with_one_line(case: str, tmp_path: Path, capsys, monk
     argv, fragments = BAD_COMMAND_LINES[case]
     monkeypatch.chdir(tmp_path)  # no data/ here: checks must not depend on data being present
     output = tmp_path / "runs"
-    code, _, err = run_in_process([*argv, "--output_dir", str(output), "--epochs", "1"], capsys)
+    code, _, err = run_cli([*argv, "--output_dir", str(output), "--epochs", "1"], capsys)
     assert_one_line_error(code, err, *fragments)
     assert not output.exists(), "a refused run must not write anything"
 
@@ -69,7 +55,7 @@ def test_bad_values_exit_2_with_one_line(case: str, tmp_path: Path, capsys, monk
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_device_cuda_without_gpu(tmp_path: Path, capsys) -> None:
     datasets.make_cifar10(tmp_path, n_train=10, n_test=5)
-    code, _, err = run_in_process(["--dataset", "cifar10", "--net_type", "resnet", "--depth", "8",
+    code, _, err = run_cli(["--dataset", "cifar10", "--net_type", "resnet", "--depth", "8",
                                    "--no-bottleneck", "--device", "cuda", "--data_dir", str(tmp_path)], capsys)
     assert_one_line_error(code, err, "--device cuda")
 
@@ -78,23 +64,17 @@ def test_refused_run_keeps_existing_checkpoint(tmp_path: Path, capsys) -> None:
     run_dir = tmp_path / "runs" / "TEST"
     run_dir.mkdir(parents=True)
     (run_dir / "checkpoint.pth.tar").write_bytes(b"earlier run")
-    code, _, err = run_in_process(["--dataset", "cifar10", "--data_dir", str(tmp_path / "none"),
+    code, _, err = run_cli(["--dataset", "cifar10", "--data_dir", str(tmp_path / "none"),
                                    "--output_dir", str(tmp_path / "runs"), "--lr", "-1"], capsys)
     assert_one_line_error(code, err, "--lr")
     assert (run_dir / "checkpoint.pth.tar").read_bytes() == b"earlier run"
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pth.tar"]
 
 
-def run_train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_train_py_process_exit_status(tmp_path: Path) -> None:
     """The real entry point (a separate process): exit status 2 and one stderr line."""
-    proc = run_train_py(["--dataset", "cifar100", "--net_type", "resnet", "--depth", "20", "--data_dir", "missing",
-                         "--output_dir", "out"], tmp_path)
+    proc = run_train_process(["--dataset", "cifar100", "--net_type", "resnet", "--depth", "20",
+                              "--data_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")])
     assert_one_line_error(proc.returncode, proc.stderr, "missing/cifar-100-python")
     assert not (tmp_path / "out").exists()
 
@@ -102,6 +82,6 @@ def test_train_py_process_exit_status(tmp_path: Path) -> None:
 def test_bad_imagenet_depth_fails_before_reading_the_data(tmp_path: Path) -> None:
     """Even with ImageNet data present (and DataLoader workers that warn), only the depth error is printed."""
     datasets.make_imagenet(tmp_path, per_class=1, val_per_class=1, size=(8, 8))
-    proc = run_train_py(["--net_type", "resnet", "--dataset", "imagenet", "--depth", "51", "-j", "40",
-                         "--data_dir", ".", "--output_dir", "out"], tmp_path)
+    proc = run_train_process(["--net_type", "resnet", "--dataset", "imagenet", "--depth", "51", "-j", "40",
+                              "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
     assert_one_line_error(proc.returncode, proc.stderr, "depth 51")

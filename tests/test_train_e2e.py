@@ -7,7 +7,6 @@ other processes share the cores. The six commands of the official README run two
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -25,8 +24,8 @@ import datasets
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from idml.data import DataRequest, build_data
 from idml.models import ModelSpec, build_from_spec
+from runs import REPO, TRAIN_PY, load, subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_KEYS = {"epoch", "arch", "model", "state_dict", "best_err1", "best_err5", "optimizer"}
 
 
@@ -42,15 +41,10 @@ class Run:
 
 def train(args: list[str], workdir: Path, expname: str, timeout: float = 600) -> Run:
     """``python train.py ARGS --output_dir WORKDIR/out`` with WORKDIR as the current folder."""
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args, "--output_dir", "out"],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, str(TRAIN_PY), *args, "--output_dir", "out"],
+                          cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
     return Run(proc, workdir / "out" / expname, time.perf_counter() - start)
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def check_run(run: Run, expected_model: dict) -> dict:
