@@ -24,3 +24,12 @@ def cifar100_dir(tmp_path: Path) -> Path:
 def imagenet_dir(tmp_path: Path) -> Path:
     datasets.make_imagenet(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """The tests' tensors are tiny: one thread is fastest, and several threads slow to a crawl when
+    other processes share the cores (subprocesses get OMP_NUM_THREADS=1 for the same reason)."""
+    import torch
+
+    torch.set_num_threads(1)

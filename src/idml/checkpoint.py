@@ -102,6 +102,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported operand" in str(exc):  # not a pickle stream at all: garbage, not tampering
+            raise IdmlError(f"cannot load checkpoint {path}: not a checkpoint file (truncated or corrupt)") from None
         raise IdmlError(
             f"refusing to load {path}: it holds Python objects that no checkpoint contains "
             f"({_refusal_detail(exc)}); it may have been tampered with (checkpoints are read with "

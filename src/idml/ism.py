@@ -12,6 +12,9 @@ stay unsure about ambiguous images instead of being forced into confidence.
 
 Everything here runs in float32 even under autocast, and ``d_s`` is clamped to a tiny epsilon so
 that an embedding lying exactly on a prototype gives a finite value (the official code gives NaN).
+``d_u / d_s`` does not change when all embeddings are divided by the same number, so they are first
+divided by a power of two near their largest magnitude: exact, and no squared norm can then
+overflow or underflow, which keeps values and gradients finite for every finite input.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-#: Smallest semantic distance used in the denominator; official values are unchanged above it.
+#: Smallest semantic distance used in the denominator, in units of the squared largest magnitude
+#: of the embeddings (see :func:`common_scale`); official values are unchanged above it.
 DISTANCE_EPS = 1e-12
 #: exp(-88) is below float32's smallest normal number: larger exponents change nothing but can
 #: overflow to inf (and inf * 0 = NaN in the backward pass), so the exponent is capped there.
@@ -33,6 +37,23 @@ def squared_distances(a: Tensor, b: Tensor) -> Tensor:
     a_sq = a.pow(2).sum(dim=1, keepdim=True)
     b_sq = b.pow(2).sum(dim=1).unsqueeze(0)
     return torch.addmm(a_sq + b_sq, a, b.t(), alpha=-2.0).clamp_min_(0.0)
+
+
+def common_scale(*tensors: Tensor | None) -> Tensor:
+    """A power of two within a factor 2 of the largest magnitude in ``tensors`` (no gradient).
+
+    Dividing by it is exact and leaves every entry below 2 in magnitude.
+    """
+    largest = torch.stack([t.detach().abs().amax() for t in tensors if t is not None and t.numel()]).amax()
+    _, exponent = torch.frexp(largest.clamp_min(torch.finfo(largest.dtype).tiny))
+    return torch.ldexp(torch.ones_like(largest), exponent - 1)
+
+
+def uncertainty_distances(u: Tensor, prototype_uncertainty: Tensor | None) -> Tensor:
+    """d_u: B x C, or B x 1 (the same for every class) when the prototype uncertainty is zero."""
+    if prototype_uncertainty is None:
+        return u.pow(2).sum(dim=1, keepdim=True)
+    return squared_distances(u, prototype_uncertainty)
 
 
 def introspective_logits(
@@ -50,12 +71,11 @@ def introspective_logits(
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         s = logits.float()
-        d_s = squared_distances(embedding.float(), prototypes.float()).clamp_min(DISTANCE_EPS)
-        u = uncertainty.float()
-        if prototype_uncertainty is None:
-            d_u = u.pow(2).sum(dim=1, keepdim=True)
-        else:
-            d_u = squared_distances(u, prototype_uncertainty.float())
+        f, p, u = embedding.float(), prototypes.float(), uncertainty.float()
+        pu = None if prototype_uncertainty is None else prototype_uncertainty.float()
+        scale = common_scale(f, p, u, pu)
+        d_s = squared_distances(f / scale, p / scale).clamp_min(DISTANCE_EPS)
+        d_u = uncertainty_distances(u / scale, None if pu is None else pu / scale)
         exponent = (d_u / (lam * d_s)).clamp(max=MAX_EXPONENT)
         return 1.0 - (1.0 - s) * torch.exp(-exponent)
 

@@ -61,9 +61,17 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return model
 
 
+def check_model_settings(cfg: TrainConfig) -> None:
+    """Build the network on the meta device (no memory, no initialisation): an impossible depth
+    fails at once, instead of after the data (all of ImageNet's file names, say) has been read."""
+    with torch.device("meta"):
+        build_from_spec(cfg.model_spec)
+
+
 def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
     """Data, model and (on resume) its checkpoint: everything that bad input can break is checked
     before the run folder is touched, so a failing start or resume never overwrites anything."""
+    check_model_settings(cfg)
     resume_path = resolve_resume_path(cfg)
     torch.manual_seed(cfg.seed)
     req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,

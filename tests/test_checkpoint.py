@@ -1,0 +1,45 @@
+"""Checkpoint files: atomic replacement, ordinary permissions, safe loading with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from idml.checkpoint import atomic_save, load_checkpoint
+from idml.errors import IdmlError
+
+
+def test_permissions_follow_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pth.tar"
+    atomic_save({"model": {}, "state_dict": {}}, path)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pth.tar"
+    atomic_save({"model": {"depth": 1}, "state_dict": {"w": torch.ones(2)}}, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for an unpicklable object
+        atomic_save({"model": {}, "state_dict": {}, "bad": lambda: None}, path)
+    assert load_checkpoint(path)["model"] == {"depth": 1}
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pth.tar"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [(None, "does not exist"), (b"not a checkpoint", "cannot load"), ("list", "not an idml checkpoint")],
+    ids=["missing", "garbage", "foreign"],
+)
+def test_load_errors_are_one_line(tmp_path: Path, content, fragment: str) -> None:
+    path = tmp_path / "c.pth.tar"
+    if content == "list":
+        torch.save([1, 2], path)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(IdmlError) as info:
+        load_checkpoint(path)
+    assert fragment in str(info.value) and "\n" not in str(info.value)

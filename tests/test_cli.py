@@ -1,0 +1,87 @@
+"""Bad command lines: exit status 2, one line on stderr naming the problem, no traceback, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import datasets
+from runs import run_cli, run_train_process
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("idml train: error:") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+BAD_COMMAND_LINES = {
+    "lr_zero": (["--lr", "0"], ["--lr", "positive"]),
+    "cutmix_prob_2": (["--cutmix_prob", "2"], ["--cutmix_prob", "[0, 1]"]),
+    "pyramidnet_depth_33": (["--net_type", "pyramidnet", "--dataset", "cifar10", "--depth", "33"],
+                            ["depth 33", "9n+2", "11, 20"]),
+    "basic_depth_33": (["--net_type", "resnet", "--dataset", "cifar10", "--depth", "33", "--no-bottleneck"],
+                       ["depth 33", "6n+2", "8, 14"]),
+    "imagenet_depth_51": (["--net_type", "resnet", "--dataset", "imagenet", "--depth", "51"],
+                          ["depth 51", "18, 34, 50, 101, 152, 200"]),
+    "unknown_dataset": (["--dataset", "mnist"], ["--dataset", "mnist", "cifar10"]),
+    "unknown_net_type": (["--net_type", "vgg"], ["--net_type", "vgg", "resnet"]),
+    "not_a_number": (["--depth", "abc"], ["--depth", "abc"]),
+    "batch_size_0": (["--batch_size", "0"], ["--batch_size"]),
+    "escaping_expname": (["--expname", "../elsewhere"], ["--expname"]),
+    "missing_config_file": (["--config", "no_such.yaml"], ["no_such.yaml"]),
+    "missing_cifar_data": (["--dataset", "cifar10", "--net_type", "resnet", "--depth", "20"],
+                           ["cifar-10-batches-py", "data_batch_1", "cifar.html"]),
+    "missing_imagenet_data": (["--dataset", "imagenet", "--net_type", "resnet", "--depth", "18"],
+                              ["imagenet-1k", "train"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_COMMAND_LINES))
+def test_bad_values_exit_2_with_one_line(case: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    argv, fragments = BAD_COMMAND_LINES[case]
+    monkeypatch.chdir(tmp_path)  # no data/ here: checks must not depend on data being present
+    output = tmp_path / "runs"
+    code, _, err = run_cli([*argv, "--output_dir", str(output), "--epochs", "1"], capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert not output.exists(), "a refused run must not write anything"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_gpu(tmp_path: Path, capsys) -> None:
+    datasets.make_cifar10(tmp_path, n_train=10, n_test=5)
+    code, _, err = run_cli(["--dataset", "cifar10", "--net_type", "resnet", "--depth", "8",
+                                   "--no-bottleneck", "--device", "cuda", "--data_dir", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "--device cuda")
+
+
+def test_refused_run_keeps_existing_checkpoint(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "runs" / "TEST"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pth.tar").write_bytes(b"earlier run")
+    code, _, err = run_cli(["--dataset", "cifar10", "--data_dir", str(tmp_path / "none"),
+                                   "--output_dir", str(tmp_path / "runs"), "--lr", "-1"], capsys)
+    assert_one_line_error(code, err, "--lr")
+    assert (run_dir / "checkpoint.pth.tar").read_bytes() == b"earlier run"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pth.tar"]
+
+
+def test_train_py_process_exit_status(tmp_path: Path) -> None:
+    """The real entry point (a separate process): exit status 2 and one stderr line."""
+    proc = run_train_process(["--dataset", "cifar100", "--net_type", "resnet", "--depth", "20",
+                              "--data_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")])
+    assert_one_line_error(proc.returncode, proc.stderr, "missing/cifar-100-python")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_imagenet_depth_fails_before_reading_the_data(tmp_path: Path) -> None:
+    """Even with ImageNet data present (and DataLoader workers that warn), only the depth error is printed."""
+    datasets.make_imagenet(tmp_path, per_class=1, val_per_class=1, size=(8, 8))
+    proc = run_train_process(["--net_type", "resnet", "--dataset", "imagenet", "--depth", "51", "-j", "40",
+                              "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    assert_one_line_error(proc.returncode, proc.stderr, "depth 51")
