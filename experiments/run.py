@@ -31,8 +31,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 # -- the whole experiment, in one visible place ------------------------------------------------------
 COMMON = {
-    "dataset": "digits", "net_type": "resnet", "depth": 14, "bottleneck": False,
-    "epochs": 8, "batch_size": 64, "lr": 0.1, "verbose": False, "amp": "off",
+    "dataset": "digits", "net_type": "resnet", "depth": 8, "bottleneck": False,
+    "epochs": 6, "batch_size": 64, "lr": 0.1, "verbose": False, "amp": "off",
 }
 SETTINGS = {"clean": {"label_noise": 0.0}, "noise40": {"label_noise": 0.4}}
 VARIANTS = {
