@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from idml import build_model  # noqa: E402
+from idml import build_model
 
 RECIPES = {  # name -> (build_model arguments, input size, epochs, training images)
     "PyramidNet-200/alpha 240, CIFAR-10": (("pyramidnet", "cifar10", 200), {"alpha": 240}, 32, 300, 50_000),

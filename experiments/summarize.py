@@ -106,13 +106,14 @@ def figure(cells: dict, path: Path) -> None:
                     ax.errorbar(i + offset, err.mean(), yerr=err.std(ddof=1) if err.size > 1 else 0,
                                 fmt="_", color="black", markersize=18, capsize=4)
         ax.set_xticks(range(len(PAIRS)), [f"{p}\nvs {q}" for p, q in PAIRS.items()])
-        ax.set_title(f"digits, {setting}")
+        noise = SETTINGS[setting]["label_noise"]
+        ax.set_title(f"digits, {noise:.0%} of training labels wrong" if noise else "digits, clean labels")
         ax.set_ylabel("final top-1 error (%)")
         ax.grid(axis="y", alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=lbl)
                for c, lbl in (("tab:gray", "without ISM"), ("tab:blue", "with ISM"))]
-    fig.legend(handles=handles, loc="upper right")
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
 
 
