@@ -8,6 +8,7 @@ shortcuts are a 2x2 average pool, and the channels the shortcut lacks are zero-p
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idml.errors import ConfigError
@@ -21,6 +22,40 @@ IMAGENET_STAGES = {
     152: (True, [3, 8, 36, 3]),
     200: (True, [3, 24, 36, 3]),
 }
+
+
+class _AddIntoLeadingChannels(torch.autograd.Function):
+    """``out[:, :C] += shortcut`` in place, with a backward that only takes views.
+
+    Autograd's generic in-place-on-a-slice path (``CopySlices``) clones and zero-fills the whole
+    gradient in backward; here the gradient passes through unchanged and the shortcut's gradient
+    is a view of its leading channels. Safe because BatchNorm's backward does not read its output.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, shortcut: Tensor) -> Tensor:
+        ctx.mark_dirty(out)
+        ctx.channels = shortcut.shape[1]
+        out[:, : ctx.channels].add_(shortcut)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return grad, grad[:, : ctx.channels]
+
+
+def add_zero_padded(out: Tensor, shortcut: Tensor) -> Tensor:
+    """``out + shortcut`` with the shortcut's missing trailing channels taken as zeros.
+
+    Eagerly this allocates no padding (see :class:`_AddIntoLeadingChannels`); under
+    ``torch.compile`` the plain pad-and-add form is used, which inductor fuses into one kernel.
+    """
+    extra = out.shape[1] - shortcut.shape[1]
+    if extra == 0:
+        return out + shortcut
+    if torch.compiler.is_compiling():
+        return out + F.pad(shortcut, (0, 0, 0, 0, 0, extra))
+    return _AddIntoLeadingChannels.apply(out, shortcut)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -49,14 +84,7 @@ class PyramidBlock(nn.Module):
         self.shortcut = nn.AvgPool2d(2, stride=2, ceil_mode=True) if stride != 1 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.residual(x)
-        shortcut = self.shortcut(x)
-        if out.shape[1] == shortcut.shape[1]:
-            return out + shortcut
-        # Adding into the leading channels in place equals adding a zero-padded shortcut,
-        # without allocating the padding (BatchNorm's backward does not need its output).
-        out[:, : shortcut.shape[1]] += shortcut
-        return out
+        return add_zero_padded(self.residual(x), self.shortcut(x))
 
 
 class PyramidNet(nn.Module):
