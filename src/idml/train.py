@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 import yaml
 
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, remove_stale_temp_files
+from idml.compiling import maybe_compile
 from idml.config import TrainConfig, parse_train_args
 from idml.data import DataRequest, build_data
 from idml.distributed import convert_sync_bn, init_distributed, run_agreed, shutdown_distributed, wrap_ddp
@@ -49,16 +49,6 @@ def prepare_run_dir(cfg: TrainConfig, fresh: bool, printer: Callable[[str], None
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     except OSError as exc:
         raise IdmlError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --output_dir") from None
-
-
-def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    if not enabled:
-        return model
-    try:
-        return torch.compile(model)
-    except Exception as exc:  # compile support varies by platform and version
-        warnings.warn(f"--compile unavailable here ({type(exc).__name__}: {exc}); running eagerly", stacklevel=2)
-        return model
 
 
 def check_model_settings(cfg: TrainConfig) -> None:
