@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("idml.evaluate", "error, NLL, calibration and uncertainty AUROC of a checkpoint"),
     "predict": ("idml.predict", "top-k classes and uncertainty score of image files"),
     "plot": ("idml.plot", "loss and error curves of runs from their metrics.csv"),
+    "bench": ("idml.bench", "training throughput of idml's settings vs the official code's, synthetic data"),
 }
 
 

@@ -25,7 +25,7 @@ from idml.errors import RunStopped
 from idml.guard import CHECK_EVERY, LossWatch
 from idml.interrupt import StepControl
 from idml.logs import RunLog
-from idml.mixing import mix_batch, mixed_cross_entropy
+from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
 from idml.resume import ResumePoint, progress_fields
 from idml.runtime import Runtime
 
@@ -127,9 +127,13 @@ class Trainer:
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def train_step(self, images: Tensor, targets: Tensor, rng: np.random.Generator, meter: Meter) -> None:
+    def prepare_batch(self, images: Tensor, targets: Tensor, rng: np.random.Generator) -> MixedBatch:
+        """The input pipeline of a step on the device: augmentation, memory format, CutMix/Mixup."""
         images = self._format(self.data.train_transform(images, rng))
-        batch = mix_batch(images, targets, self.cfg.mix, rng)
+        return mix_batch(images, targets, self.cfg.mix, rng)
+
+    def train_step(self, images: Tensor, targets: Tensor, rng: np.random.Generator, meter: Meter) -> None:
+        batch = self.prepare_batch(images, targets, rng)
         with self.rt.autocast():
             out = self.net(batch.images)
         loss = mixed_cross_entropy(out.train_logits, batch)
@@ -211,7 +215,7 @@ class Trainer:
         )
         return result
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, epoch: int) -> EpochResult:
         """Top-1/top-5 error of the plain logits over the whole validation set (all ranks)."""
         model = self.model if self.rt.distributed else self.net

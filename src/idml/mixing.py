@@ -48,6 +48,11 @@ class MixConfig:
         return self.cutmix_share > 0 or self.mixup_share > 0
 
 
+def random_permutation(n: int, rng: np.random.Generator, device: torch.device) -> Tensor:
+    """A permutation drawn from ``rng``, copied without synchronising a GPU stream."""
+    return torch.from_numpy(rng.permutation(n)).to(device, non_blocking=True)
+
+
 def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """A box of side ratio sqrt(1 - lam) centred on a uniform pixel, clipped to the image."""
     cut = np.sqrt(1.0 - lam)
@@ -61,7 +66,7 @@ def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) ->
 def cutmix(images: Tensor, targets: Tensor, beta: float, rng: np.random.Generator) -> MixedBatch:
     """Paste one box from a shuffled copy of the batch; lam = 1 - pasted area / image area."""
     h, w = images.shape[-2:]
-    perm = torch.from_numpy(rng.permutation(len(targets))).to(targets.device)
+    perm = random_permutation(len(targets), rng, targets.device)
     top, bottom, left, right = cutmix_box(h, w, rng.beta(beta, beta), rng)
     mixed = images.clone()
     mixed[:, :, top:bottom, left:right] = images[perm, :, top:bottom, left:right]
@@ -71,7 +76,7 @@ def cutmix(images: Tensor, targets: Tensor, beta: float, rng: np.random.Generato
 
 def mixup(images: Tensor, targets: Tensor, alpha: float, rng: np.random.Generator) -> MixedBatch:
     """x = lam * x + (1 - lam) * x[perm] with lam ~ Beta(alpha, alpha)."""
-    perm = torch.from_numpy(rng.permutation(len(targets))).to(targets.device)
+    perm = random_permutation(len(targets), rng, targets.device)
     lam = float(rng.beta(alpha, alpha))
     mixed = torch.lerp(images[perm], images, lam)
     return MixedBatch(mixed, targets, targets[perm], lam)

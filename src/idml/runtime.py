@@ -6,10 +6,15 @@ import contextlib
 import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import torch
 
 from idml.errors import ConfigError
+
+CPUINFO = Path("/proc/cpuinfo")
+#: CPU flags of native bfloat16 matrix instructions (Linux /proc/cpuinfo spelling)
+FAST_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 @cache
@@ -19,11 +24,10 @@ def cpu_has_fast_bf16() -> bool:
     Elsewhere (AVX2 machines, for instance) bfloat16 is emulated and slower than float32.
     """
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = set(fh.read().split())
+        flags = set(CPUINFO.read_text(encoding="utf-8").split())
     except OSError:
         return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(flags & FAST_BF16_FLAGS)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,6 +90,9 @@ class Runtime:
 
 def build_runtime(device: str, amp: str, channels_last: bool | None) -> Runtime:
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        # Inputs keep one shape for a whole run: let cuDNN time its convolution algorithms once.
+        torch.backends.cudnn.benchmark = True
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     memory = dev.type == "cuda" if channels_last is None else channels_last

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch import nn
 
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, remove_stale_temp_files
 from idml.compiling import maybe_compile
@@ -16,7 +17,7 @@ from idml.data import DataRequest, build_data
 from idml.distributed import convert_sync_bn, init_distributed, run_agreed, shutdown_distributed, wrap_ddp
 from idml.engine import Trainer
 from idml.errors import IdmlError
-from idml.models import build_from_spec
+from idml.models import ModelSpec, build_from_spec
 from idml.resume import load_resume_state, resolve_resume_path, restore_training
 from idml.runtime import Runtime, build_runtime
 
@@ -58,6 +59,14 @@ def check_model_settings(cfg: TrainConfig) -> None:
         build_from_spec(cfg.model_spec)
 
 
+def place_model(cfg: TrainConfig, rt: Runtime, spec: ModelSpec) -> nn.Module:
+    """The network on the run's device, in its memory format (SyncBatchNorm under DDP if asked)."""
+    model = convert_sync_bn(build_from_spec(spec).to(rt.device), rt, cfg.sync_bn)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
     """Data, model and (on resume) its checkpoint: everything that bad input can break is checked
     before the run folder is touched, so a failing start or resume never overwrites anything."""
@@ -69,10 +78,7 @@ def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
     data = build_data(req, rt.device)
     spec = replace(cfg.model_spec, num_classes=data.num_classes)
     state = load_resume_state(resume_path, spec.to_dict()) if resume_path else None
-    model = convert_sync_bn(build_from_spec(spec).to(rt.device), rt, cfg.sync_bn)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    trainer = Trainer(cfg, model, data, rt)
+    trainer = Trainer(cfg, place_model(cfg, rt, spec), data, rt)
     if state is not None and resume_path is not None:
         notes = restore_training(trainer, state, resume_path)
         at = trainer.resume_at

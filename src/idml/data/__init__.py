@@ -68,13 +68,10 @@ IN_MEMORY = {
 }
 
 
-def _in_memory(req: DataRequest, device: torch.device) -> DataBundle:
-    load, mean, std, flip = IN_MEMORY[req.dataset]
-    data = load(req.data_dir)
-    if req.label_noise > 0:
-        images, labels = data["train"]
-        noisy = symmetric_label_noise(labels, req.label_noise, len(data["class_names"]), req.seed)
-        data["train"] = (images, noisy)
+def in_memory_bundle(data: dict, req: DataRequest, device: torch.device) -> DataBundle:
+    """Loaders and on-device transforms over ``data`` ("train"/"val" (uint8 images, labels) and
+    "class_names"), with the mean, std and flip rule of the in-memory dataset ``req.dataset``."""
+    _, mean, std, flip = IN_MEMORY[req.dataset]
     shard = {"seed": req.seed, "rank": req.rank, "world_size": req.world_size}
     train = InMemoryLoader(*(t.to(device) for t in data["train"]), req.batch_size, train=True, **shard)
     val = InMemoryLoader(*(t.to(device) for t in data["val"]), req.batch_size, train=False, **shard)
@@ -85,6 +82,20 @@ def _in_memory(req: DataRequest, device: torch.device) -> DataBundle:
         train_transform=lambda x, rng: normalize(crop_flip(x, rng)),
         eval_transform=normalize,
     )
+
+
+def _in_memory(req: DataRequest, device: torch.device) -> DataBundle:
+    data = IN_MEMORY[req.dataset][0](req.data_dir)
+    if req.label_noise > 0:
+        images, labels = data["train"]
+        noisy = symmetric_label_noise(labels, req.label_noise, len(data["class_names"]), req.seed)
+        data["train"] = (images, noisy)
+    return in_memory_bundle(data, req, device)
+
+
+def as_float(images: Tensor, rng: np.random.Generator | None = None) -> Tensor:
+    """ImageNet batches arrive augmented and normalised by the workers: only the dtype is checked."""
+    return images.float()
 
 
 class EpochDataLoader(DataLoader):
@@ -113,8 +124,8 @@ def _imagenet(req: DataRequest, device: torch.device) -> DataBundle:
     val = EpochDataLoader(val_set, sampler=val_sampler, **common)
     return DataBundle(
         train, val, data["class_names"], IMAGENET_MEAN, IMAGENET_STD, 224,
-        train_transform=lambda x, rng: x.float(),
-        eval_transform=lambda x: x.float(),
+        train_transform=as_float,
+        eval_transform=as_float,
     )
 
 

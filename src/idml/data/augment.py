@@ -42,14 +42,16 @@ class RandomCropFlip:
         b, c, h, w = images.shape
         device = images.device
         padded = F.pad(images, (self.pad,) * 4) if self.pad else images
-        top = torch.from_numpy(rng.integers(0, 2 * self.pad + 1, size=(b, 1))).to(device)
-        left = torch.from_numpy(rng.integers(0, 2 * self.pad + 1, size=(b, 1))).to(device)
-        rows = top + torch.arange(h, device=device)
-        cols = torch.arange(w, device=device).expand(b, w)
+        draws = [rng.integers(0, 2 * self.pad + 1, size=(b, 1)), rng.integers(0, 2 * self.pad + 1, size=(b, 1))]
         if self.flip:
-            flipped = torch.from_numpy(rng.random((b, 1)) < 0.5).to(device)
-            cols = torch.where(flipped, w - 1 - cols, cols)
-        cols = cols + left
+            draws.append((rng.random((b, 1)) < 0.5).astype(np.int64))
+        # One host-to-device copy per batch; non_blocking so that a GPU stream is never synchronised.
+        top, left, *flipped = torch.from_numpy(np.concatenate(draws, axis=1)).to(device, non_blocking=True).unbind(1)
+        rows = top.unsqueeze(1) + torch.arange(h, device=device)
+        cols = torch.arange(w, device=device).expand(b, w)
+        if flipped:
+            cols = torch.where(flipped[0].unsqueeze(1).bool(), w - 1 - cols, cols)
+        cols = cols + left.unsqueeze(1)
         batch_index = torch.arange(b, device=device).view(b, 1, 1, 1)
         channel_index = torch.arange(c, device=device).view(1, c, 1, 1)
         return padded[batch_index, channel_index, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
