@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole GPU measurement of issue 3 in under 8 minutes on one H100/H200: run from the repository
+# root on the GPU machine, commit its output to benchmarks/ and the figures to RESULTS.md.
+# Every `idml bench --json` object goes to stdout (one per line) and, when $OUT is set, to $OUT/.
+# Each run has its own time limit, so that a slow compile cannot push the script past 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+DEADLINE=${DEADLINE:-470}   # seconds for the whole script
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+echo "# date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader || true
+"$PYTHON" -c 'import torch; print("# torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
+
+bench() {  # bench NAME LIMIT_SECONDS FLAGS...
+  local name=$1 limit=$2; shift 2
+  local left=$((DEADLINE - SECONDS))
+  (( limit > left )) && limit=$left
+  if (( limit < 30 )); then echo "# $name: skipped, ${left}s left"; return; fi
+  echo "# $name (limit ${limit}s): idml bench $*"
+  local start=$SECONDS
+  timeout "$limit" "$PYTHON" -m idml bench --json "$@" > "/tmp/idml-gpu-$name.json"
+  local rc=$?
+  cat "/tmp/idml-gpu-$name.json"
+  [[ -n "${OUT:-}" ]] && cp "/tmp/idml-gpu-$name.json" "$OUT/$name.json"
+  echo "# $name: exit $rc after $((SECONDS - start))s"
+}
+
+R50=(--net_type resnet --dataset imagenet --depth 50 --batch_size 256 --beta 1.0 --cutmix_prob 1.0)
+P110=(--net_type pyramidnet --dataset cifar10 --depth 110 --alpha 48 --no-bottleneck --batch_size 128
+      --beta 1.0 --cutmix_prob 0.5)
+P200=(--net_type pyramidnet --dataset cifar10 --depth 200 --alpha 240 --batch_size 64 --beta 1.0 --cutmix_prob 0.5)
+
+# ResNet-50 batch 256: the standard variants, and one change at a time from fp32-eager
+bench resnet50 110 "${R50[@]}" --steps 20 --warmup 3 \
+  --variants fp32-eager,default,default-linear,channels_last,bf16
+# the same with torch.compile in the default settings (compile time: first_step_seconds)
+bench resnet50-compile 170 "${R50[@]}" --steps 20 --warmup 3 --compile --variants fp32-eager,default
+bench pyramidnet110 60 "${P110[@]}" --steps 20 --warmup 3
+bench pyramidnet200 70 "${P200[@]}" --steps 10 --warmup 3
+bench pyramidnet110-compile 200 "${P110[@]}" --steps 20 --warmup 3 --compile --variants fp32-eager,default
+echo "# total ${SECONDS}s"
