@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 STEPS=${STEPS:-10}
 OUT=${OUT:-benchmarks/out}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
