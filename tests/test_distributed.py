@@ -134,4 +134,7 @@ def test_an_error_on_one_rank_stops_every_rank_with_status_2(tmp_path: Path) -> 
     _, err = proc.communicate(timeout=300)
     ours = [line for line in err.splitlines() if line.startswith("idml train")]
     assert len(ours) == 1 and re.match(rf"idml train: error: rank [01]: cannot read image {victim}", ours[0]), err
-    assert re.findall(r"^\s+exitcode\s+: (-?\d+)", err, re.M) == ["2", "2"], err  # torchrun's per-rank report
+    # torchrun's per-rank report: the rank that failed exits 2; the other exits 2 too, except that on
+    # a heavily loaded machine torchrun's own SIGTERM can reach it before it has exited (-15).
+    codes = re.findall(r"^\s+exitcode\s+: (-?\d+)", err, re.M)
+    assert len(codes) == 2 and "2" in codes and set(codes) <= {"2", "-15"}, err
