@@ -60,8 +60,8 @@ def final_metrics(checkpoint: Path) -> dict:
     epoch on the test split would flatter every variant)."""
     import torch
 
+    from idml.commands.eval import predict_validation_set
     from idml.data import DataRequest, build_data
-    from idml.evaluate import predict_validation_set
     from idml.inference import load_trained_model
     from idml.metrics import evaluate_predictions
 
@@ -77,8 +77,8 @@ def run_one(job: tuple[str, str, int, dict, Path]) -> Path:
     import torch
 
     from idml.checkpoint import CHECKPOINT_NAME
+    from idml.commands.train import run_train
     from idml.config import TrainConfig
-    from idml.train import run_train
 
     torch.set_num_threads(1)
     out = results / setting / variant / f"seed{seed}.json"

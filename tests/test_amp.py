@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from idml import build_model, runtime
+from idml import build_model
 from idml.errors import ConfigError
-from idml.runtime import Runtime, resolve_amp
+from idml.training import runtime
+from idml.training.runtime import Runtime, resolve_amp
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -15,8 +15,8 @@ from idml.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from idml.cli import main as cli_main
 from idml.config import parse_train_args
 from idml.errors import ConfigError
-from idml.logs import read_metrics
 from idml.models.external import SOURCES, Source
+from idml.training.run_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

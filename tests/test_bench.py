@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from idml import bench, cli
+from idml import cli
+from idml.commands import bench
 from idml.errors import ConfigError
 
 TINY = ["--net_type", "resnet", "--dataset", "cifar10", "--depth", "8", "--no-bottleneck",

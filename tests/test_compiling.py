@@ -5,7 +5,7 @@ import copy
 import torch
 from torch import nn
 
-from idml.compiling import CompiledWithFallback, maybe_compile
+from idml.training.compiling import CompiledWithFallback, maybe_compile
 
 
 class _FailingBackward(torch.autograd.Function):

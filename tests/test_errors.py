@@ -17,9 +17,9 @@ import torch
 import datasets
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from idml.cli import main as cli_main
+from idml.commands.train import main as train_main
 from idml.data import DataRequest, build_data
 from idml.errors import DataError
-from idml.train import main as train_main
 from runs import one_thread, run_cli, run_train_process, single_thread, train_args  # noqa: F401 - autouse fixture
 
 CIFAR = "cifar-10-batches-py"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import datasets
-import idml.engine
+import idml.training.trainer
 from idml.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 from idml.data.cifar import load_cifar
 from idml.errors import DataError, IdmlError
@@ -78,14 +78,14 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     data, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     """Epoch 0 trains normally; the loss of epoch 1, step 3 is NaN (the 9th step of 5 + 5)."""
-    real_loss, calls = idml.engine.mixed_cross_entropy, []
+    real_loss, calls = idml.training.trainer.mixed_cross_entropy, []
 
     def loss(logits, batch):
         calls.append(1)
         value = real_loss(logits, batch)
         return value * float("nan") if len(calls) == 9 else value
 
-    monkeypatch.setattr(idml.engine, "mixed_cross_entropy", loss)
+    monkeypatch.setattr(idml.training.trainer, "mixed_cross_entropy", loss)
     args = train_args(data, tmp_path, "run", "--epochs", "3", "--no-verbose", "--save_every_steps", "2")
     code, _, err = run_cli(args, capsys)
     assert code == 2

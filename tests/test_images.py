@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from idml.data.digits import load_digits_data
+from idml.data.image_files import image_files, image_preparer, read_image
 from idml.errors import DataError
-from idml.images import image_files, image_preparer, read_image
 
 
 @pytest.mark.parametrize("ink_on_paper", [True, False])

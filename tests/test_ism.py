@@ -9,8 +9,8 @@ from torch import nn
 
 import idml
 from idml.data.loaders import InMemoryLoader
-from idml.engine import Trainer
 from idml.ism import HeadOutput, ISMHead
+from idml.training.trainer import Trainer
 
 B, C, D, K = 6, 5, 16, 4
 
@@ -244,7 +244,7 @@ class TwoHeaded(nn.Module):
 def tiny_trainer(tmp_path, model: nn.Module, num_classes: int = 4) -> Trainer:
     from idml.config import TrainConfig
     from idml.data import DataBundle
-    from idml.runtime import Runtime
+    from idml.training.runtime import Runtime
 
     labels = torch.arange(8) % num_classes
     images = labels.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).float()
@@ -258,7 +258,7 @@ def tiny_trainer(tmp_path, model: nn.Module, num_classes: int = 4) -> Trainer:
 
 def test_validation_reads_plain_logits(tmp_path) -> None:
     trainer = tiny_trainer(tmp_path, TwoHeaded(4))
-    result = trainer.evaluate(0)
+    result = trainer.validate(0)
     assert result.top1_err == 0.0 and result.images == 8
 
 

@@ -1,4 +1,4 @@
-"""metrics.csv, TensorBoard and the progress bar of idml.logs, with made-up epoch results."""
+"""metrics.csv, TensorBoard and the progress bar of idml.training.run_log, with made-up epoch results."""
 
 import csv
 import sys
@@ -8,9 +8,10 @@ import pytest
 from tqdm import tqdm
 
 import idml.config
+import idml.training.run_log
 from idml.cli import main as cli_main
 from idml.errors import ConfigError
-from idml.logs import COLUMNS, METRICS_NAME, RunLog, read_metrics, tensorboard_available
+from idml.training.run_log import COLUMNS, METRICS_NAME, RunLog, read_metrics, tensorboard_available
 
 
 @dataclass
@@ -80,9 +81,10 @@ def test_tensorboard_event_files(tmp_path):
 
 
 def test_missing_tensorboard_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(idml.config, "tensorboard_available", lambda: False)
+    monkeypatch.setattr(idml.training.run_log, "tensorboard_available", lambda: False)
+    cfg = idml.config.parse_train_args(["--tensorboard"])  # the settings alone are valid...
     with pytest.raises(ConfigError, match="pip install 'idml\\[tensorboard\\]'"):
-        idml.config.parse_train_args(["--tensorboard"])
+        idml.config.preflight(cfg)  # ...but this machine cannot honour them
     assert cli_main(["train", "--tensorboard", "--dataset", "digits", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tensorboard" in err
@@ -94,14 +96,14 @@ def test_progress_bar_only_on_an_interactive_verbose_terminal(monkeypatch, tmp_p
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
     plain = RunLog(tmp_path, printer=printed.append, verbose=True)
     loader = [1, 2, 3]
-    assert plain.batches(loader, "Epoch 0", 3) is loader
+    assert plain.progress(loader, "Epoch 0", 3) is loader
     plain.step("Epoch: [0/1][0/3] ...", loss=1.0)
     assert printed == ["Epoch: [0/1][0/3] ..."]
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
-    assert RunLog(tmp_path, verbose=False).batches(loader, "Epoch 0", 3) is loader  # --no-verbose: no bar
+    assert RunLog(tmp_path, verbose=False).progress(loader, "Epoch 0", 3) is loader  # --no-verbose: no bar
     interactive = RunLog(tmp_path, printer=printed.append, verbose=True)
-    bar = interactive.batches(iter(loader), "Epoch 0", 3)
+    bar = interactive.progress(iter(loader), "Epoch 0", 3)
     assert isinstance(bar, tqdm) and bar.total == 3
     assert list(bar) == loader
     interactive.step("Epoch: [0/1][1/3] ...", loss=0.5)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import datasets
-import idml.engine
+import idml.training.trainer
+from idml.commands.train import main as train_main
 from idml.data import DataRequest, build_data
-from idml.train import main as train_main
 from runs import (
     STEPS_PER_EPOCH,
     assert_same_weights,
@@ -82,14 +82,14 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(data, reference, tmp_
 
 def signal_at(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step: int) -> None:
     """Deliver ``sig`` to this process while step ``step`` of ``epoch`` runs."""
-    original = idml.engine.step_rng
+    original = idml.training.trainer.step_rng
 
     def step_rng(seed: int, e: int, s: int, rank: int):
         if (e, s) == (epoch, step):
             os.kill(os.getpid(), sig)
         return original(seed, e, s, rank)
 
-    monkeypatch.setattr(idml.engine, "step_rng", step_rng)
+    monkeypatch.setattr(idml.training.trainer, "step_rng", step_rng)
 
 
 @pytest.mark.parametrize(("sig", "epoch", "step"), [(signal.SIGTERM, 0, 5), (signal.SIGINT, 1, 0)])

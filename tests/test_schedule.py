@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from idml.engine import learning_rate
+from idml.training.trainer import learning_rate
 
 LR = 0.25
 
@@ -43,8 +43,8 @@ def test_trainer_sets_the_schedule_on_the_optimizer(tmp_path) -> None:
     import torch
 
     from idml.config import TrainConfig
-    from idml.engine import Trainer
-    from idml.runtime import Runtime
+    from idml.training.runtime import Runtime
+    from idml.training.trainer import Trainer
 
     cfg = TrainConfig(dataset="cifar10", epochs=4, lr=LR, output_dir=str(tmp_path))
     model = torch.nn.Linear(2, 2)

@@ -20,9 +20,9 @@ from idml.cli import main as cli_main
 from idml.config import parse_train_args
 from idml.data.augment import Normalize
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
-from idml.logs import read_metrics
 from idml.metrics import evaluate_predictions, softmax
 from idml.models import ModelSpec, build_from_spec
+from idml.training.run_log import read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -10,16 +10,16 @@ import os
 import sys
 
 from idml.config import OneLineParser
-from idml.distributed import AgreedError, exit_without_interruption
 from idml.errors import ConfigError, IdmlError, RunStopped, one_line
+from idml.training.distributed import AgreedError, exit_without_interruption
 
 #: subcommand -> (module implementing ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("idml.train", "train a classifier (the official README's train.py)"),
-    "eval": ("idml.evaluate", "error, NLL, calibration and uncertainty AUROC of a checkpoint"),
-    "predict": ("idml.predict", "top-k classes and uncertainty score of image files"),
-    "plot": ("idml.plot", "loss and error curves of runs from their metrics.csv"),
-    "bench": ("idml.bench", "training throughput of idml's settings vs the official code's, synthetic data"),
+    "train": ("idml.commands.train", "train a classifier (the official README's train.py)"),
+    "eval": ("idml.commands.eval", "error, NLL, calibration and uncertainty AUROC of a checkpoint"),
+    "predict": ("idml.commands.predict", "top-k classes and uncertainty score of image files"),
+    "plot": ("idml.commands.plot", "loss and error curves of runs from their metrics.csv"),
+    "bench": ("idml.commands.bench", "training throughput of idml's settings vs the official code's, synthetic data"),
 }
 
 

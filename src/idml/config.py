@@ -1,8 +1,10 @@
 """The one typed settings object of a training run, built once from YAML and the command line.
 
-Every seed flag keeps its official spelling, meaning and default (CutMix-PyTorch's ``train.py``);
-new flags are documented in the README. ``TrainConfig`` is what the trainer, the checkpoint and
-``config.yaml`` in the run folder all hold.
+Each setting is declared once, as a field of :class:`TrainConfig` with its default, flags and
+help (:func:`setting`); the ``idml train`` parser and the flag reference of docs/configuration.md
+are derived from those declarations. Every official flag keeps the official code's spelling,
+meaning and default. Building a ``TrainConfig`` checks types and values only; what depends on the
+environment (an installed package, a model name in timm's list) is checked by :func:`preflight`.
 """
 
 from __future__ import annotations
@@ -10,67 +12,106 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from idml.datasets_info import DATASETS
-from idml.errors import ConfigError
-from idml.logs import MISSING_TENSORBOARD, tensorboard_available
+from idml.data.catalog import DATASETS
+from idml.errors import ConfigError, one_line
 from idml.mixing import MixConfig
 from idml.models import ModelSpec, net_type_problem
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-_TYPE_NAMES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "float": (float,), "bool": (bool,),
-    "int | None": (int, type(None)), "bool | None": (bool, type(None)), "str | None": (str, type(None)),
-}
 EXPNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
+IDML = "idml flags"
+
+
+def setting(default: Any, *flags: str, help: str, group: str = IDML, action: str | None = None,
+            metavar: str | None = None, choices: tuple[str, ...] | None = None, shown_default: str | None = None):
+    """Declare one setting: its default, its command-line flags and its help, in one place.
+
+    The parser (:func:`add_train_arguments`) and the flag reference in docs/configuration.md
+    (:func:`flag_table`) are both derived from these declarations. ``action`` is ``"on"`` for a
+    flag that switches a default-off setting on, ``"off"`` for one that switches it off and
+    ``"both"`` for a ``--x/--no-x`` pair; ``shown_default`` replaces the default in help and docs.
+    """
+    meta = {"flags": flags, "help": help, "group": group, "action": action, "metavar": metavar,
+            "choices": choices, "shown_default": shown_default}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    # --- the seed's flags (official defaults) ---
-    net_type: str = "pyramidnet"
-    dataset: str = "imagenet"
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    print_freq: int = 1
-    depth: int = 32
-    bottleneck: bool = True
-    verbose: bool = True
-    alpha: float = 300.0
-    expname: str = "TEST"
-    beta: float = 0.0
-    cutmix_prob: float = 0.0
-    workers: int = 4
-    epochs: int = 90
+    """Every setting of a training run. What the trainer, the checkpoint and ``config.yaml`` hold."""
+
+    # --- the official flags, with the official defaults ---
+    net_type: str = setting("pyramidnet", "--net_type", group=OFFICIAL,
+                            help="backbone: resnet or pyramidnet (idml adds torchvision:<name> and timm:<name>)")
+    dataset: str = setting("imagenet", "--dataset", group=OFFICIAL, help="cifar10, cifar100, imagenet or digits")
+    batch_size: int = setting(128, "-b", "--batch_size", group=OFFICIAL,
+                              help="mini-batch size (per process under DDP)")
+    lr: float = setting(0.1, "--lr", "--learning-rate", group=OFFICIAL, help="initial learning rate")
+    momentum: float = setting(0.9, "--momentum", group=OFFICIAL, help="SGD momentum (Nesterov)")
+    weight_decay: float = setting(1e-4, "--weight-decay", "--wd", group=OFFICIAL, help="weight decay")
+    print_freq: int = setting(1, "--print-freq", "-p", group=OFFICIAL, help="print every N batches")
+    depth: int = setting(32, "--depth", group=OFFICIAL, help="network depth")
+    bottleneck: bool = setting(True, "--no-bottleneck", group=OFFICIAL, action="off",
+                               help="basic blocks instead of bottlenecks (CIFAR networks)")
+    verbose: bool = setting(True, "--no-verbose", group=OFFICIAL, action="off", help="per-epoch summaries only")
+    alpha: float = setting(300.0, "--alpha", group=OFFICIAL, help="PyramidNet widening factor")
+    expname: str = setting("TEST", "--expname", group=OFFICIAL,
+                           help="run name: files go to <output_dir>/<expname>/")
+    beta: float = setting(0.0, "--beta", group=OFFICIAL, help="CutMix Beta(beta, beta) parameter; 0 = no CutMix")
+    cutmix_prob: float = setting(0.0, "--cutmix_prob", group=OFFICIAL, help="probability of CutMix per batch")
+    workers: int = setting(4, "-j", "--workers", group=OFFICIAL,
+                           help="DataLoader worker processes (ImageNet; in-memory sets need none)")
+    epochs: int = setting(90, "--epochs", group=OFFICIAL, help="number of epochs")
     # --- idml's flags ---
-    data_dir: str = "data"
-    output_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"
-    ism: bool = True
-    ism_lambda: float = 5.0
-    uncertainty_dim: int | None = None
-    mixup_alpha: float = 0.0
-    mixup_prob: float = 0.0
-    amp: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    # --- reliability and scale-out (see the README's "Resuming" and "Distributed" sections) ---
-    resume: str | None = None
-    save_every_steps: int = 0
-    sync_bn: bool = False
-    skip_bad_images: bool = False
-    tensorboard: bool = False
-    # --- experiments ---
-    label_noise: float = 0.0
+    data_dir: str = setting("data", "--data_dir", help="folder holding the datasets in the official layout")
+    output_dir: str = setting("runs", "--output_dir", help="runs are written to <output_dir>/<expname>/")
+    seed: int = setting(0, "--seed", help="seed of initialisation, data order and augmentation")
+    device: str = setting("auto", "--device", choices=DEVICE_CHOICES,
+                          help="auto = CUDA when available, else CPU")
+    ism: bool = setting(True, "--no-ism", action="off",
+                        help="train the plain network (the paper's Baseline rows) without the ISM head")
+    ism_lambda: float = setting(5.0, "--ism_lambda", help="lambda of the introspective metric")
+    uncertainty_dim: int | None = setting(None, "--uncertainty_dim", shown_default="128 / 512",
+                                          help="width K of the uncertainty embedding (32x32 data / ImageNet)")
+    mixup_alpha: float = setting(0.0, "--mixup_alpha", help="Mixup Beta(alpha, alpha) parameter; 0 = no Mixup")
+    mixup_prob: float = setting(0.0, "--mixup_prob",
+                                help="probability of Mixup per batch (drawn after CutMix's share)")
+    amp: str = setting("auto", "--amp", choices=AMP_CHOICES,
+                       help="mixed precision: auto = bf16 where the hardware runs it fast, fp16 on older GPUs, "
+                       "else float32 (the ISM always runs in float32)")
+    channels_last: bool | None = setting(None, "--channels_last", action="both", shown_default="on for CUDA",
+                                         help="channels-last memory format (default: on for CUDA, off on CPU)")
+    compile: bool = setting(False, "--compile", action="on",
+                            help="torch.compile the model; where compilation fails, one warning line and eager "
+                            "execution")
+    resume: str | None = setting(None, "--resume", metavar="auto|PATH", shown_default="none",
+                                 help="continue a run: auto = <output_dir>/<expname>/checkpoint.pth.tar if present, "
+                                 "else start fresh; PATH = that checkpoint (must exist)")
+    save_every_steps: int = setting(0, "--save_every_steps", metavar="N",
+                                    help="also checkpoint every N training steps inside an epoch (0 = at epoch "
+                                    "ends only)")
+    sync_bn: bool = setting(False, "--sync_bn", action="on",
+                            help="under torchrun: SyncBatchNorm (batch statistics over all processes; CUDA only)")
+    skip_bad_images: bool = setting(False, "--skip_bad_images", action="on",
+                                    help="ImageNet: skip (and count) unreadable images instead of stopping at "
+                                    "the first one")
+    tensorboard: bool = setting(False, "--tensorboard", action="on",
+                                help="also write TensorBoard event files to <run>/tensorboard (needs "
+                                "idml[tensorboard])")
+    label_noise: float = setting(0.0, "--label_noise", metavar="RATE",
+                                 help="move this share of the training labels to another class, uniformly at "
+                                 "random and fixed by --seed (cifar10, cifar100, digits; for robustness "
+                                 "experiments)")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -80,11 +121,11 @@ class TrainConfig:
         """YAML files can hold anything: refuse values of the wrong type before using them."""
         for f in fields(self):
             value = getattr(self, f.name)
-            kinds = _TYPE_NAMES[str(f.type)]
+            kinds = _allowed_types(f.name)
             if isinstance(value, int) and not isinstance(value, bool) and float in kinds:
                 setattr(self, f.name, float(value))
             elif not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                expected = " or ".join(k.__name__ for k in kinds)
+                expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
                 raise ConfigError(f"setting {f.name} must be {expected}, got {value!r}")
             if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
                 raise ConfigError(f"setting {f.name} must be a finite number, got {value!r}")
@@ -124,7 +165,6 @@ class TrainConfig:
             (bool(EXPNAME_PATTERN.match(self.expname)) and ".." not in self.expname,
              f"--expname {self.expname!r} must be a plain folder name (letters, digits, . _ + = -), "
              "so that the run stays inside --output_dir"),
-            (not self.tensorboard or tensorboard_available(), MISSING_TENSORBOARD),
         ]
         for ok, message in checks:
             if not ok:
@@ -159,9 +199,9 @@ def load_yaml_config(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
     except OSError as exc:
-        raise ConfigError(f"cannot read --config {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"--config {path} is not valid YAML: {one_line(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path} must hold a mapping of setting: value")
     unknown = sorted(set(data) - _field_names())
@@ -177,59 +217,77 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def shown_default(f: Any) -> str:
+    """How a setting's default reads in help texts and docs."""
+    meta = f.metadata
+    if meta["shown_default"] is not None:
+        return meta["shown_default"]
+    if meta["action"] in ("on", "off"):
+        return "off"
+    return f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """All ``idml train`` flags. Defaults are None here so that YAML values can fill the gaps."""
-    seed = p.add_argument_group("official flags (same meaning and default as the seed README's train.py)")
-    seed.add_argument("--net_type", help="backbone: resnet or pyramidnet (default: pyramidnet)")
-    seed.add_argument("--dataset", help="cifar10, cifar100, imagenet or digits (default: imagenet)")
-    seed.add_argument("-b", "--batch_size", type=int, help="mini-batch size per process (default: 128)")
-    seed.add_argument("--lr", "--learning-rate", type=float, dest="lr", help="initial learning rate (default: 0.1)")
-    seed.add_argument("--momentum", type=float, help="SGD momentum, Nesterov (default: 0.9)")
-    seed.add_argument("--weight-decay", "--wd", type=float, dest="weight_decay", help="weight decay (default: 1e-4)")
-    seed.add_argument("--print-freq", "-p", type=int, dest="print_freq", help="print every N batches (default: 1)")
-    seed.add_argument("--depth", type=int, help="network depth (default: 32)")
-    seed.add_argument("--no-bottleneck", dest="bottleneck", action="store_const", const=False,
-                      help="use basic blocks instead of bottlenecks")
-    seed.add_argument("--no-verbose", dest="verbose", action="store_const", const=False,
-                      help="print per-epoch summaries only")
-    seed.add_argument("--alpha", type=float, help="PyramidNet widening factor (default: 300)")
-    seed.add_argument("--expname", help="run name: files go to <output_dir>/<expname>/ (default: TEST)")
-    seed.add_argument("--beta", type=float, help="CutMix Beta(beta, beta) parameter; 0 = off (default: 0)")
-    seed.add_argument("--cutmix_prob", type=float, help="probability of CutMix per batch (default: 0)")
-    seed.add_argument("-j", "--workers", type=int, help="data-loading worker processes, ImageNet (default: 4)")
-    seed.add_argument("--epochs", type=int, help="number of epochs (default: 90)")
-    new = p.add_argument_group("idml flags")
-    new.add_argument("--config", help="YAML file of settings; flags given on the command line override it")
-    new.add_argument("--data_dir", help="folder holding the datasets in the seed's layout (default: data)")
-    new.add_argument("--output_dir", help="runs are written to <output_dir>/<expname>/ (default: runs)")
-    new.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation (default: 0)")
-    new.add_argument("--device", choices=DEVICE_CHOICES, help="auto = CUDA when available, else CPU")
-    new.add_argument("--no-ism", dest="ism", action="store_const", const=False,
-                     help="train the plain network (the paper's Baseline rows) without the ISM head")
-    new.add_argument("--ism_lambda", type=float, help="lambda of the introspective metric (default: 5.0)")
-    new.add_argument("--uncertainty_dim", type=int,
-                     help="width K of the uncertainty embedding (default: 128 for 32x32 data, 512 for ImageNet)")
-    new.add_argument("--mixup_alpha", type=float, help="Mixup Beta(alpha, alpha) parameter; 0 = off (default: 0)")
-    new.add_argument("--mixup_prob", type=float, help="probability of Mixup per batch when CutMix is not drawn")
-    new.add_argument("--amp", choices=AMP_CHOICES,
-                     help="mixed precision: auto = bf16 where the hardware runs it fast, fp16 on older GPUs")
-    new.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                     help="channels-last memory format (default: on for CUDA, off on CPU)")
-    new.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
-    new.add_argument("--resume", metavar="auto|PATH",
-                     help="continue a run: auto = <output_dir>/<expname>/checkpoint.pth.tar if present, "
-                     "else start fresh; PATH = that checkpoint (must exist)")
-    new.add_argument("--save_every_steps", type=int, metavar="N",
-                     help="also checkpoint every N training steps inside an epoch (default: 0 = epoch ends only)")
-    new.add_argument("--sync_bn", action="store_const", const=True,
-                     help="under torchrun: convert BatchNorm to SyncBatchNorm (statistics over all processes)")
-    new.add_argument("--skip_bad_images", action="store_const", const=True,
-                     help="ImageNet: skip (and count) unreadable images instead of stopping at the first one")
-    new.add_argument("--label_noise", type=float, metavar="RATE",
-                     help="move this share of the training labels to another class, uniformly at random "
-                     "(in-memory datasets; fixed by --seed; default: 0)")
-    new.add_argument("--tensorboard", action="store_const", const=True,
-                     help="also write TensorBoard event files to <run>/tensorboard (needs idml[tensorboard])")
+    """Every ``idml train`` flag, from the declarations of :class:`TrainConfig`.
+
+    Parser defaults are None, so that a value from ``--config`` fills what the command line omits.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        text = meta["help"] if meta["action"] in ("on", "off") else f"{meta['help']} (default: {shown_default(f)})"
+        kwargs: dict[str, Any] = {"dest": f.name, "help": text}
+        if meta["action"] == "on":
+            kwargs |= {"action": "store_const", "const": True}
+        elif meta["action"] == "off":
+            kwargs |= {"action": "store_const", "const": False}
+        elif meta["action"] == "both":
+            kwargs |= {"action": argparse.BooleanOptionalAction, "default": None}
+        else:
+            kinds = [k for k in _allowed_types(f.name) if k is not type(None)]
+            kwargs |= {"type": kinds[0], "metavar": meta["metavar"], "choices": meta["choices"]}
+        group.add_argument(*meta["flags"], **kwargs)
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file of settings (field names as in config.yaml); flags given on the command "
+                   "line override it")
+
+
+def flag_table() -> str:
+    """The Markdown flag reference of docs/configuration.md, derived from the declarations."""
+    lines: list[str] = []
+    for group in (OFFICIAL, IDML):
+        lines += ["", f"{group[0].upper()}{group[1:]}:", "", "| flag | default | setting | meaning |",
+                  "|---|---|---|---|"]
+        for f in fields(TrainConfig):
+            if f.metadata["group"] == group:
+                flags = ", ".join(f"`{flag}`" for flag in f.metadata["flags"])
+                if f.metadata["action"] == "both":
+                    flags += f" / `--no-{f.metadata['flags'][0][2:]}`"
+                meaning = f.metadata["help"].replace("|", "\\|")
+                lines.append(f"| {flags} | {shown_default(f)} | `{f.name}` | {meaning} |")
+    return "\n".join(lines[1:]) + "\n"
+
+
+@cache
+def _allowed_types(name: str) -> tuple[type, ...]:
+    """The types a setting accepts, from its annotation (``int | None`` -> (int, NoneType))."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return typing.get_args(hint) or (hint,)
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Checks that depend on this machine, not on the settings alone: optional packages that a
+    setting needs, and a backbone name that the installed timm or torchvision must know."""
+    from idml.models.external import name_problem
+    from idml.training.run_log import MISSING_TENSORBOARD, tensorboard_available
+
+    if cfg.tensorboard and not tensorboard_available():
+        raise ConfigError(MISSING_TENSORBOARD)
+    if ":" in cfg.net_type:
+        problem = name_problem(cfg.net_type)
+        if problem:
+            raise ConfigError(problem)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -239,7 +297,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except TypeError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from None
+        raise ConfigError(f"invalid setting: {exc}") from exc
 
 
 def parse_train_args(argv: list[str], prog: str = "idml train") -> TrainConfig:

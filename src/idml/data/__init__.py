@@ -12,12 +12,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from idml.data.augment import Normalize, RandomCropFlip
+from idml.data.catalog import dataset_info
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
 from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, SeededImages, collate_readable, load_imagenet
 from idml.data.loaders import InMemoryLoader, ResumableSampler, ShardSampler
 from idml.data.noise import symmetric_label_noise
-from idml.datasets_info import dataset_info
 
 TrainTransform = Callable[[Tensor, np.random.Generator], Tensor]
 EvalTransform = Callable[[Tensor], Tensor]

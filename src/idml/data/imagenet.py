@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from idml.errors import DataError
+from idml.errors import DataError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,9 +79,8 @@ def read_rgb(path: str) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read image {path} ({reason}); replace or delete it, "
-                        "or pass --skip_bad_images to skip unreadable images") from None
+        raise DataError(f"cannot read image {path} ({one_line(exc)}); replace or delete it, "
+                        "or pass --skip_bad_images to skip unreadable images") from exc
 
 
 class SeededImages(Dataset):
@@ -133,7 +132,7 @@ def image_folder(path: Path, transform: nn.Module) -> datasets.ImageFolder:
     try:
         return datasets.ImageFolder(str(path), transform=transform, loader=read_rgb)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{path}: {str(exc).splitlines()[0]}; {LAYOUT}") from None
+        raise DataError(f"{path}: {one_line(exc)}; {LAYOUT}") from exc
 
 
 def load_imagenet(data_dir: str | Path) -> dict:

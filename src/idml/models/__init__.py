@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from idml.datasets_info import DEFAULT_UNCERTAINTY_DIM, dataset_info
+from idml.data.catalog import DEFAULT_UNCERTAINTY_DIM, dataset_info
 from idml.errors import ConfigError
 from idml.ism import IntrospectiveClassifier, ISMHead
-from idml.models.external import SOURCES, external_backbone, name_problem
+from idml.models.external import SOURCES, external_backbone, form_problem
 from idml.models.pyramidnet import cifar_pyramidnet, imagenet_pyramidnet
 from idml.models.resnet import CifarResNet, imagenet_resnet
 
@@ -49,9 +49,13 @@ def net_types() -> list[str]:
 
 
 def net_type_problem(net_type: str) -> tuple[bool, str]:
-    """(ok, message) for ``--net_type``: a built-in name, or ``torchvision:<name>`` / ``timm:<name>``."""
+    """(ok, message) for ``--net_type``: a built-in name, or ``torchvision:<name>`` / ``timm:<name>``.
+
+    Only the form is checked here; whether the library is installed and knows the name is the
+    run's preflight check (:func:`idml.config.preflight`).
+    """
     if ":" in net_type:
-        problem = name_problem(net_type)
+        problem = form_problem(net_type)
         return problem is None, problem or ""
     choices = ", ".join([*net_types(), *(f"{prefix}:<name>" for prefix in SOURCES)])
     return net_type.lower() in net_types(), f"unknown --net_type {net_type!r}: choose one of {choices}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from idml.errors import ConfigError
+from idml.errors import ConfigError, one_line
 
 
 def _strip_torchvision_classifier(net: nn.Module, name: str) -> nn.Module:
@@ -78,14 +78,25 @@ SOURCES: dict[str, Source] = {
 }
 
 
+def form_problem(net_type: str) -> str | None:
+    """Why ``<prefix>:<name>`` is not a well-formed external backbone name, or None."""
+    prefix, _, name = net_type.partition(":")
+    if prefix.lower() not in SOURCES:
+        forms = " or ".join(f"{p}:<name>" for p in SOURCES)
+        return f"unknown backbone source {prefix!r} in --net_type {net_type!r}: use {forms}"
+    if not name:
+        return f"--net_type {net_type!r} names no model after the colon"
+    return None
+
+
 def name_problem(net_type: str) -> str | None:
     """Why ``<prefix>:<name>`` cannot be built here (unknown source, missing package, unknown
     name), or None when it can."""
+    problem = form_problem(net_type)
+    if problem:
+        return problem
     prefix, _, name = net_type.partition(":")
-    source = SOURCES.get(prefix.lower())
-    if source is None:
-        forms = " or ".join(f"{p}:<name>" for p in SOURCES)
-        return f"unknown backbone source {prefix!r} in --net_type {net_type!r}: use {forms}"
+    source = SOURCES[prefix.lower()]
     if importlib.util.find_spec(source.package) is None:
         return f"--net_type {net_type} needs the {source.package} package: {source.install}"
     if name not in source.names():
@@ -113,9 +124,9 @@ def _feature_width(net: nn.Module, net_type: str, input_size: int) -> int:
     try:
         with torch.no_grad():
             out = net(torch.zeros(1, 3, input_size, input_size))
-    except Exception as exc:  # shape errors come as RuntimeError, ValueError, AssertionError...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"--net_type {net_type} cannot run on {input_size}x{input_size} images: {first}") from None
+    except (RuntimeError, ValueError, AssertionError) as exc:  # how networks reject an input size
+        raise ConfigError(f"--net_type {net_type} cannot run on {input_size}x{input_size} images: "
+                          f"{one_line(exc)}") from exc
     finally:
         net.train(was_training)
     if not isinstance(out, Tensor) or out.ndim != 2:

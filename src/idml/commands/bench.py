@@ -1,12 +1,12 @@
 """``idml bench``: training throughput of idml's settings against the official code's, on synthetic data.
 
-Every variant trains with the trainer's own step (:meth:`idml.engine.Trainer.train_step`: on-device
+Every variant trains with the trainer's own step (:meth:`idml.training.trainer.Trainer.train_step`: on-device
 augmentation, CutMix/Mixup, forward, loss, backward, SGD) on random images of the dataset's shape.
 After a few warm-up steps per variant (where ``torch.compile`` compiles: reported separately as
 ``first_step_seconds``) the variants take turns, one step each per round with the starting variant
 rotating, so that load from other processes and clock changes hit all of them alike. Throughput is
 the batch size over the median step time. Peak memory is measured afterwards, one step per variant
-(see :mod:`idml.memory`).
+(see :mod:`idml.training.memory`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from idml.compiling import maybe_compile
+from idml.commands.train import place_model
 from idml.config import OneLineParser, TrainConfig, add_train_arguments, config_from_args
 from idml.data import IN_MEMORY, DataBundle, DataRequest, as_float, in_memory_bundle
+from idml.data.catalog import dataset_info
 from idml.data.loaders import InMemoryLoader
-from idml.datasets_info import dataset_info
-from idml.engine import Meter, Trainer, step_rng
 from idml.errors import ConfigError
-from idml.memory import PeakMemory, training_state_bytes
-from idml.runtime import build_runtime
-from idml.train import place_model
+from idml.training.compiling import maybe_compile
+from idml.training.memory import PeakMemory, training_state_bytes
+from idml.training.runtime import build_runtime
+from idml.training.trainer import Meter, Trainer, step_rng
 
 #: model variants: name -> the settings it trains with, derived from the command line's.
 MODEL_VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
@@ -127,8 +127,7 @@ def build_variants(cfg: TrainConfig, names: list[str], data: DataBundle) -> list
         rt = build_runtime(vcfg.device, vcfg.amp, vcfg.channels_last)
         torch.manual_seed(cfg.seed)
         model = place_model(vcfg, rt, replace(vcfg.model_spec, num_classes=data.num_classes))
-        trainer = Trainer(vcfg, model, data, rt, printer=lambda _msg: None)
-        trainer.net = maybe_compile(model, vcfg.compile)
+        trainer = Trainer(vcfg, model, data, rt, net=maybe_compile(model, vcfg.compile), printer=lambda _msg: None)
         trainer.net.train()
         meter = Meter(rt.device)
         if name == DATA_ONLY:

@@ -30,5 +30,5 @@ DEFAULT_UNCERTAINTY_DIM = {"cifar": 128, "imagenet": 512}
 def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown --dataset {name!r}: choose one of {', '.join(DATASETS)}") from None
+    except KeyError as exc:
+        raise ConfigError(f"unknown --dataset {name!r}: choose one of {', '.join(DATASETS)}") from exc

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from idml.errors import IdmlError
+from idml.errors import IdmlError, one_line
 from idml.metrics import ReliabilityBins
 
 if TYPE_CHECKING:
@@ -25,8 +25,8 @@ def _pyplot():
     """matplotlib.pyplot on the file-only Agg backend (works without a display)."""
     try:
         import matplotlib
-    except ImportError:
-        raise IdmlError(MISSING_MATPLOTLIB) from None
+    except ImportError as exc:
+        raise IdmlError(MISSING_MATPLOTLIB) from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -41,7 +41,7 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
     except (OSError, ValueError) as exc:
-        raise IdmlError(f"cannot write the figure to {path}: {exc}") from None
+        raise IdmlError(f"cannot write the figure to {path}: {one_line(exc)}") from exc
     finally:
         plt.close(fig)
     return path

@@ -1,11 +1,12 @@
-"""Exact resume: what a checkpoint holds besides the weights, and how a run takes it back.
+"""Exact resume: what a checkpoint holds besides the weights, as pure functions.
 
 The data order and every augmentation draw of a step are functions of (seed, epoch, step, rank)
-(see ``engine.step_rng`` and ``data.loaders``), so a checkpoint only needs its position: the epoch
+(see ``training.trainer.step_rng`` and ``data.loaders``), so a checkpoint only needs its position: the epoch
 in progress and the number of its steps already done. It also holds the optimiser, the AMP scaler,
 the best metrics, the sums of the epoch's training meter (so that the epoch's printed averages
 match) and the global RNG states (Python, NumPy, torch CPU and CUDA) of every rank, which anything
 drawing from them (dropout, ImageNet's workers' seeds) resumes from.
+:meth:`idml.training.trainer.Trainer.load_state` puts a checkpoint back into a trainer.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from torch import Tensor
 
 from idml.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from idml.config import TrainConfig
-from idml.distributed import control_group
 from idml.errors import ConfigError, IdmlError
-from idml.runtime import Runtime
+from idml.training.distributed import control_group
+from idml.training.runtime import Runtime
 
 
 @dataclass
@@ -133,26 +134,3 @@ def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, notes: li
         restore_rng(own, rt.device)
     sums = None if own is None or saved_batch != global_batch else own["train_meter"]
     return ResumePoint(int(state["epoch"]), step, None if sums is None else sums.to(rt.device))
-
-
-def restore_training(trainer: Any, state: dict[str, Any], path: Path) -> list[str]:
-    """Put weights, optimiser, scaler, best metrics, position and RNG states back into ``trainer``.
-
-    Returns notes on anything that makes the continuation differ from an uninterrupted run.
-    """
-    notes: list[str] = []
-    try:
-        trainer.model.load_state_dict(state["state_dict"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:200]
-        raise IdmlError(f"{path} does not fit this model or optimiser ({first}); "
-                        "resume with the checkpoint's settings or start a new --expname") from None
-    if state.get("scaler") and trainer.scaler.is_enabled():
-        trainer.scaler.load_state_dict(state["scaler"])
-    trainer.best_err1 = float(state.get("best_err1", 100.0))
-    trainer.best_err5 = float(state.get("best_err5", 100.0))
-    trainer.resume_at = resume_point(state, trainer.cfg, trainer.rt, notes)
-    trainer.start_epoch = trainer.resume_at.epoch
-    trainer.watch.last_saved = f"{path} (resumes at epoch {trainer.start_epoch}, step {trainer.resume_at.step})"
-    return notes

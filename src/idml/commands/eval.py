@@ -16,11 +16,11 @@ import torch
 
 from idml.config import DEVICE_CHOICES, OneLineParser
 from idml.data import DataBundle, DataRequest, build_data
-from idml.datasets_info import dataset_info
+from idml.data.catalog import dataset_info
 from idml.errors import ConfigError
 from idml.inference import Outputs, TrainedModel, load_trained_model, run_model
 from idml.metrics import EvalReport, evaluate_predictions, reliability_bins, softmax
-from idml.runtime import resolve_device
+from idml.training.runtime import resolve_device
 
 
 def parse_args(argv: list[str]):
@@ -87,7 +87,7 @@ def format_report(report: EvalReport, checkpoint: str, dataset: str, has_ism: bo
 
 
 def draw_plot(path: str, outputs: Outputs, targets: np.ndarray, report: EvalReport, title: str) -> Path:
-    from idml.figures import evaluation_figure, save_figure
+    from idml.commands.figures import evaluation_figure, save_figure
 
     probs = softmax(outputs.logits)
     wrong = probs.argmax(axis=1) != targets

@@ -26,8 +26,8 @@ from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from idml.data.catalog import dataset_info
 from idml.data.digits import upsample_digits
-from idml.datasets_info import dataset_info
 from idml.errors import DataError
 
 Preparer = Callable[[Image.Image], Tensor]
@@ -61,7 +61,7 @@ def read_image(path: Path) -> Image.Image:
             return img.copy()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         reason = "not an image PIL can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
-        raise DataError(f"cannot read image {path}: {reason}") from None
+        raise DataError(f"cannot read image {path}: {reason}") from exc
 
 
 def _resize(size: int) -> Preparer:

@@ -1,6 +1,6 @@
 """What a training run records besides its console lines: metrics.csv, TensorBoard, progress bars.
 
-:class:`RunLog` is the trainer's one entry point: ``batches`` wraps a loader in a tqdm progress
+:class:`RunLog` is the trainer's one entry point: ``progress`` wraps a loader in a tqdm progress
 bar (with ETA) when the run is verbose and stdout is an interactive terminal, and ``epoch_end``
 appends one row per epoch to ``<run>/metrics.csv`` (and TensorBoard scalars with
 ``--tensorboard``). Only the main process (rank 0) writes or shows anything. Files are opened on
@@ -31,7 +31,7 @@ def tensorboard_available() -> bool:
 
 
 class PhaseResult(Protocol):
-    """What the trainer measured in one pass over a split (engine.EpochResult)."""
+    """What the trainer measured in one pass over a split (training.trainer.EpochResult)."""
 
     loss: float
     top1_err: float
@@ -82,9 +82,9 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
                 raise IdmlError(f"{path} is not an idml metrics.csv (expected the columns {', '.join(COLUMNS)})")
             return [{k: (int(row[k]) if k == "epoch" else float(row[k])) for k in COLUMNS} for row in reader]
     except OSError as exc:
-        raise IdmlError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise IdmlError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (ValueError, TypeError) as exc:
-        raise IdmlError(f"{path} holds a malformed row ({exc})") from None
+        raise IdmlError(f"{path} holds a malformed row ({exc})") from exc
 
 
 def _formatted(row: dict) -> dict[str, str]:
@@ -144,7 +144,7 @@ class TensorBoardLog:
 
 
 class RunLog:
-    """Per-run logging for :class:`idml.engine.Trainer` (a no-op on processes other than rank 0)."""
+    """Per-run logging for :class:`idml.training.trainer.Trainer` (a no-op on processes other than rank 0)."""
 
     def __init__(self, run_dir: str | Path, printer: Callable[[str], None] = print, *, is_main: bool = True,
                  verbose: bool = True, tensorboard: bool = False, world_size: int = 1) -> None:
@@ -158,7 +158,7 @@ class RunLog:
         self._bar: tqdm | None = None
         self._sinks: list[MetricsCSV | TensorBoardLog] | None = None
 
-    def batches(self, loader: Iterable, description: str, total: int, initial: int = 0) -> Iterable:
+    def progress(self, loader: Iterable, description: str, total: int, initial: int = 0) -> Iterable:
         """``loader`` itself, or wrapped in a tqdm progress bar (steps/s and ETA) when interactive.
 
         ``total`` is the number of steps of the whole pass, ``initial`` how many were done before

@@ -22,11 +22,11 @@ import torch
 
 from idml.config import DEVICE_CHOICES, OneLineParser
 from idml.data.augment import Normalize
+from idml.data.image_files import image_files, image_preparer, read_image
 from idml.errors import ConfigError
-from idml.images import image_files, image_preparer, read_image
 from idml.inference import TrainedModel, load_trained_model, run_model
 from idml.metrics import softmax
-from idml.runtime import resolve_device
+from idml.training.runtime import resolve_device
 
 FORMATS = ("table", "csv", "json")
 

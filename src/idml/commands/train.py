@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -11,15 +11,15 @@ import yaml
 from torch import nn
 
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, remove_stale_temp_files
-from idml.compiling import maybe_compile
-from idml.config import TrainConfig, parse_train_args
-from idml.data import DataRequest, build_data
-from idml.distributed import convert_sync_bn, init_distributed, run_agreed, shutdown_distributed, wrap_ddp
-from idml.engine import Trainer
+from idml.config import TrainConfig, parse_train_args, preflight
+from idml.data import DataBundle, DataRequest, build_data
 from idml.errors import IdmlError
 from idml.models import ModelSpec, build_from_spec
-from idml.resume import load_resume_state, resolve_resume_path, restore_training
-from idml.runtime import Runtime, build_runtime
+from idml.training.compiling import maybe_compile
+from idml.training.distributed import convert_sync_bn, init_distributed, run_agreed, shutdown_distributed, wrap_ddp
+from idml.training.resume import load_resume_state, resolve_resume_path
+from idml.training.runtime import Runtime, build_runtime
+from idml.training.trainer import Trainer
 
 
 def archive_earlier_run(run_dir: Path) -> Path | None:
@@ -49,7 +49,7 @@ def prepare_run_dir(cfg: TrainConfig, fresh: bool, printer: Callable[[str], None
         remove_stale_temp_files(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     except OSError as exc:
-        raise IdmlError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --output_dir") from None
+        raise IdmlError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --output_dir") from exc
 
 
 def check_model_settings(cfg: TrainConfig) -> None:
@@ -67,7 +67,17 @@ def place_model(cfg: TrainConfig, rt: Runtime, spec: ModelSpec) -> nn.Module:
     return model
 
 
-def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
+@dataclass
+class RunInputs:
+    """What a run is built from, read and checked before anything is written."""
+
+    data: DataBundle
+    model: nn.Module
+    resume_path: Path | None
+    resume_state: dict | None
+
+
+def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     """Data, model and (on resume) its checkpoint: everything that bad input can break is checked
     before the run folder is touched, so a failing start or resume never overwrites anything."""
     check_model_settings(cfg)
@@ -78,26 +88,32 @@ def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
     data = build_data(req, rt.device)
     spec = replace(cfg.model_spec, num_classes=data.num_classes)
     state = load_resume_state(resume_path, spec.to_dict()) if resume_path else None
-    trainer = Trainer(cfg, place_model(cfg, rt, spec), data, rt)
-    if state is not None and resume_path is not None:
-        notes = restore_training(trainer, state, resume_path)
-        at = trainer.resume_at
-        trainer.print(f"=> resuming {resume_path} at epoch {at.epoch}, step {at.step}")
+    return RunInputs(data, place_model(cfg, rt, spec), resume_path, state)
+
+
+def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
+    """The trainer of this run, resumed if asked, with its run folder prepared (agreed by all ranks)."""
+    inputs = run_agreed(lambda: load_inputs(cfg, rt), rt)
+    net = wrap_ddp(maybe_compile(inputs.model, cfg.compile), rt)
+    trainer = Trainer(cfg, inputs.model, inputs.data, rt, net=net)
+    if inputs.resume_state is not None and inputs.resume_path is not None:
+        path, state = inputs.resume_path, inputs.resume_state
+        notes = run_agreed(lambda: trainer.load_state(state, path), rt)
+        trainer.print(f"=> resuming {path} at epoch {trainer.start.epoch}, step {trainer.start.step}")
         for note in notes:
             trainer.print(f"=> note: {note}")
-    if rt.is_main:
-        prepare_run_dir(cfg, fresh=resume_path is None, printer=trainer.print)
+    fresh = inputs.resume_path is None
+    run_agreed(lambda: prepare_run_dir(cfg, fresh, trainer.print) if rt.is_main else None, rt)
     return trainer
 
 
 def run_train(cfg: TrainConfig) -> tuple[float, float]:
+    preflight(cfg)
     rt = build_runtime(cfg.device, cfg.amp, cfg.channels_last)
     init_distributed(rt)
     try:
-        trainer = run_agreed(lambda: build_trainer(cfg, rt), rt)
-        model = trainer.model
-        trainer.net = wrap_ddp(maybe_compile(model, cfg.compile), rt)
-        n_params = sum(p.numel() for p in model.parameters())
+        trainer = build_trainer(cfg, rt)
+        n_params = sum(p.numel() for p in trainer.model.parameters())
         trainer.print(f"=> creating model '{cfg.net_type}' (depth {cfg.depth}, ISM {'on' if cfg.ism else 'off'})")
         trainer.print(f"the number of model parameters: {n_params}")
         trainer.print(f"=> training on {rt.describe()}; {len(trainer.data.class_names)} classes")

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from idml.errors import ConfigError, IdmlError, one_line
-from idml.runtime import Runtime
+from idml.training.runtime import Runtime
 
 T = TypeVar("T")
 _control: dict[str, dist.ProcessGroup | None] = {"group": None}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from idml.config import OneLineParser
 from idml.errors import IdmlError
-from idml.logs import METRICS_NAME, read_metrics
+from idml.training.run_log import METRICS_NAME, read_metrics
 
 
 def parse_args(argv: list[str]):
@@ -34,7 +34,7 @@ def load_run(run_dir: Path) -> dict[str, list[float]]:
 
 
 def main(argv: list[str]) -> int:
-    from idml.figures import save_figure, training_curves_figure
+    from idml.commands.figures import save_figure, training_curves_figure
 
     args = parse_args(argv)
     run_dirs = [Path(r) for r in args.runs]

@@ -17,15 +17,15 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from idml.distributed import control_group, share_failure
 from idml.errors import IdmlError
-from idml.runtime import Runtime
+from idml.training.distributed import control_group, share_failure
+from idml.training.runtime import Runtime
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -34,7 +34,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_GRACE_S = 2.0
 
 
-class StepControl:
+class StopRequest(NamedTuple):
+    """Yielded by :meth:`StopControl.batches` instead of a batch: some rank received ``signum``."""
+
+    signum: int
+
+
+class StopControl:
     """Signal handling plus the per-step agreement of all ranks."""
 
     def __init__(self, rt: Runtime) -> None:
@@ -75,15 +81,14 @@ class StepControl:
         """The signal that asked this run to stop (agreed over all ranks), or 0."""
         return self._agree(False)[1]
 
-    def batches(self, loader: Iterable[T], on_stop: Callable[[int], None] | None = None,
-                start: int = 0) -> Iterator[T]:
-        """``loader``'s batches, checked before each one is used.
+    def batches(self, loader: Iterable[T], stoppable: bool = True) -> Iterator[T | StopRequest]:
+        """``loader``'s batches, agreed on by every rank before each one is used.
 
-        An error while fetching a batch (a corrupt image) stops every rank with the same message;
-        a stop signal calls ``on_stop(step)`` (which checkpoints and raises) before step ``step``.
+        An error while fetching a batch (a corrupt image) stops every rank with the same message.
+        When some rank received a stop signal and ``stoppable``, a :class:`StopRequest` is yielded
+        in place of the next batch and the stream ends: the caller checkpoints and stops.
         """
         iterator = iter(loader)
-        step = start
         while True:
             failure: IdmlError | None = None
             try:
@@ -95,8 +100,7 @@ class StepControl:
             failed, signum = self._agree(failure is not None)
             if failed:
                 share_failure(failure, self.rt)
-            if signum and on_stop is not None:
-                on_stop(step)
+            if signum and stoppable:
+                yield StopRequest(signum)
+                return
             yield batch
-            step += 1
-

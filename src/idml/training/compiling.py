@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from idml.errors import one_line
+
 Compiler = Callable[[nn.Module], Callable]
 
 
@@ -47,8 +49,7 @@ class CompiledWithFallback(nn.Module):
 
     def _give_up(self, exc: Exception) -> None:
         self.__dict__["compiled"] = None
-        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-        print(f"warning: --compile failed here ({type(exc).__name__}: {first_line}); running eagerly",
+        print(f"warning: --compile failed here ({type(exc).__name__}: {one_line(exc)[:200]}); running eagerly",
               file=sys.stderr, flush=True)
 
     def _trial_step(self, *args, **kwargs) -> None:

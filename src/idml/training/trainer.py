@@ -1,0 +1,368 @@
+"""The training loop: one file to read from a batch arriving to the optimiser step.
+
+:class:`Trainer` owns everything a run changes while it trains: the model and what runs it, the
+optimiser, the AMP scaler, the best errors, where the run starts and the last checkpoint written.
+``fit`` alternates :meth:`Trainer.train_epoch` and :meth:`Trainer.validate`, writes checkpoints
+and prints the official code's console lines.
+
+One training step, top to bottom (:meth:`Trainer.train_step`): the batch is augmented on the device
+(:mod:`idml.data.augment`), mixed by CutMix or Mixup (:mod:`idml.mixing`), run through the network
+whose head computes the introspective logits (:mod:`idml.ism`), and the mixed cross-entropy of
+those logits is back-propagated. The step records its loss and hits on the device
+(:class:`Meter`), so nothing waits for the accelerator until a line is printed or a checkpoint
+is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save
+from idml.config import TrainConfig
+from idml.data import DataBundle
+from idml.errors import IdmlError, NonFiniteLossError, RunStopped
+from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
+from idml.training.distributed import broadcast_buffers, run_agreed
+from idml.training.resume import ResumePoint, progress_fields, resume_point
+from idml.training.run_log import RunLog
+from idml.training.runtime import Runtime
+from idml.training.schedule import learning_rate
+from idml.training.stopping import StopControl, StopRequest
+
+Printer = Callable[[str], None]
+#: Steps between two host reads of the "was any loss non-finite?" flag (besides checkpoints).
+CHECK_EVERY = 50
+
+
+def step_rng(seed: int, epoch: int, step: int, rank: int) -> np.random.Generator:
+    """The random stream of one training step: reproducible from its position alone."""
+    return np.random.default_rng([seed, epoch, step, rank])
+
+
+def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...]) -> Tensor:
+    """How many targets are within the top-k predictions, for each k (a tensor, no sync)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == targets.unsqueeze(1)
+    return torch.stack([hits[:, :k].sum() for k in ks])
+
+
+class Averages(NamedTuple):
+    """Mean loss and top-1/top-5 error (percent) over the images a :class:`Meter` has seen."""
+
+    loss: float
+    top1_err: float
+    top5_err: float
+
+
+class Meter:
+    """Sums of loss and top-k hits, and the first step whose loss was not finite, on the device.
+
+    Nothing here reads a value back to the host: the sums are read (one sync) only when a line is
+    printed, and the non-finite flag only before a checkpoint and every ``CHECK_EVERY`` steps.
+    """
+
+    LOSS, HITS1, HITS5, IMAGES = range(4)  # positions in ``sums``
+    _NO_STEP = torch.iinfo(torch.int64).max
+
+    def __init__(self, device: torch.device, sums: Tensor | None = None) -> None:
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device) if sums is None else sums.clone()
+        self.last = torch.zeros_like(self.sums)
+        self.first_bad_step = torch.full((), self._NO_STEP, dtype=torch.int64, device=device)
+
+    def update(self, loss: Tensor, logits: Tensor, targets: Tensor, step: int = 0) -> None:
+        hits = topk_correct(logits.detach(), targets, (1, 5)).double()
+        n = hits.new_full((1,), targets.shape[0])  # made on the device: no host-to-device copy
+        self.last = torch.cat([loss.detach().double().view(1) * n, hits, n])
+        self.sums += self.last
+        bad_here = torch.where(torch.isfinite(loss.detach()), self._NO_STEP, step)
+        torch.minimum(self.first_bad_step, bad_here, out=self.first_bad_step)
+
+    def all_reduce(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.sums)
+
+    @property
+    def images(self) -> int:
+        return int(self.sums[self.IMAGES].item())
+
+    @classmethod
+    def _averages(cls, sums: Tensor) -> Averages:
+        loss_sum, hits1, hits5, n = sums.tolist()
+        n = max(n, 1.0)
+        return Averages(loss_sum / n, 100.0 * (1 - hits1 / n), 100.0 * (1 - hits5 / n))
+
+    def average(self) -> Averages:
+        """Over every image seen so far."""
+        return self._averages(self.sums)
+
+    def current(self) -> Averages:
+        """Over the last batch only."""
+        return self._averages(self.last)
+
+    def first_nonfinite_step(self, distributed: bool) -> int | None:
+        """The first step (on any rank) whose loss was NaN or infinite, or None (one sync)."""
+        first = self.first_bad_step.clone()
+        if distributed:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        value = int(first.item())
+        return None if value == self._NO_STEP else value
+
+
+@dataclass
+class EpochResult:
+    """What one pass over a split measured (errors in percent)."""
+
+    loss: float
+    top1_err: float
+    top5_err: float
+    images: int
+    seconds: float
+
+
+class Trainer:
+    """One training run: ``Trainer(cfg, model, data, runtime, net=...)``, then :meth:`fit`.
+
+    ``model`` is the plain module (what checkpoints hold); ``net`` is what runs the steps, the
+    same module compiled and/or wrapped in DDP (default: ``model`` itself).
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, model: nn.Module, data: DataBundle, runtime: Runtime, *,
+        net: nn.Module | None = None, printer: Printer = print,
+    ) -> None:
+        self.cfg, self.data, self.rt = cfg, data, runtime
+        self.model = model
+        self.net = model if net is None else net
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.momentum > 0,
+        )
+        self.scaler = runtime.grad_scaler()
+        self.print = printer if runtime.is_main else (lambda _msg: None)
+        self.log = RunLog(cfg.run_dir, self.print, is_main=runtime.is_main, verbose=cfg.verbose,
+                          tensorboard=cfg.tensorboard, world_size=runtime.world_size)
+        self.stopping = StopControl(runtime)
+        self.start = ResumePoint()  # epoch 0, step 0 unless load_state says otherwise
+        self.best_err1, self.best_err5 = 100.0, 100.0
+        self.last_saved = "nothing was saved yet"  # for the messages of a stop or a failure
+
+    # -- one step -----------------------------------------------------------------------------
+    def _to_device(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        return images.to(self.rt.device, non_blocking=True), targets.to(self.rt.device, non_blocking=True)
+
+    def _memory_format(self, images: Tensor) -> Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.rt.channels_last else images
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.rt.device.type, dtype=self.rt.amp_dtype, enabled=self.rt.amp_dtype is not None)
+
+    def prepare_batch(self, images: Tensor, targets: Tensor, rng: np.random.Generator) -> MixedBatch:
+        """The input pipeline of a step on the device: augmentation, memory format, CutMix/Mixup."""
+        images = self._memory_format(self.data.train_transform(images, rng))
+        return mix_batch(images, targets, self.cfg.mix, rng)
+
+    def train_step(self, images: Tensor, targets: Tensor, rng: np.random.Generator, meter: Meter,
+                   step: int = 0) -> None:
+        batch = self.prepare_batch(images, targets, rng)
+        with self._autocast():
+            out = self.net(batch.images)
+        loss = mixed_cross_entropy(out.train_logits, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        meter.update(loss, out.train_logits, targets, step)
+
+    # -- epochs -------------------------------------------------------------------------------
+    def set_lr(self, epoch: int) -> float:
+        lr = learning_rate(self.cfg.lr, self.cfg.dataset.lower(), epoch, self.cfg.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _epoch_start(self, epoch: int) -> tuple[int, Meter]:
+        """The first step to run in ``epoch`` and its meter (both from the checkpoint on resume)."""
+        resuming = epoch == self.start.epoch and self.start.step > 0
+        first = self.start.step if resuming else 0
+        self.data.train.set_epoch(epoch, first)
+        sums = self.start.train_sums if resuming else None
+        return first, Meter(self.rt.device, sums)
+
+    def check_loss(self, epoch: int, meter: Meter) -> None:
+        """Raise :class:`NonFiniteLossError` (on every rank) if a loss of this epoch was not finite."""
+        step = meter.first_nonfinite_step(self.rt.distributed)
+        if step is not None:
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite at epoch {epoch}, step {step} (counted from 0); "
+                f"stopped without saving ({self.last_saved}): lower --lr (or try --amp off) "
+                "and continue with --resume auto"
+            )
+
+    def _stopped(self, signum: int) -> RunStopped:
+        return RunStopped(f"stopped by signal {signum}; saved {self.last_saved}: continue with the same "
+                          "command plus --resume auto", 128 + signum)
+
+    def _print_step(self, epoch: int, step: int, steps: int, lr: float, meter: Meter, timing: str) -> None:
+        batch, running = meter.current(), meter.average()
+        self.log.step(
+            f"Epoch: [{epoch}/{self.cfg.epochs}][{step}/{steps}]\tLR: {lr:.6f}\t{timing}\t"
+            f"Loss {batch.loss:.4f} ({running.loss:.4f})\tTop 1-err {batch.top1_err:.4f} ({running.top1_err:.4f})\t"
+            f"Top 5-err {batch.top5_err:.4f} ({running.top5_err:.4f})",
+            loss=running.loss, top1_err=running.top1_err,
+        )
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        """Train one epoch. A stop signal checkpoints the position and raises :class:`RunStopped`."""
+        cfg = self.cfg
+        lr = self.set_lr(epoch)
+        self.net.train()
+        first, meter = self._epoch_start(epoch)
+        steps = first + len(self.data.train)
+        start = last = time.perf_counter()
+        images_seen = 0
+        batches = self.log.progress(self.stopping.batches(self.data.train), f"Epoch {epoch}/{cfg.epochs}",
+                                    steps, first)
+        for step, item in enumerate(batches, start=first):
+            if isinstance(item, StopRequest):
+                self.save_position(epoch, step, meter)
+                raise self._stopped(item.signum)
+            data_time = time.perf_counter() - last
+            images, targets = self._to_device(*item)
+            self.train_step(images, targets, step_rng(cfg.seed, epoch, step, self.rt.rank), meter, step)
+            images_seen += targets.shape[0]
+            done, every = step + 1, cfg.save_every_steps
+            if every and done % every == 0 and done < steps:
+                self.save_position(epoch, done, meter)
+            elif done % CHECK_EVERY == 0:
+                self.check_loss(epoch, meter)
+            if cfg.verbose and step % cfg.print_freq == 0:
+                now = time.perf_counter()
+                timing = f"Time {now - last:.3f} ({(now - start) / (done - first):.3f})\tData {data_time:.3f}"
+                self._print_step(epoch, step, steps, lr, meter, timing)
+            last = time.perf_counter()
+        self.check_loss(epoch, meter)
+        meter.all_reduce()
+        avg = meter.average()
+        self.print(f"* Epoch: [{epoch}/{cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
+                   f"Top 5-err {avg.top5_err:.3f}\t Train Loss {avg.loss:.3f}")
+        return EpochResult(*avg, images_seen, time.perf_counter() - start)
+
+    @torch.inference_mode()
+    def validate(self, epoch: int) -> EpochResult:
+        """Top-1/top-5 error of the plain logits over the whole validation set (all ranks)."""
+        model = self.model if self.rt.distributed else self.net
+        broadcast_buffers(self.model, self.rt)
+        model.eval()
+        meter = Meter(self.rt.device)
+        start = time.perf_counter()
+        steps = len(self.data.val)
+        batches = self.log.progress(self.stopping.batches(self.data.val, stoppable=False),
+                                    f"Test {epoch}/{self.cfg.epochs}", steps)
+        for step, (images, targets) in enumerate(batches):
+            images, targets = self._to_device(images, targets)
+            with self._autocast():
+                logits = model(self._memory_format(self.data.eval_transform(images))).logits
+            loss = nn.functional.cross_entropy(logits.float(), targets)
+            meter.update(loss, logits, targets)
+            if self.cfg.verbose and step % self.cfg.print_freq == 0:
+                batch = meter.current()
+                self.log.step(f"Test (on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
+                              f"Top 1-err {batch.top1_err:.4f}\tTop 5-err {batch.top5_err:.4f}",
+                              batch_top1_err=batch.top1_err)
+        meter.all_reduce()
+        avg = meter.average()
+        self.print(f"* Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
+                   f"Top 5-err {avg.top5_err:.3f}\t Test Loss {avg.loss:.3f}")
+        return EpochResult(*avg, meter.images, time.perf_counter() - start)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict[str, Any]:
+        """Everything a checkpoint holds (plain types only: loadable with weights_only=True)."""
+        spec = self.cfg.model_spec.to_dict() | {"num_classes": self.data.num_classes}
+        return {
+            "epoch": epoch + 1,
+            "arch": self.cfg.net_type,
+            "model": spec,
+            "state_dict": self.model.state_dict(),
+            "best_err1": self.best_err1,
+            "best_err5": self.best_err5,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": self.cfg.to_dict(),
+            "class_names": list(self.data.class_names),
+            "mean": list(self.data.mean),
+            "std": list(self.data.std),
+            "input_size": self.data.input_size,
+        }
+
+    def load_state(self, state: dict[str, Any], path: Path) -> list[str]:
+        """Take back a checkpoint's weights, optimiser, scaler, best errors, position and RNG states.
+
+        Returns notes on anything that makes the continuation differ from an uninterrupted run.
+        """
+        try:
+            self.model.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise IdmlError(f"{path} does not fit this model or optimiser ({exc}); "
+                            "resume with the checkpoint's settings or start a new --expname") from exc
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_err1 = float(state.get("best_err1", 100.0))
+        self.best_err5 = float(state.get("best_err5", 100.0))
+        notes: list[str] = []
+        self.start = resume_point(state, self.cfg, self.rt, notes)
+        self.last_saved = f"{path} (resumes at epoch {self.start.epoch}, step {self.start.step})"
+        return notes
+
+    def save(self, epoch: int, is_best: bool) -> None:
+        """The end-of-epoch checkpoint (and ``model_best`` when ``is_best``); all ranks call it."""
+        self._write(self.state(epoch), is_best, step=0, meter=None)
+
+    def save_position(self, epoch: int, step: int, meter: Meter) -> None:
+        """A checkpoint inside ``epoch`` after ``step`` of its steps (never after a NaN loss)."""
+        self.check_loss(epoch, meter)
+        self._write(self.state(epoch) | {"epoch": epoch}, False, step, meter)
+
+    def _write(self, state: dict[str, Any], is_best: bool, step: int, meter: Meter | None) -> None:
+        state |= progress_fields(self.rt, self.cfg.batch_size, step, None if meter is None else meter.sums)
+        path = self.cfg.run_dir / CHECKPOINT_NAME
+
+        def write() -> None:
+            if self.rt.is_main:
+                atomic_save(state, path)
+                if is_best:
+                    atomic_save(state, self.cfg.run_dir / BEST_NAME)
+
+        run_agreed(write, self.rt)
+        self.last_saved = f"{path} (resumes at epoch {state['epoch']}, step {step})"
+
+    # -- the run ------------------------------------------------------------------------------
+    def fit(self) -> tuple[float, float]:
+        """Train from ``self.start`` to ``cfg.epochs``; returns the best (top-1, top-5) error."""
+        with self.stopping.handling_signals():
+            for epoch in range(self.start.epoch, self.cfg.epochs):
+                train = self.train_epoch(epoch)
+                val = self.validate(epoch)
+                self.log.epoch_end(epoch, self.optimizer.param_groups[0]["lr"], train, val)
+                is_best = val.top1_err <= self.best_err1
+                self.best_err1 = min(val.top1_err, self.best_err1)
+                if is_best:
+                    self.best_err5 = val.top5_err
+                self.print(f"Current best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}")
+                self.save(epoch, is_best)
+                signum = self.stopping.stop_signal()
+                if signum and epoch + 1 < self.cfg.epochs:
+                    raise self._stopped(signum)
+        self.log.close()
+        self.print(f"Best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}")
+        return self.best_err1, self.best_err5
