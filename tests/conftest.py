@@ -5,24 +5,24 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import datasets
+import fake_data
 
 
 @pytest.fixture
 def cifar10_dir(tmp_path: Path) -> Path:
-    datasets.make_cifar10(tmp_path)
+    fake_data.make_cifar10(tmp_path)
     return tmp_path
 
 
 @pytest.fixture
 def cifar100_dir(tmp_path: Path) -> Path:
-    datasets.make_cifar100(tmp_path)
+    fake_data.make_cifar100(tmp_path)
     return tmp_path
 
 
 @pytest.fixture
 def imagenet_dir(tmp_path: Path) -> Path:
-    datasets.make_imagenet(tmp_path)
+    fake_data.make_imagenet(tmp_path)
     return tmp_path
 
 

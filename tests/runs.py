@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import datasets
+import fake_data
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PY = REPO / "train.py"
@@ -42,7 +42,7 @@ def one_thread() -> Iterator[None]:
 
 
 def tiny_cifar(root: Path) -> Path:
-    datasets.make_cifar10(root, n_train=160, n_test=40)
+    fake_data.make_cifar10(root, n_train=160, n_test=40)
     return root
 
 
@@ -112,7 +112,7 @@ def learnable_cifar(root: Path, n_train: int = 160, n_test: int = 45) -> Path:
         return {"data": (noise + labels[:, None] * 20).astype(np.uint8), "labels": labels.tolist()}
 
     for i in range(1, 6):
-        datasets.write_pickle(folder / f"data_batch_{i}", batch(n_train // 5), py2=False)
-    datasets.write_pickle(folder / "test_batch", batch(n_test), py2=False)
-    datasets.write_pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]}, py2=False)
+        fake_data.write_pickle(folder / f"data_batch_{i}", batch(n_train // 5), py2=False)
+    fake_data.write_pickle(folder / "test_batch", batch(n_test), py2=False)
+    fake_data.write_pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]}, py2=False)
     return root

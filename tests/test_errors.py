@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import datasets
+import fake_data
+from expect import one_error_line
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from idml.cli import main as cli_main
 from idml.commands.train import main as train_main
@@ -27,10 +28,7 @@ IMAGENET = ["--dataset", "imagenet", "--net_type", "resnet", "--depth", "18", "-
 
 
 def assert_one_line_error(code: int, err: str) -> str:
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return one_error_line(err, code=code)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -38,7 +36,7 @@ def rewrite_batch(root: Path, **changes) -> None:
     """Rewrite data_batch_1 of the tiny CIFAR-10 under ``root`` with some entries changed."""
     path = root / CIFAR / "data_batch_1"
     batch = pickle.loads(path.read_bytes(), encoding="latin1")
-    datasets.write_pickle(path, batch | changes, py2=False)
+    fake_data.write_pickle(path, batch | changes, py2=False)
 
 
 def truncate(path: Path) -> None:
@@ -66,7 +64,7 @@ DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
 def test_bad_cifar_data(fault: str, tmp_path: Path, capsys) -> None:
     make_bad, expected = DATA_FAULTS[fault]
     if fault != "missing folder":
-        datasets.make_cifar10(tmp_path)
+        fake_data.make_cifar10(tmp_path)
     make_bad(tmp_path)
     code, _, err = run_cli(train_args(tmp_path, tmp_path / "runs", "run", "--epochs", "1"), capsys)
     assert_one_line_error(code, err)
@@ -80,7 +78,7 @@ def empty_class_folders(root: Path) -> None:
 
 
 def corrupt_one_image(root: Path) -> None:
-    datasets.make_imagenet(root)
+    fake_data.make_imagenet(root)
     victim = next((root / "imagenet-1k" / "train" / "n01443537").iterdir())
     victim.write_bytes(victim.read_bytes()[:100])
 
@@ -137,7 +135,7 @@ BAD_FLAGS = {
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cifar")
-    datasets.make_cifar10(root, n_train=40, n_test=10)
+    fake_data.make_cifar10(root, n_train=40, n_test=10)
     return root
 
 

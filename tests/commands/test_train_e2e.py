@@ -1,6 +1,6 @@
 """One-epoch end-to-end runs of the real command line, ``python train.py ...``, in subprocesses.
 
-Each run gets tiny data in the official on-disk formats (tests/datasets.py) and its own folder.
+Each run gets tiny data in the official on-disk formats (tests/fake_data.py) and its own folder.
 Subprocesses use one torch thread: the runs are small, and several threads slow to a crawl when
 other processes share the cores. The six commands of the official README run two at a time.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import datasets
+import fake_data
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from idml.data import DataRequest, build_data
 from idml.models import ModelSpec, build_from_spec
@@ -89,7 +89,7 @@ def top1_error(model: torch.nn.Module, dataset: str, data_dir: Path) -> float:
 
 @pytest.mark.slow
 def test_cifar10_end_to_end(tmp_path: Path) -> None:
-    datasets.make_cifar10(tmp_path / "data", n_train=20, n_test=10)
+    fake_data.make_cifar10(tmp_path / "data", n_train=20, n_test=10)
     run = train(["--dataset", "cifar10", "--net_type", "pyramidnet", "--depth", "11", "--alpha", "12",
                  "--batch_size", "8", "--beta", "1.0", "--cutmix_prob", "1", "--epochs", "1", "--expname", "c10"],
                 tmp_path, "c10")
@@ -111,7 +111,7 @@ def test_cifar10_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cifar100_end_to_end_without_ism(tmp_path: Path) -> None:
-    datasets.make_cifar100(tmp_path / "data", n_train=30, n_test=10)
+    fake_data.make_cifar100(tmp_path / "data", n_train=30, n_test=10)
     run = train(["--dataset", "cifar100", "--net_type", "resnet", "--depth", "11", "-b", "16", "--no-ism",
                  "--no-verbose", "--epochs", "1", "--expname", "c100", "--data_dir", "data"], tmp_path, "c100")
     state = check_run(run, {"net_type": "resnet", "dataset": "cifar100", "depth": 11, "ism": False,
@@ -124,7 +124,7 @@ def test_cifar100_end_to_end_without_ism(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_imagenet_end_to_end(tmp_path: Path) -> None:
-    datasets.make_imagenet(tmp_path / "data", per_class=2, val_per_class=1, size=(40, 32))
+    fake_data.make_imagenet(tmp_path / "data", per_class=2, val_per_class=1, size=(40, 32))
     run = train(["--dataset", "imagenet", "--net_type", "resnet", "--depth", "18", "-b", "3", "-j", "0",
                  "--beta", "1.0", "--cutmix_prob", "0.5", "--epochs", "1", "--expname", "in"], tmp_path, "in")
     state = check_run(run, {"net_type": "resnet", "dataset": "imagenet", "depth": 18, "num_classes": 3})
@@ -168,9 +168,9 @@ SEED_MODELS = {
 def tiny_seed_data(root: Path) -> Path:
     """Next to no images (the big networks are slow on a CPU): 5 + 2 CIFAR-10 images (one per
     training batch file), 2 + 2 CIFAR-100 images, 2 ImageNet classes with 1 + 1 small JPEGs each."""
-    datasets.make_cifar10(root, n_train=5, n_test=2)
-    datasets.make_cifar100(root, n_train=2, n_test=2)
-    datasets.make_imagenet(root, classes=("n01440764", "n01443537"), per_class=1, val_per_class=1, size=(40, 32))
+    fake_data.make_cifar10(root, n_train=5, n_test=2)
+    fake_data.make_cifar100(root, n_train=2, n_test=2)
+    fake_data.make_imagenet(root, classes=("n01440764", "n01443537"), per_class=1, val_per_class=1, size=(40, 32))
     return root
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-import datasets
+import fake_data
 from idml.checkpoint import BEST_NAME, load_checkpoint
 from idml.cli import main as cli_main
 from idml.config import parse_train_args
@@ -42,7 +42,7 @@ def run_cli(argv):
 def tiny(tmp_path_factory):
     """Two epochs of a ResNet-8 with CutMix and Mixup alternating, on 20 CIFAR-10 images."""
     root = tmp_path_factory.mktemp("tiny")
-    datasets.make_cifar10(root / "data")
+    fake_data.make_cifar10(root / "data")
     argv = ["train", *TINY, "--data_dir", str(root / "data"), "--output_dir", str(root / "runs"), "--epochs", "2",
             "--expname", "tiny", "--beta", "1", "--cutmix_prob", "0.5", "--mixup_alpha", "1", "--mixup_prob", "0.5"]
     status, out, err = run_cli(argv)

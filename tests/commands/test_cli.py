@@ -7,17 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import datasets
+import fake_data
+from expect import one_error_line
 from runs import run_cli, run_train_process
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("idml train: error:") and "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    assert one_error_line(err, *fragments, code=code).startswith("idml train: error:")
 
 
 BAD_COMMAND_LINES = {
@@ -54,7 +50,7 @@ def test_bad_values_exit_2_with_one_line(case: str, tmp_path: Path, capsys, monk
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_device_cuda_without_gpu(tmp_path: Path, capsys) -> None:
-    datasets.make_cifar10(tmp_path, n_train=10, n_test=5)
+    fake_data.make_cifar10(tmp_path, n_train=10, n_test=5)
     code, _, err = run_cli(["--dataset", "cifar10", "--net_type", "resnet", "--depth", "8",
                                    "--no-bottleneck", "--device", "cuda", "--data_dir", str(tmp_path)], capsys)
     assert_one_line_error(code, err, "--device cuda")
@@ -81,7 +77,7 @@ def test_train_py_process_exit_status(tmp_path: Path) -> None:
 
 def test_bad_imagenet_depth_fails_before_reading_the_data(tmp_path: Path) -> None:
     """Even with ImageNet data present (and DataLoader workers that warn), only the depth error is printed."""
-    datasets.make_imagenet(tmp_path, per_class=1, val_per_class=1, size=(8, 8))
+    fake_data.make_imagenet(tmp_path, per_class=1, val_per_class=1, size=(8, 8))
     proc = run_train_process(["--net_type", "resnet", "--dataset", "imagenet", "--depth", "51", "-j", "40",
                               "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
     assert_one_line_error(proc.returncode, proc.stderr, "depth 51")

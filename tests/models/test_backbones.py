@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import datasets
+import fake_data
 import idml
 from idml.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from idml.cli import main as cli_main
@@ -18,11 +18,11 @@ from idml.errors import ConfigError
 from idml.models.external import SOURCES, Source
 from idml.training.run_log import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_torchvision_backbone_trains_one_step_through_the_cli(tmp_path):
-    datasets.make_cifar10(tmp_path / "data")
+    fake_data.make_cifar10(tmp_path / "data")
     argv = ["train", "--net_type", "torchvision:mobilenet_v3_small", "--dataset", "cifar10", "--epochs", "1",
             "--batch_size", "20", "--mixup_alpha", "1", "--mixup_prob", "1", "--data_dir", str(tmp_path / "data"),
             "--output_dir", str(tmp_path / "runs"), "--expname", "mnv3", "--device", "cpu", "--amp", "off",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import datasets
+import fake_data
 import idml.training.trainer
 from idml.commands.train import main as train_main
 from idml.data import DataRequest, build_data
@@ -112,7 +112,7 @@ def test_signal_finishes_the_step_saves_and_resumes_exactly(
 
 
 def test_bf16_autocast_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    small = datasets.make_cifar10(tmp_path / "data", n_train=40, n_test=10).parent  # 5 steps (bf16 is slow here)
+    small = fake_data.make_cifar10(tmp_path / "data", n_train=40, n_test=10).parent  # 5 steps (bf16 is slow here)
     bf16 = ["--epochs", "1", "--amp", "bf16", "--no-verbose"]
     assert run_cli(train_args(small, tmp_path, "ref", *bf16), capsys)[0] == 0
     signal_at(monkeypatch, signal.SIGTERM, 0, 1)
@@ -125,7 +125,7 @@ def test_bf16_autocast_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Monke
 def test_imagenet_augmentation_depends_only_on_seed_epoch_and_index(tmp_path: Path) -> None:
     """What makes ImageNet resumable without worker RNG state: a sample's random crop, flip, jitter
     and lighting are drawn from its own seed, whatever ran before in that process."""
-    datasets.make_imagenet(tmp_path)
+    fake_data.make_imagenet(tmp_path)
     data = build_data(DataRequest("imagenet", tmp_path, batch_size=4, workers=0, seed=5), torch.device("cpu"))
     images = data.train.dataset
     first = images[(1, 3)][0]

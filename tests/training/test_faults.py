@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import datasets
+import fake_data
 import idml.training.trainer
+from expect import one_error_line
 from idml.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 from idml.data.cifar import load_cifar
 from idml.errors import DataError, IdmlError
@@ -22,14 +23,8 @@ from runs import load, one_thread, run_cli, temp_files, train_args  # noqa: F401
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    datasets.make_cifar10(root, n_train=40, n_test=10)  # 5 steps of 8 per epoch
+    fake_data.make_cifar10(root, n_train=40, n_test=10)  # 5 steps of 8 per epoch
     return root
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # -- atomic checkpoint files ---------------------------------------------------------------------
@@ -116,7 +111,7 @@ class MarkerPayload:
 
 
 def test_a_cifar_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
-    folder = datasets.make_cifar10(tmp_path)
+    folder = fake_data.make_cifar10(tmp_path)
     marker = tmp_path / "marker"
     batch = {"data": MarkerPayload(marker), "labels": [0, 1]}
     (folder / "data_batch_3").write_bytes(pickle.dumps(batch, protocol=2))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-import datasets
+import fake_data
 from idml.data import DataRequest, build_data
 from idml.data.augment import Normalize, RandomCropFlip
 
@@ -66,7 +66,7 @@ def test_normalize_formula() -> None:
 
 
 def test_cifar_bundle_uses_official_constants_and_flip(tmp_path) -> None:
-    datasets.make_cifar10(tmp_path, n_train=10, n_test=5)
+    fake_data.make_cifar10(tmp_path, n_train=10, n_test=5)
     data = build_data(DataRequest("cifar10", tmp_path, batch_size=10), torch.device("cpu"))
     assert data.mean == pytest.approx(CIFAR_MEAN) and data.std == pytest.approx(CIFAR_STD)
     images, _ = next(iter(data.val))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-import datasets
+import fake_data
 from idml.data.augment import Normalize
 from idml.data.cifar import load_cifar
 from idml.data.loaders import InMemoryLoader, ResumableSampler
@@ -125,7 +125,7 @@ def test_sigterm_under_torchrun_then_resume_is_bit_exact(reference, tmp_path: Pa
 @pytest.mark.slow
 def test_an_error_on_one_rank_stops_every_rank_with_status_2(tmp_path: Path) -> None:
     """One corrupt training image lands in one rank's shard: both ranks exit 2, one line, no hang."""
-    datasets.make_imagenet(tmp_path)
+    fake_data.make_imagenet(tmp_path)
     victim = next((tmp_path / "imagenet-1k" / "train" / "n01443537").iterdir())
     victim.write_bytes(victim.read_bytes()[:100])
     proc = torchrun(["--dataset", "imagenet", "--net_type", "resnet", "--depth", "18", "--batch_size", "6",

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import datasets
+import fake_data
+from expect import one_line_message as assert_one_line_error
 from idml.data.cifar import load_cifar
 from idml.errors import DataError
 
@@ -34,18 +35,18 @@ def write_cifar10(root: Path, py2: bool = True, n: int = 3) -> dict[str, dict]:
     folder.mkdir(parents=True)
     batches = {f"data_batch_{i}": cifar10_batch(n, i) for i in range(1, 6)} | {"test_batch": cifar10_batch(n, 9)}
     for name, batch in batches.items():
-        datasets.write_pickle(folder / name, batch, py2)
-    datasets.write_pickle(folder / "batches.meta", {"label_names": CIFAR10_NAMES, "num_vis": 3072}, py2)
+        fake_data.write_pickle(folder / name, batch, py2)
+    fake_data.write_pickle(folder / "batches.meta", {"label_names": CIFAR10_NAMES, "num_vis": 3072}, py2)
     return batches
 
 
 def test_python2_writer_is_what_pickle_reads() -> None:
     """The test helper's hand-written Python 2 stream decodes to the object it was given."""
     batch = cifar10_batch(2, 0)
-    loaded = pickle.loads(datasets.py2_pickle_bytes(batch), encoding="latin1")
+    loaded = pickle.loads(fake_data.py2_pickle_bytes(batch), encoding="latin1")
     assert loaded.keys() == batch.keys() and loaded["labels"] == batch["labels"]
     assert np.array_equal(loaded["data"], batch["data"]) and loaded["data"].dtype == np.uint8
-    assert b"numpy.core.multiarray" in datasets.py2_pickle_bytes(batch)  # what Python 2's NumPy wrote
+    assert b"numpy.core.multiarray" in fake_data.py2_pickle_bytes(batch)  # what Python 2's NumPy wrote
 
 
 @pytest.mark.parametrize("py2", [True, False], ids=["python2_pickles", "python3_pickles"])
@@ -66,7 +67,7 @@ def test_cifar10_contents(tmp_path: Path, py2: bool) -> None:
 
 @pytest.mark.parametrize("py2", [True, False], ids=["python2_pickles", "python3_pickles"])
 def test_cifar100_contents_and_fine_labels(tmp_path: Path, py2: bool) -> None:
-    datasets.make_cifar100(tmp_path, n_train=30, n_test=10, py2=py2)
+    fake_data.make_cifar100(tmp_path, n_train=30, n_test=10, py2=py2)
     data = load_cifar("cifar100", tmp_path)
     images, labels = data["train"]
     assert images.shape == (30, 3, 32, 32) and data["val"][0].shape == (10, 3, 32, 32)
@@ -81,7 +82,7 @@ def test_channel_major_red_plane_first(tmp_path: Path) -> None:
     batches["data_batch_1"]["data"][n, 0 * 1024 + y * 32 + x] = 255  # red at (y, x)
     batches["data_batch_1"]["data"][n, 1 * 1024 + 2 * 32 + 3] = 100  # green at (2, 3)
     batches["data_batch_1"]["data"][n, 2 * 1024 + 31 * 32 + 0] = 50  # blue at (31, 0)
-    datasets.write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_1", batches["data_batch_1"])
+    fake_data.write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_1", batches["data_batch_1"])
     images = load_cifar("cifar10", tmp_path)["train"][0]
     assert images[n, 0, y, x] == 255 and images[n, 1, 2, 3] == 100 and images[n, 2, 31, 0] == 50
     assert images[:3].sum() == 255 + 100 + 50  # data_batch_1 comes first
@@ -92,13 +93,6 @@ def test_official_readme_batch_meta_name_is_accepted(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     (folder / "batches.meta").rename(folder / "batch.meta")
     assert load_cifar("cifar10", tmp_path)["class_names"] == CIFAR10_NAMES
-
-
-def assert_one_line_error(info: pytest.ExceptionInfo, *fragments: str) -> None:
-    message = str(info.value)
-    assert "\n" not in message and message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
 class CreatesMarker:
@@ -165,7 +159,7 @@ def test_empty_file(tmp_path: Path) -> None:
 )
 def test_malformed_batch(tmp_path: Path, change: dict, fragment: str) -> None:
     batches = write_cifar10(tmp_path)
-    datasets.write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_4", batches["data_batch_4"] | change)
+    fake_data.write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_4", batches["data_batch_4"] | change)
     with pytest.raises(DataError) as info:
         load_cifar("cifar10", tmp_path)
     assert_one_line_error(info, "data_batch_4", fragment)
@@ -173,7 +167,7 @@ def test_malformed_batch(tmp_path: Path, change: dict, fragment: str) -> None:
 
 def test_not_a_dict(tmp_path: Path) -> None:
     write_cifar10(tmp_path)
-    datasets.write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", [1, 2, 3])
+    fake_data.write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", [1, 2, 3])
     with pytest.raises(DataError) as info:
         load_cifar("cifar10", tmp_path)
     assert_one_line_error(info, "test_batch", "'data'")
@@ -203,8 +197,8 @@ def test_missing_meta(tmp_path: Path) -> None:
 
 
 def test_meta_with_wrong_number_of_names(tmp_path: Path) -> None:
-    datasets.make_cifar100(tmp_path, n_train=10, n_test=5)
-    datasets.write_pickle(tmp_path / "cifar-100-python" / "meta", {"fine_label_names": ["a", "b"]})
+    fake_data.make_cifar100(tmp_path, n_train=10, n_test=5)
+    fake_data.write_pickle(tmp_path / "cifar-100-python" / "meta", {"fine_label_names": ["a", "b"]})
     with pytest.raises(DataError) as info:
         load_cifar("cifar100", tmp_path)
     assert_one_line_error(info, "meta", "fine_label_names")

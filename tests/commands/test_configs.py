@@ -11,7 +11,7 @@ import yaml
 
 from idml.config import TrainConfig, parse_train_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 SEED_PAIRS = [(f"seed/{ds}_{m}.yaml", f"paper/{ds}/{m}.yaml")
               for ds in ("imagenet", "cifar10", "cifar100") for m in ("ism_baseline", "idml_cutmix")]

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import datasets
+import fake_data
+from expect import one_line_message as assert_one_line_error
 from idml.data import DataRequest, build_data
 from idml.data.imagenet import Lighting, load_imagenet
 from idml.errors import DataError
@@ -28,15 +29,8 @@ def test_classes_come_from_the_folders(imagenet_dir: Path) -> None:
 
 
 def test_any_number_of_classes(tmp_path: Path) -> None:
-    datasets.make_imagenet(tmp_path, classes=("b_cls", "a_cls"), per_class=1, val_per_class=1, size=(8, 8))
+    fake_data.make_imagenet(tmp_path, classes=("b_cls", "a_cls"), per_class=1, val_per_class=1, size=(8, 8))
     assert load_imagenet(tmp_path)["class_names"] == ["a_cls", "b_cls"]
-
-
-def assert_one_line_error(info: pytest.ExceptionInfo, *fragments: str) -> None:
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
 def test_mismatched_train_and_val_classes(imagenet_dir: Path) -> None:
