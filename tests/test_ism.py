@@ -1,4 +1,4 @@
-"""The introspective similarity metric against REFERENCE.md section 1, written out independently here."""
+"""The introspective similarity metric against the paper's formula (Wang et al., TPAMI 2023), restated here."""
 
 from __future__ import annotations
 

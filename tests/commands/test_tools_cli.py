@@ -61,7 +61,7 @@ def test_train_logs_metrics_csv_and_seed_console_lines(tiny):
     console_val_err = [float(e) for e in re.findall(r"Top 1-err (\S+)  Top 5-err \S+\t Test Loss", tiny["out"])]
     assert [r["val_top1_err"] for r in rows] == pytest.approx(console_val_err, abs=1e-3)
     assert all(r["images_per_s"] > 0 and r["epoch_seconds"] > 0 and r["train_loss"] > 0 for r in rows)
-    assert "\nEpoch: [" not in tiny["out"]  # --no-verbose: per-epoch summaries only, as the seed
+    assert "\nEpoch: [" not in tiny["out"]  # --no-verbose: per-epoch summaries only, as the official code
     saved = parse_train_args(["--config", str(tiny["run"] / "config.yaml")])
     assert saved == parse_train_args(tiny["argv"][1:])
 

@@ -48,7 +48,7 @@ def train(args: list[str], workdir: Path, expname: str, timeout: float = 600) ->
 
 
 def check_run(run: Run, expected_model: dict) -> dict:
-    """Exit 0, both checkpoints, readable with weights_only=True, holding what REFERENCE.md lists."""
+    """Exit 0, both checkpoints, readable with weights_only=True, holding the fields docs/training.md lists."""
     assert run.proc.returncode == 0, run.explain()
     assert "Traceback" not in run.proc.stderr, run.explain()
     for name in (CHECKPOINT_NAME, BEST_NAME):
@@ -144,7 +144,7 @@ def test_digits_end_to_end(tmp_path: Path) -> None:
 
 # -- the six commands of the official README, verbatim, plus --epochs 1 and tiny data ----------------
 
-SEED_README_COMMANDS = {
+OFFICIAL_COMMANDS = {
     "imagenet_cutmix": "--net_type resnet --dataset imagenet --batch_size 256 --lr 0.1 --depth 50 --epochs 300 "
                        "--expname ResNet50 -j 40 --beta 1.0 --cutmix_prob 1.0 --no-verbose",
     "imagenet_baseline": "--net_type resnet --dataset imagenet --batch_size 256 --lr 0.1 --depth 50 --epochs 300 "
@@ -165,7 +165,7 @@ SEED_MODELS = {
 }
 
 
-def tiny_seed_data(root: Path) -> Path:
+def tiny_official_data(root: Path) -> Path:
     """Next to no images (the big networks are slow on a CPU): 5 + 2 CIFAR-10 images (one per
     training batch file), 2 + 2 CIFAR-100 images, 2 ImageNet classes with 1 + 1 small JPEGs each."""
     fake_data.make_cifar10(root, n_train=5, n_test=2)
@@ -175,14 +175,14 @@ def tiny_seed_data(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def seed_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
-    """Start the selected seed commands, two at a time (one torch thread each: both cores busy)."""
+def official_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
+    """Start the selected official commands, two at a time (one torch thread each: both cores busy)."""
     names = [item.callspec.params["name"] for item in request.session.items
-             if getattr(item, "originalname", None) == "test_seed_readme_command"]
-    data = tiny_seed_data(tmp_path_factory.mktemp("seed_data"))
+             if getattr(item, "originalname", None) == "test_official_readme_command"]
+    data = tiny_official_data(tmp_path_factory.mktemp("official_data"))
 
     def run(name: str) -> Run:
-        args = [*shlex.split(SEED_README_COMMANDS[name]), "--epochs", "1", "--data_dir", str(data)]
+        args = [*shlex.split(OFFICIAL_COMMANDS[name]), "--epochs", "1", "--data_dir", str(data)]
         return train(args, tmp_path_factory.mktemp(name), expname=args[args.index("--expname") + 1])
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -190,13 +190,13 @@ def seed_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(SEED_README_COMMANDS))
-def test_seed_readme_command(name: str, seed_runs: dict[str, Future]) -> None:
-    run = seed_runs[name].result()
+@pytest.mark.parametrize("name", list(OFFICIAL_COMMANDS))
+def test_official_readme_command(name: str, official_runs: dict[str, Future]) -> None:
+    run = official_runs[name].result()
     try:
         dataset = name.split("_")[0]
         state = check_run(run, {"dataset": dataset, "ism": True, **SEED_MODELS[dataset]})
-        cutmix_prob = float(shlex.split(SEED_README_COMMANDS[name])[-2])
+        cutmix_prob = float(shlex.split(OFFICIAL_COMMANDS[name])[-2])
         assert state["config"]["cutmix_prob"] == cutmix_prob and state["config"]["epochs"] == 1
         assert state["config"]["batch_size"] == (256 if dataset == "imagenet" else 64)
         n_params = sum(t.numel() for k, t in state["state_dict"].items() if k.endswith(("weight", "bias")))
@@ -206,12 +206,12 @@ def test_seed_readme_command(name: str, seed_runs: dict[str, Future]) -> None:
         shutil.rmtree(run.run_dir.parent, ignore_errors=True)  # about 0.4 GB of checkpoints per run
 
 
-SEED_README = REPO.parent / "shared" / "seed" / "000_a8162a34077a9762.txt"
+OFFICIAL_README = REPO.parent / "shared" / "seed" / "000_a8162a34077a9762.txt"
 
 
-@pytest.mark.skipif(not SEED_README.is_file(), reason="the official README is not next to this checkout")
-def test_seed_commands_are_the_readme_verbatim() -> None:
+@pytest.mark.skipif(not OFFICIAL_README.is_file(), reason="the official README is not next to this checkout")
+def test_official_commands_are_the_readme_verbatim() -> None:
     """The commands above are the official README's, character for character (after joining lines)."""
-    blocks = re.findall(r"```\n(python train.py.*?)```", SEED_README.read_text(), flags=re.S)
+    blocks = re.findall(r"```\n(python train.py.*?)```", OFFICIAL_README.read_text(), flags=re.S)
     official = [" ".join(block.replace("\\\n", " ").split()) for block in blocks]
-    assert official == [f"python train.py {command}" for command in SEED_README_COMMANDS.values()]
+    assert official == [f"python train.py {command}" for command in OFFICIAL_COMMANDS.values()]

@@ -3,7 +3,6 @@
 import contextlib
 import io
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,14 +10,13 @@ from torch import nn
 
 import fake_data
 import idml
+from doc_blocks import code_blocks
 from idml.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from idml.cli import main as cli_main
 from idml.config import parse_train_args
 from idml.errors import ConfigError
 from idml.models.external import SOURCES, Source
 from idml.training.run_log import read_metrics
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_torchvision_backbone_trains_one_step_through_the_cli(tmp_path):
@@ -73,8 +71,8 @@ def test_timm_backbone_with_ism_head():
 
 
 def test_readme_python_examples_run():
-    """Every ```python block of the README runs as written."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.DOTALL)
+    """Every ```python block of the documentation (README.md, docs/) runs as written."""
+    blocks = code_blocks("python")
     assert any("IntrospectiveClassifier(" in b for b in blocks)
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "documentation", "exec"), {})

@@ -1,4 +1,4 @@
-"""Model construction: REFERENCE.md section 2's parameter counts, tiny training steps, bad depths."""
+"""Model construction: the official models' parameter counts, tiny training steps, bad depths."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def count_parameters(*args, **kwargs) -> int:
 
 
 # (net_type, dataset, depth, alpha, bottleneck), without the uncertainty layer, with it (None = D*K+K more), D
-REFERENCE_TABLE = [
+OFFICIAL_PARAMETER_COUNTS = [
     (("pyramidnet", "cifar10", 200, 240, True), 26_752_702, 26_883_902, 1024),
     (("pyramidnet", "cifar100", 200, 240, True), 26_844_952, 26_976_152, 1024),
     (("pyramidnet", "cifar100", 272, 200, True), 26_288_692, 26_399_412, None),
@@ -36,7 +36,7 @@ def row_id(row) -> str:
     return f"{net}{depth}-a{alpha:g}-{'bottleneck' if bottleneck else 'basic'}-{dataset}"
 
 
-@pytest.mark.parametrize("row", REFERENCE_TABLE, ids=row_id)
+@pytest.mark.parametrize("row", OFFICIAL_PARAMETER_COUNTS, ids=row_id)
 def test_parameter_counts_match_reference(row) -> None:
     (net, dataset, depth, alpha, bottleneck), without, with_ism, width = row
     settings = {"alpha": alpha, "bottleneck": bottleneck}

@@ -1,4 +1,4 @@
-"""The two step schedules of REFERENCE.md section 3 at their boundary epochs."""
+"""The two official step schedules (docs/training.md) at their boundary epochs."""
 
 from __future__ import annotations
 

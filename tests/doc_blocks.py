@@ -1,0 +1,31 @@
+"""The code blocks of the project's documentation (README.md and docs/*.md), which tests run or check."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def doc_files() -> list[Path]:
+    """README.md first, then every Markdown page under docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def section(text: str, heading: str) -> str:
+    """The body of the level-2 section whose heading starts with ``heading``."""
+    return text.split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]
+
+
+def code_blocks(language: str, text: str | None = None) -> list[str]:
+    """Every fenced block of ``language`` in ``text`` (default: all documentation files)."""
+    texts = [text] if text is not None else [p.read_text(encoding="utf-8") for p in doc_files()]
+    return [block for t in texts for block in re.findall(rf"```{language}\n(.*?)```", t, flags=re.DOTALL)]
+
+
+def commands(prefix: str, text: str | None = None) -> list[list[str]]:
+    """The arguments after ``prefix`` of every command containing it in the bash blocks."""
+    lines = "\n".join(code_blocks("bash", text)).replace("\\\n", " ").splitlines()
+    return [shlex.split(line.partition(prefix)[2]) for line in lines if prefix in line]
