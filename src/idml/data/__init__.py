@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from idml.data.augment import Normalize, RandomCropFlip
+from idml.data.augment import Normalize, TrainAugment
 from idml.data.catalog import dataset_info
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
@@ -75,12 +75,10 @@ def in_memory_bundle(data: dict, req: DataRequest, device: torch.device) -> Data
     shard = {"seed": req.seed, "rank": req.rank, "world_size": req.world_size}
     train = InMemoryLoader(*(t.to(device) for t in data["train"]), req.batch_size, train=True, **shard)
     val = InMemoryLoader(*(t.to(device) for t in data["val"]), req.batch_size, train=False, **shard)
-    normalize = Normalize(mean, std, device)
-    crop_flip = RandomCropFlip(pad=4, flip=flip)
     return DataBundle(
         train, val, data["class_names"], mean, std, 32,
-        train_transform=lambda x, rng: normalize(crop_flip(x, rng)),
-        eval_transform=normalize,
+        train_transform=TrainAugment(mean, std, device, pad=4, flip=flip),
+        eval_transform=Normalize(mean, std, device),
     )
 
 

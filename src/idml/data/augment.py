@@ -55,3 +55,16 @@ class RandomCropFlip:
         batch_index = torch.arange(b, device=device).view(b, 1, 1, 1)
         channel_index = torch.arange(c, device=device).view(1, c, 1, 1)
         return padded[batch_index, channel_index, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+class TrainAugment:
+    """The training transform of the in-memory datasets, on a uint8 batch on the device: random
+    crop from the zero-padded image, horizontal flip (when ``flip``), then normalisation."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device, pad: int = 4,
+                 flip: bool = True) -> None:
+        self.crop_flip = RandomCropFlip(pad, flip)
+        self.normalize = Normalize(mean, std, device)
+
+    def __call__(self, images: Tensor, rng: np.random.Generator) -> Tensor:
+        return self.normalize(self.crop_flip(images, rng))
