@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from idml.data.catalog import DATASETS
+from idml.data.catalog import DATASETS, DEFAULT_UNCERTAINTY_DIM
 from idml.errors import ConfigError, one_line
 from idml.mixing import MixConfig
 from idml.models import ModelSpec, net_type_problem
@@ -29,7 +29,7 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 EXPNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
-IDML = "idml flags"
+IDML = "flags idml adds"
 
 
 def setting(default: Any, *flags: str, help: str, group: str = IDML, action: str | None = None,
@@ -81,7 +81,8 @@ class TrainConfig:
     ism: bool = setting(True, "--no-ism", action="off",
                         help="train the plain network (the paper's Baseline rows) without the ISM head")
     ism_lambda: float = setting(5.0, "--ism_lambda", help="lambda of the introspective metric")
-    uncertainty_dim: int | None = setting(None, "--uncertainty_dim", shown_default="128 / 512",
+    uncertainty_dim: int | None = setting(None, "--uncertainty_dim", shown_default="{cifar} / {imagenet}".format(
+                                          **DEFAULT_UNCERTAINTY_DIM),
                                           help="width K of the uncertainty embedding (32x32 data / ImageNet)")
     mixup_alpha: float = setting(0.0, "--mixup_alpha", help="Mixup Beta(alpha, alpha) parameter; 0 = no Mixup")
     mixup_prob: float = setting(0.0, "--mixup_prob",
@@ -90,7 +91,7 @@ class TrainConfig:
                        help="mixed precision: auto = bf16 where the hardware runs it fast, fp16 on older GPUs, "
                        "else float32 (the ISM always runs in float32)")
     channels_last: bool | None = setting(None, "--channels_last", action="both", shown_default="on for CUDA",
-                                         help="channels-last memory format (default: on for CUDA, off on CPU)")
+                                         help="channels-last memory format (off on the CPU)")
     compile: bool = setting(False, "--compile", action="on",
                             help="torch.compile the model; where compilation fails, one warning line and eager "
                             "execution")
@@ -264,7 +265,7 @@ def flag_table() -> str:
                 flags = ", ".join(f"`{flag}`" for flag in f.metadata["flags"])
                 if f.metadata["action"] == "both":
                     flags += f" / `--no-{f.metadata['flags'][0][2:]}`"
-                meaning = f.metadata["help"].replace("|", "\\|")
+                meaning = f.metadata["help"].replace("|", "\\|").replace("<", "&lt;")
                 lines.append(f"| {flags} | {shown_default(f)} | `{f.name}` | {meaning} |")
     return "\n".join(lines[1:]) + "\n"
 

@@ -26,15 +26,15 @@ class RunStopped(Exception):
 
 
 def one_line(exc: BaseException) -> str:
-    """The user-facing line of ``exc``.
+    """The user-facing line of ``exc``: the first non-empty line of its message.
 
     A DataLoader worker's exception reaches the main process re-raised with the worker's whole
-    traceback in its message; the line that matters is the original message, at its end.
+    traceback in its message; there the line that matters is the original message, at its end.
     """
-    text = str(exc).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return text or type(exc).__name__
-    last = lines[-1]
-    _, sep, message = last.partition(f"{type(exc).__name__}: ")
-    return message if sep else last
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if not any(line.startswith(("Traceback (most recent call last)", "Original Traceback")) for line in lines):
+        return lines[0]
+    _, sep, message = lines[-1].partition(f"{type(exc).__name__}: ")
+    return message if sep else lines[-1]

@@ -16,6 +16,7 @@ import torch
 
 import fake_data
 import idml.training.trainer
+from expect import one_error_line
 from idml.commands.train import main as train_main
 from idml.data import DataRequest, build_data
 from runs import (
@@ -99,8 +100,7 @@ def test_signal_finishes_the_step_saves_and_resumes_exactly(
     args = train_args(data, tmp_path, "run", *EPOCHS, "--no-verbose")
     signal_at(monkeypatch, sig, epoch, step)
     code, _, err = run_cli(args, capsys)
-    assert code == 128 + sig  # 143 for SIGTERM, 130 for SIGINT
-    assert len(err.strip().splitlines()) == 1 and "--resume auto" in err, err
+    one_error_line(err, "--resume auto", code=code, expected_code=128 + sig)  # 143 SIGTERM, 130 SIGINT
     stopped = load(tmp_path / "run" / "checkpoint.pth.tar")
     assert (stopped["epoch"], stopped["step"]) == (epoch, step + 1)  # the step in flight was finished
     assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)  # handlers put back

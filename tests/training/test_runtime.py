@@ -60,7 +60,7 @@ def test_explicit_choices_and_the_scaler(cpuinfo):
 def test_ism_runs_in_float32_under_bf16_autocast():
     torch.manual_seed(0)
     model = build_model("resnet", "cifar10", depth=8, bottleneck=False)
-    with Runtime(CPU, torch.bfloat16, False).autocast():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 3, 32, 32))
     assert out.logits.dtype == torch.bfloat16  # the backbone and fc did run in bfloat16
     assert out.train_logits.dtype == torch.float32

@@ -31,7 +31,7 @@ def _strip_torchvision_classifier(net: nn.Module, name: str) -> nn.Module:
     linears = [qualified for qualified, m in net.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ConfigError(f"torchvision:{name} has no nn.Linear classifier to replace; "
-                          "wrap it yourself with idml.IntrospectiveClassifier (see the README's Python API)")
+                          "wrap it yourself with idml.IntrospectiveClassifier (see docs/training.md, Python API)")
     parent_name, _, attr = linears[-1].rpartition(".")
     setattr(net.get_submodule(parent_name), attr, nn.Identity())
     return net

@@ -93,7 +93,7 @@ def share_failure(failure: Exception | None, rt: Runtime) -> None:
     if failure is not None and not isinstance(failure, IdmlError):
         raise failure
     rank, text = failed[0]
-    raise AgreedError(f"rank {rank}: {text}") from None
+    raise AgreedError(f"rank {rank}: {text}")
 
 
 def exit_without_interruption() -> None:

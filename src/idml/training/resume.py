@@ -1,4 +1,4 @@
-"""Exact resume: what a checkpoint holds besides the weights, as pure functions.
+"""Exact resume: what a checkpoint holds besides the weights, and reading it back.
 
 The data order and every augmentation draw of a step are functions of (seed, epoch, step, rank)
 (see ``training.trainer.step_rng`` and ``data.loaders``), so a checkpoint only needs its position: the epoch
@@ -111,7 +111,8 @@ def progress_fields(rt: Runtime, batch_size: int, step: int, train_sums: Tensor 
     return {"step": step, "global_batch": batch_size * rt.world_size, "ranks": gather_rank_states(rt, train_sums)}
 
 
-def _own_rank_state(state: dict[str, Any], rt: Runtime, notes: list[str]) -> dict[str, Any] | None:
+def own_rank_state(state: dict[str, Any], rt: Runtime, notes: list[str]) -> dict[str, Any] | None:
+    """This rank's RNG states and meter sums in the checkpoint, or None (another process count)."""
     ranks = state.get("ranks") or []
     if len(ranks) != rt.world_size:
         notes.append(f"the checkpoint was written by {len(ranks) or 'an unknown number of'} process(es), "
@@ -120,8 +121,12 @@ def _own_rank_state(state: dict[str, Any], rt: Runtime, notes: list[str]) -> dic
     return ranks[rt.rank]
 
 
-def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, notes: list[str]) -> ResumePoint:
-    """Where to restart; a different global batch size maps the position to the samples done."""
+def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, own: dict[str, Any] | None,
+                 notes: list[str]) -> ResumePoint:
+    """Where to restart; a different global batch size maps the position to the samples done.
+
+    ``own`` is this rank's entry of the checkpoint's ``ranks`` (:func:`own_rank_state`).
+    """
     step = int(state.get("step", 0))
     global_batch = cfg.batch_size * rt.world_size
     saved_batch = int(state.get("global_batch", global_batch))
@@ -129,8 +134,5 @@ def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, notes: li
         step = step * saved_batch // global_batch
         notes.append(f"the global batch changed ({saved_batch} -> {global_batch}): restarting the "
                      f"epoch at step {step} (up to one batch repeated; not bit-identical)")
-    own = _own_rank_state(state, rt, notes)
-    if own is not None:
-        restore_rng(own, rt.device)
     sums = None if own is None or saved_batch != global_batch else own["train_meter"]
     return ResumePoint(int(state["epoch"]), step, None if sums is None else sums.to(rt.device))

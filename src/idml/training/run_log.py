@@ -170,6 +170,12 @@ class RunLog:
                          dynamic_ncols=True, unit="batch")
         return self._bar
 
+    def end_progress(self) -> None:
+        """Close the progress bar of a pass that stops early (a stop signal)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
     def step(self, line: str, **running: float) -> None:
         """A verbose per-step report: the full line, or the running averages on the progress bar."""
         if self._bar is None:

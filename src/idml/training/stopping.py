@@ -46,7 +46,6 @@ class StopControl:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.signum = 0  # received by this process
-        self.agreed_signal = 0  # received by some rank, once all ranks know it
         self._first_signal_at = 0.0
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -74,7 +73,6 @@ class StopControl:
         flags = torch.tensor([int(failed), self.signum])
         if self.rt.distributed:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=control_group())
-        self.agreed_signal = self.agreed_signal or int(flags[1])
         return bool(flags[0]), int(flags[1])
 
     def stop_signal(self) -> int:

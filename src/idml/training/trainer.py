@@ -29,10 +29,10 @@ from torch import Tensor, nn
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save
 from idml.config import TrainConfig
 from idml.data import DataBundle
-from idml.errors import IdmlError, NonFiniteLossError, RunStopped
+from idml.errors import IdmlError, NonFiniteLossError, RunStopped, one_line
 from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
 from idml.training.distributed import broadcast_buffers, run_agreed
-from idml.training.resume import ResumePoint, progress_fields, resume_point
+from idml.training.resume import ResumePoint, own_rank_state, progress_fields, restore_rng, resume_point
 from idml.training.run_log import RunLog
 from idml.training.runtime import Runtime
 from idml.training.schedule import learning_rate
@@ -166,7 +166,11 @@ class Trainer:
         return torch.autocast(self.rt.device.type, dtype=self.rt.amp_dtype, enabled=self.rt.amp_dtype is not None)
 
     def prepare_batch(self, images: Tensor, targets: Tensor, rng: np.random.Generator) -> MixedBatch:
-        """The input pipeline of a step on the device: augmentation, memory format, CutMix/Mixup."""
+        """The input pipeline of a step on the device: augmentation, memory format, CutMix/Mixup.
+
+        ``data.train_transform`` is :class:`idml.data.augment.TrainAugment` for the in-memory
+        datasets (crop, flip, normalise); ImageNet batches arrive augmented by the loader's workers.
+        """
         images = self._memory_format(self.data.train_transform(images, rng))
         return mix_batch(images, targets, self.cfg.mix, rng)
 
@@ -233,6 +237,7 @@ class Trainer:
                                     steps, first)
         for step, item in enumerate(batches, start=first):
             if isinstance(item, StopRequest):
+                self.log.end_progress()
                 self.save_position(epoch, step, meter)
                 raise self._stopped(item.signum)
             data_time = time.perf_counter() - last
@@ -249,11 +254,11 @@ class Trainer:
                 timing = f"Time {now - last:.3f} ({(now - start) / (done - first):.3f})\tData {data_time:.3f}"
                 self._print_step(epoch, step, steps, lr, meter, timing)
             last = time.perf_counter()
-        self.check_loss(epoch, meter)
         meter.all_reduce()
         avg = meter.average()
         self.print(f"* Epoch: [{epoch}/{cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
                    f"Top 5-err {avg.top5_err:.3f}\t Train Loss {avg.loss:.3f}")
+        self.check_loss(epoch, meter)
         return EpochResult(*avg, images_seen, time.perf_counter() - start)
 
     @torch.inference_mode()
@@ -313,14 +318,17 @@ class Trainer:
             self.model.load_state_dict(state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise IdmlError(f"{path} does not fit this model or optimiser ({exc}); "
+            raise IdmlError(f"{path} does not fit this model or optimiser ({one_line(exc)[:200]}); "
                             "resume with the checkpoint's settings or start a new --expname") from exc
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.best_err1 = float(state.get("best_err1", 100.0))
         self.best_err5 = float(state.get("best_err5", 100.0))
         notes: list[str] = []
-        self.start = resume_point(state, self.cfg, self.rt, notes)
+        own = own_rank_state(state, self.rt, notes)
+        if own is not None:
+            restore_rng(own, self.rt.device)  # dropout, ImageNet workers' seeds: as if never stopped
+        self.start = resume_point(state, self.cfg, self.rt, own, notes)
         self.last_saved = f"{path} (resumes at epoch {self.start.epoch}, step {self.start.step})"
         return notes
 
