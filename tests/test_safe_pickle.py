@@ -134,6 +134,20 @@ def test_object_array_over_file_bytes_is_refused_not_a_segfault(tmp_path: Path, 
     assert "numpy.ndarray is called directly" in lines[0] or "dtype" in lines[0], lines[0]
 
 
+def test_idml_train_on_the_object_array_archive_exits_2_with_one_line(tmp_path: Path) -> None:
+    """The issue's reproduction: ``idml train`` used to die with exit 139 (SIGSEGV)."""
+    write_cifar10(tmp_path / "data", object_array_pickles()["python2_protocol2"])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+                        "OMP_NUM_THREADS": "1"}
+    args = ["train", "--dataset", "cifar10", "--net_type", "resnet", "--depth", "8", "--no-bottleneck",
+            "--device", "cpu", "--workers", "0", "--epochs", "1", "--data_dir", str(tmp_path / "data"),
+            "--output_dir", str(tmp_path / "runs")]
+    done = subprocess.run([sys.executable, "-m", "idml", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2, f"exit {done.returncode}: {done.stderr[-500:]}"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data_batch_1" in lines[0] and "Traceback" not in done.stderr, done.stderr
+
+
 # -- the same class: every way to reach a non-plain dtype or a callable NumPy class --------------------
 #: (subarray, names, fields) of a structured dtype: None, ('a',), {'a': (dtype('u1'), 0)}
 STRUCTURED = b"N" + tup(s(b"a")) + b"}(" + s(b"a") + tup(dtype(b"u1"), i(0)) + b"u"

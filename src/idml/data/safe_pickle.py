@@ -17,9 +17,11 @@ arguments:
   shape arrives with the raw bytes in ``__setstate__``, whose length must match it exactly.
 
 Memory stays bounded by the file: every array, scalar and byte string built through these
-stand-ins is charged to a budget equal to the file's size, so a pickle that reuses one buffer
-many times through its memo cannot multiply it either. Anything else fails with
-:class:`DataError` instead of executing, crashing or allocating.
+stand-ins is charged to a budget of twice the file's size, so a pickle that reuses one buffer
+many times through its memo cannot multiply it either. (Twice, because Python 3's protocol 2
+writes an array's bytes as text that ``_codecs.encode`` turns into bytes, which the array then
+holds: two allocations of the same data, each no larger than the file.) Anything else fails
+with :class:`DataError` instead of executing, crashing or allocating.
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise ForbiddenGlobal(f"forbidden global {module}.{name}") from None
 
     def charge(self, nbytes: int) -> None:
-        """Count ``nbytes`` against the file's size: the file must really hold what it declares."""
+        """Count ``nbytes`` against the budget: the file must really hold the data it declares."""
         self.budget -= nbytes
         if self.budget < 0:
             raise UnsafeContent("it declares more array data than the file holds")
@@ -245,7 +247,7 @@ def load_pickle(path: Path) -> Any:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        loaded = RestrictedUnpickler(io.BytesIO(data), budget=len(data), encoding="latin1").load()
+        loaded = RestrictedUnpickler(io.BytesIO(data), budget=2 * len(data), encoding="latin1").load()
     except (ForbiddenGlobal, UnsafeContent) as exc:
         raise DataError(f"{path} is not a plain CIFAR archive ({exc}); refusing to load it") from exc
     except RecursionError as exc:
