@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from idml.datasets_info import DATASETS
+from idml.data.catalog import DATASETS
 from idml.errors import IdmlError
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"

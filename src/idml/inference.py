@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from idml.checkpoint import load_checkpoint, require_fields
-from idml.datasets_info import dataset_info
+from idml.data.catalog import dataset_info
 from idml.errors import IdmlError
 from idml.ism import IntrospectiveClassifier, uncertainty_score
 from idml.models import ModelSpec, build_from_spec
