@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from idml.checkpoint import load_checkpoint
+from idml.checkpoint import load_checkpoint, require_fields
+from idml.data.catalog import dataset_info
 from idml.errors import IdmlError
 from idml.ism import IntrospectiveClassifier, uncertainty_score
 from idml.models import ModelSpec, build_from_spec
@@ -46,30 +47,95 @@ class Outputs:
     uncertainty: np.ndarray | None
 
 
+#: What eval and predict read besides ``model`` and ``state_dict`` (all type-checked on load).
+INFERENCE_FIELDS = ("model.net_type", "model.dataset", "model.depth", "mean", "std", "input_size")
+
+
 def _spec_from_checkpoint(state: dict, path: Path) -> ModelSpec:
     saved = state["model"]
     known = {f.name for f in fields(ModelSpec)}
     try:
         return ModelSpec(**{k: v for k, v in saved.items() if k in known})
     except TypeError as exc:
-        raise IdmlError(f"{path}: its model settings are incomplete ({exc})") from None
+        raise IdmlError(f"{path}: its model settings are incomplete ({exc})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _expected_weights(spec: ModelSpec, path: Path) -> dict[str, Tensor] | None:
+    """The state_dict the settings build, on the meta device: shapes and dtypes, no memory.
+
+    The settings (depth, alpha, widths) decide how much a real build allocates, so they are
+    compared with the saved weights before anything is allocated. ``None`` when a network from
+    another library cannot be built on the meta device: its size is then fixed by its name and
+    the head's widths, which :func:`idml.checkpoint.load_checkpoint` has matched to the weights.
+    """
+    try:
+        with torch.device("meta"):
+            return build_from_spec(spec).state_dict()
+    except IdmlError as exc:  # e.g. a depth impossible for the network: name the file it came from
+        raise IdmlError(f"{path}: its model settings are unusable ({exc})") from exc
+    except Exception as exc:
+        if ":" in spec.net_type:
+            return None
+        raise IdmlError(f"{path}: its model settings do not build a network ({_first_line(exc)})") from exc
+
+
+def _check_weights_fit(expected: dict[str, Tensor], saved: dict[str, Tensor], path: Path) -> None:
+    """Names, shapes and kinds of the saved weights against the network's; and finite values."""
+    def fail(detail: str) -> IdmlError:
+        return IdmlError(f"{path}: weights do not fit the saved model settings ({detail})")
+
+    missing = [name for name in expected if name not in saved]
+    unexpected = [name for name in saved if name not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + (
+            [f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"] if unexpected else [])
+        raise fail("; ".join(parts))
+    for name, want in expected.items():
+        got = saved[name]
+        if got.shape != want.shape:
+            raise fail(f"{name} has shape {tuple(got.shape)}, the settings build {tuple(want.shape)}")
+        floating = got.dtype.is_floating_point
+        if got.dtype.is_complex or got.dtype == torch.bool or floating != want.dtype.is_floating_point:
+            raise fail(f"{name} is {got.dtype}, the network holds {want.dtype}")
+        if floating and not bool(torch.isfinite(got).all()):
+            raise fail(f"{name} holds NaN or infinite values")
 
 
 def load_trained_model(path: str | Path, device: torch.device) -> TrainedModel:
-    """Rebuild and load the network saved in ``path`` (an ``idml train`` checkpoint)."""
+    """Rebuild and load the network saved in ``path`` (an ``idml train`` checkpoint).
+
+    :func:`load_checkpoint` has checked every field's type; what remains is consistency between
+    fields (settings vs weights, input size vs dataset), checked here before the network is
+    allocated, so any checkpoint gives either a model or one line.
+    """
     path = Path(path)
     state = load_checkpoint(path)
+    require_fields(state, path, INFERENCE_FIELDS)
     spec = _spec_from_checkpoint(state, path)
+    info = dataset_info(spec.dataset)
+    if state["input_size"] != info.input_size:
+        raise IdmlError(f"{path}: input_size {state['input_size']} does not match {spec.dataset}'s "
+                        f"{info.input_size}-pixel images")
+    expected = _expected_weights(spec, path)
+    if expected is not None:
+        _check_weights_fit(expected, state["state_dict"], path)
     model = build_from_spec(spec)
+    if expected is None:
+        _check_weights_fit(model.state_dict(), state["state_dict"], path)
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
-        raise IdmlError(f"{path}: weights do not fit the saved model settings ({str(exc).splitlines()[0]})") from None
+        raise IdmlError(f"{path}: weights do not fit the saved model settings ({_first_line(exc)})") from exc
     model.to(device).eval()
     num_classes = model.head.fc.out_features
-    names = [str(n) for n in state.get("class_names") or range(num_classes)]
+    names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
     return TrainedModel(
-        model, spec.dataset, names, tuple(state["mean"]), tuple(state["std"]), int(state["input_size"]), device
+        model, spec.dataset, names, tuple(state["mean"]), tuple(state["std"]), state["input_size"], device
     )
 
 
