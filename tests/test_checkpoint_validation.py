@@ -473,3 +473,17 @@ def test_check_optimizer_fits_finds_a_momentum_buffer_of_another_shape(state: di
         check_optimizer_fits(state["optimizer"], params, "c")
     with pytest.raises(IdmlError, match="holds 31 parameters' state, the model has 30"):
         check_optimizer_fits(state["optimizer"], params[:-1], "c")
+
+
+def test_resuming_a_momentum_buffer_of_another_shape_is_one_line(run: dict[str, Path], state: dict,
+                                                                 tmp_path: Path) -> None:
+    """The optimiser state passes torch's own count check but not the shapes: refused before training."""
+    first = next(iter(state["optimizer"]["state"]))
+    state["optimizer"]["state"][first]["momentum_buffer"] = torch.zeros(3)
+    bad = save(state, tmp_path / "bad.pth.tar")
+    done = idml_cli("train", "--dataset", "cifar10", "--net_type", "resnet", "--depth", "8", "--no-bottleneck",
+                    "--batch_size", "8", "--device", "cpu", "--amp", "off", "--workers", "0", "--epochs", "2",
+                    "--no-verbose", "--data_dir", str(run["data"]), "--output_dir", str(tmp_path), "--expname", "r2",
+                    "--resume", str(bad))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "momentum_buffer" in done.stderr

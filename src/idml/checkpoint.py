@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 import torch
 
 from idml.data.catalog import DATASETS
-from idml.errors import IdmlError
+from idml.errors import IdmlError, one_line
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
@@ -68,7 +68,7 @@ def _write_failure(exc: BaseException) -> str:
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror
         seen = seen.__cause__ or seen.__context__
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return one_line(exc)
 
 
 def atomic_save(state: dict[str, Any], path: str | Path) -> None:
@@ -152,8 +152,7 @@ def _torch_load(fh: BinaryIO, path: Path, map_location: str | torch.device) -> A
             "weights_only=True, which never runs code from the file)"
         ) from exc
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _corrupt(path, first[:200]) from exc
+        raise _corrupt(path, one_line(exc)[:200]) from exc
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from idml.checkpoint import load_checkpoint, require_fields
 from idml.data.catalog import dataset_info
-from idml.errors import IdmlError
+from idml.errors import IdmlError, one_line
 from idml.ism import IntrospectiveClassifier, uncertainty_score
 from idml.models import ModelSpec, build_from_spec
 
@@ -60,11 +60,6 @@ def _spec_from_checkpoint(state: dict, path: Path) -> ModelSpec:
         raise IdmlError(f"{path}: its model settings are incomplete ({exc})") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _expected_weights(spec: ModelSpec, path: Path) -> dict[str, Tensor] | None:
     """The state_dict the settings build, on the meta device: shapes and dtypes, no memory.
 
@@ -81,7 +76,7 @@ def _expected_weights(spec: ModelSpec, path: Path) -> dict[str, Tensor] | None:
     except Exception as exc:
         if ":" in spec.net_type:
             return None
-        raise IdmlError(f"{path}: its model settings do not build a network ({_first_line(exc)})") from exc
+        raise IdmlError(f"{path}: its model settings do not build a network ({one_line(exc)[:200]})") from exc
 
 
 def _check_weights_fit(expected: dict[str, Tensor], saved: dict[str, Tensor], path: Path) -> None:
@@ -130,7 +125,7 @@ def load_trained_model(path: str | Path, device: torch.device) -> TrainedModel:
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
-        raise IdmlError(f"{path}: weights do not fit the saved model settings ({_first_line(exc)})") from exc
+        raise IdmlError(f"{path}: weights do not fit the saved model settings ({one_line(exc)[:200]})") from exc
     model.to(device).eval()
     num_classes = model.head.fc.out_features
     names = list(state.get("class_names") or [str(i) for i in range(num_classes)])

@@ -188,8 +188,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         try:
             return self.allowed[(module, name)]
-        except KeyError:
-            raise ForbiddenGlobal(f"forbidden global {module}.{name}") from None
+        except KeyError as exc:
+            raise ForbiddenGlobal(f"forbidden global {module}.{name}") from exc
 
     def charge(self, nbytes: int) -> None:
         """Count ``nbytes`` against the budget: the file must really hold the data it declares."""

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save
+from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save, check_optimizer_fits
 from idml.config import TrainConfig
 from idml.data import DataBundle
 from idml.errors import IdmlError, NonFiniteLossError, RunStopped, one_line
@@ -314,6 +314,7 @@ class Trainer:
 
         Returns notes on anything that makes the continuation differ from an uninterrupted run.
         """
+        check_optimizer_fits(state["optimizer"], [p for g in self.optimizer.param_groups for p in g["params"]], path)
         try:
             self.model.load_state_dict(state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
