@@ -26,7 +26,7 @@ from idml.mixing import MixConfig
 from idml.models import ModelSpec, net_type_problem
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 EXPNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
 IDML = "flags idml adds"
@@ -77,7 +77,7 @@ class TrainConfig:
     output_dir: str = setting("runs", "--output_dir", help="runs are written to <output_dir>/<expname>/")
     seed: int = setting(0, "--seed", help="seed of initialisation, data order and augmentation")
     device: str = setting("auto", "--device", choices=DEVICE_CHOICES,
-                          help="auto = CUDA when available, else CPU")
+                          help="auto = CUDA when available, else Apple silicon's MPS, else CPU")
     ism: bool = setting(True, "--no-ism", action="off",
                         help="train the plain network (the paper's Baseline rows) without the ISM head")
     ism_lambda: float = setting(5.0, "--ism_lambda", help="lambda of the introspective metric")
@@ -88,13 +88,17 @@ class TrainConfig:
     mixup_prob: float = setting(0.0, "--mixup_prob",
                                 help="probability of Mixup per batch (drawn after CutMix's share)")
     amp: str = setting("auto", "--amp", choices=AMP_CHOICES,
-                       help="mixed precision: auto = bf16 where the hardware runs it fast, fp16 on older GPUs, "
-                       "else float32 (the ISM always runs in float32)")
+                       help="mixed precision: auto = bf16 where the hardware runs it fast (CUDA compute "
+                       "capability >= 8.0, CPUs with AVX-512 BF16/AMX), fp16 on older GPUs and on MPS, else float32 "
+                       "(the ISM always runs in float32)")
     channels_last: bool | None = setting(None, "--channels_last", action="both", shown_default="on for CUDA",
                                          help="channels-last memory format (off on the CPU)")
     compile: bool = setting(False, "--compile", action="on",
-                            help="torch.compile the model; where compilation fails, one warning line and eager "
-                            "execution")
+                            help="torch.compile the model (recommended on CUDA: see docs/gpu.md); where compilation "
+                            "fails, one warning line and eager execution")
+    deterministic: bool = setting(False, "--deterministic", action="on",
+                                  help="deterministic kernels (cuDNN autotuning off) for a bit-exact resume on a GPU; "
+                                  "slower (default: cudnn.benchmark on CUDA)")
     resume: str | None = setting(None, "--resume", metavar="auto|PATH", shown_default="none",
                                  help="continue a run: auto = <output_dir>/<expname>/checkpoint.pth.tar if present, "
                                  "else start fresh; PATH = that checkpoint (must exist)")
