@@ -28,7 +28,7 @@ from idml.data.loaders import InMemoryLoader
 from idml.errors import ConfigError
 from idml.training.compiling import maybe_compile
 from idml.training.memory import PeakMemory, training_state_bytes
-from idml.training.runtime import build_runtime
+from idml.training.runtime import build_runtime, synchronize
 from idml.training.trainer import Meter, Trainer, step_rng
 
 #: model variants: name -> the settings it trains with, derived from the command line's.
@@ -148,11 +148,10 @@ def build_variants(cfg: TrainConfig, names: list[str], data: DataBundle) -> list
 def _timed(variant: Variant, turn: int) -> tuple[float, float]:
     """Wall-clock and process CPU seconds of one turn."""
     device = variant.trainer.rt.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _device: None)
-    sync(device)
+    synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     variant.run_turn(turn)
-    sync(device)
+    synchronize(device)
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 

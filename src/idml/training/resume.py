@@ -135,7 +135,7 @@ def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, own: dict
         notes.append(f"the global batch changed ({saved_batch} -> {global_batch}): restarting the "
                      f"epoch at step {step} (up to one batch repeated; not bit-identical)")
     sums = None if own is None or saved_batch != global_batch else own["train_meter"]
-    return ResumePoint(int(state["epoch"]), step, None if sums is None else sums.to(rt.device))
+    return ResumePoint(int(state["epoch"]), step, sums)  # the Meter moves them to its device and dtype
 
 
 # -- agreement across ranks ---------------------------------------------------------------------

@@ -34,7 +34,7 @@ from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
 from idml.training.distributed import broadcast_buffers, run_agreed
 from idml.training.resume import ResumePoint, own_rank_state, progress_fields, restore_rng, resume_point
 from idml.training.run_log import RunLog
-from idml.training.runtime import Runtime
+from idml.training.runtime import Runtime, sum_dtype
 from idml.training.schedule import learning_rate
 from idml.training.stopping import StopControl, StopRequest
 
@@ -74,14 +74,18 @@ class Meter:
     _NO_STEP = torch.iinfo(torch.int64).max
 
     def __init__(self, device: torch.device, sums: Tensor | None = None) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device) if sums is None else sums.clone()
+        dtype = sum_dtype(device)  # float64, or float32 on MPS (no float64 there)
+        if sums is None:
+            self.sums = torch.zeros(4, dtype=dtype, device=device)
+        else:  # converted where it is (the CPU, for a checkpoint's sums), then moved
+            self.sums = sums.to(dtype=dtype, copy=True).to(device)
         self.last = torch.zeros_like(self.sums)
         self.first_bad_step = torch.full((), self._NO_STEP, dtype=torch.int64, device=device)
 
     def update(self, loss: Tensor, logits: Tensor, targets: Tensor, step: int = 0) -> None:
-        hits = topk_correct(logits.detach(), targets, (1, 5)).double()
+        hits = topk_correct(logits.detach(), targets, (1, 5)).to(self.sums.dtype)
         n = hits.new_full((1,), targets.shape[0])  # made on the device: no host-to-device copy
-        self.last = torch.cat([loss.detach().double().view(1) * n, hits, n])
+        self.last = torch.cat([loss.detach().to(self.sums.dtype).view(1) * n, hits, n])
         self.sums += self.last
         bad_here = torch.where(torch.isfinite(loss.detach()), self._NO_STEP, step)
         torch.minimum(self.first_bad_step, bad_here, out=self.first_bad_step)
