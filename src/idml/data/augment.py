@@ -2,7 +2,8 @@
 
 Instead of per-image PIL transforms in worker processes, a whole batch is cropped, flipped and
 normalised with one gather on the training device. Random draws come from the NumPy generator
-the caller passes, so a batch's augmentation is reproducible from (seed, epoch, step).
+the caller passes, so a batch's augmentation is reproducible from (seed, epoch, step); they reach
+the device in one small copy per batch (:func:`draws_to_device`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def draws_to_device(draws: np.ndarray, device: torch.device) -> Tensor:
+    """A batch's random draws on ``device`` without synchronising a GPU stream.
+
+    A copy from pageable (ordinary) memory makes CUDA wait for the stream, ``non_blocking`` or
+    not; from pinned memory it is queued like a kernel. ``pin_memory()`` takes the small buffer
+    from PyTorch's caching host allocator, which reuses it only once the copy has finished.
+    """
+    host = torch.from_numpy(np.ascontiguousarray(draws))
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
 
 
 class Normalize:
@@ -45,8 +59,7 @@ class RandomCropFlip:
         draws = [rng.integers(0, 2 * self.pad + 1, size=(b, 1)), rng.integers(0, 2 * self.pad + 1, size=(b, 1))]
         if self.flip:
             draws.append((rng.random((b, 1)) < 0.5).astype(np.int64))
-        # One host-to-device copy per batch; non_blocking so that a GPU stream is never synchronised.
-        top, left, *flipped = torch.from_numpy(np.concatenate(draws, axis=1)).to(device, non_blocking=True).unbind(1)
+        top, left, *flipped = draws_to_device(np.concatenate(draws, axis=1), device).unbind(1)
         rows = top.unsqueeze(1) + torch.arange(h, device=device)
         cols = torch.arange(w, device=device).expand(b, w)
         if flipped:

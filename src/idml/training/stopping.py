@@ -17,7 +17,9 @@ for an agreement that another rank never joins.
 
 The agreement is off the critical path: the all-reduce for the next batch is started (``async_op``)
 before the current batch is handed to the step and waited for after it, so its network round trip
-overlaps the step's work instead of adding to it.
+overlaps the step's work instead of adding to it. So under DDP a stop signal that arrives during
+a step is acted on after the *next* step (its agreement was already under way); a single process
+stops right after the step in flight.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class StopControl:
         """(whether any rank failed; the stop signal any rank received, or 0; whether any rank has a batch)."""
         if work is not None:
             work.wait()
+        else:  # one process: no round trip to hide, so a signal received during the step counts now
+            flags[1] = max(int(flags[1]), self.signum)
         return bool(flags[0]), int(flags[1]), bool(flags[2])
 
     def stop_signal(self) -> int:
