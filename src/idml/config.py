@@ -69,8 +69,10 @@ class TrainConfig:
                            help="run name: files go to <output_dir>/<expname>/")
     beta: float = setting(0.0, "--beta", group=OFFICIAL, help="CutMix Beta(beta, beta) parameter; 0 = no CutMix")
     cutmix_prob: float = setting(0.0, "--cutmix_prob", group=OFFICIAL, help="probability of CutMix per batch")
-    workers: int = setting(4, "-j", "--workers", group=OFFICIAL,
-                           help="DataLoader worker processes (ImageNet; in-memory sets need none)")
+    workers: int | None = setting(None, "-j", "--workers", group=OFFICIAL, shown_default="auto",
+                                  help="DataLoader worker processes (ImageNet; in-memory sets need none); auto = "
+                                  "the CPU cores available to each training process, less one, at most 16 (the "
+                                  "official default was 4)")
     epochs: int = setting(90, "--epochs", group=OFFICIAL, help="number of epochs")
     # --- idml's flags ---
     data_dir: str = setting("data", "--data_dir", help="folder holding the datasets in the official layout")
@@ -154,7 +156,7 @@ class TrainConfig:
             (0 <= self.mixup_prob <= 1, f"--mixup_prob must lie in [0, 1] (got {self.mixup_prob})"),
             (self.mix.cutmix_share + self.mix.mixup_share <= 1 + 1e-9,
              "--cutmix_prob + --mixup_prob must not exceed 1 (one draw per batch picks at most one)"),
-            (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
+            (self.workers is None or self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
             (self.epochs >= 0, f"--epochs must be >= 0 (got {self.epochs})"),
             (0 <= self.label_noise < 1, f"--label_noise must lie in [0, 1) (got {self.label_noise})"),
             (self.label_noise == 0 or self.dataset.lower() != "imagenet",
