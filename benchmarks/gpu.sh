@@ -3,10 +3,16 @@
 # root on the GPU machine, commit its output to benchmarks/ and the figures to RESULTS.md.
 # Every `idml bench --json` object goes to stdout (one per line) and, when $OUT is set, to $OUT/.
 # Each run has its own time limit, so that a slow compile cannot push the script past 8 minutes.
+# Every run names --device cuda: without a visible GPU it fails instead of timing the CPU. A run that
+# fails or times out says so on stderr (its own stderr is kept in $OUT/<name>.stderr) and makes the
+# script's exit status non-zero; no empty JSON is ever copied as a result.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 DEADLINE=${DEADLINE:-470}   # seconds for the whole script
+LOGS=${OUT:-/tmp/idml-gpu}
+mkdir -p "$LOGS"
+FAILED=0
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 echo "# date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader || true
@@ -16,13 +22,21 @@ bench() {  # bench NAME LIMIT_SECONDS FLAGS...
   local name=$1 limit=$2; shift 2
   local left=$((DEADLINE - SECONDS))
   (( limit > left )) && limit=$left
-  if (( limit < 30 )); then echo "# $name: skipped, ${left}s left"; return; fi
-  echo "# $name (limit ${limit}s): idml bench $*"
-  local start=$SECONDS
-  timeout "$limit" "$PYTHON" -m idml bench --json "$@" > "/tmp/idml-gpu-$name.json"
+  if (( limit < 30 )); then echo "# $name: skipped, ${left}s left" >&2; FAILED=1; return; fi
+  echo "# $name (limit ${limit}s): idml bench --device cuda $*"
+  local start=$SECONDS json="$LOGS/$name.json.partial" log="$LOGS/$name.stderr"
+  timeout "$limit" "$PYTHON" -m idml bench --json --device cuda "$@" > "$json" 2> "$log"
   local rc=$?
-  cat "/tmp/idml-gpu-$name.json"
-  [[ -n "${OUT:-}" ]] && cp "/tmp/idml-gpu-$name.json" "$OUT/$name.json"
+  if (( rc == 0 )) && [[ -s "$json" ]]; then
+    cat "$json"
+    mv "$json" "$LOGS/$name.json"
+  else
+    local why="exit $rc"; (( rc == 124 )) && why="timed out after ${limit}s"
+    echo "# $name: FAILED ($why); no result written; its stderr:" >&2
+    tail -n 20 "$log" >&2
+    rm -f "$json"
+    FAILED=1
+  fi
   echo "# $name: exit $rc after $((SECONDS - start))s"
 }
 
@@ -31,7 +45,8 @@ P110=(--net_type pyramidnet --dataset cifar10 --depth 110 --alpha 48 --no-bottle
       --beta 1.0 --cutmix_prob 0.5)
 P200=(--net_type pyramidnet --dataset cifar10 --depth 200 --alpha 240 --batch_size 64 --beta 1.0 --cutmix_prob 0.5)
 
-# ResNet-50 batch 256: the standard variants, and one change at a time from fp32-eager
+# ResNet-50 batch 256 (uint8 batches through the on-device colour jitter, lighting and normalisation):
+# the standard variants, and one change at a time from fp32-eager
 bench resnet50 110 "${R50[@]}" --steps 20 --warmup 3 \
   --variants fp32-eager,default,default-linear,channels_last,bf16
 # the same with torch.compile in the default settings (compile time: first_step_seconds)
@@ -40,3 +55,4 @@ bench pyramidnet110 60 "${P110[@]}" --steps 20 --warmup 3
 bench pyramidnet200 70 "${P200[@]}" --steps 10 --warmup 3
 bench pyramidnet110-compile 200 "${P110[@]}" --steps 20 --warmup 3 --compile --variants fp32-eager,default
 echo "# total ${SECONDS}s"
+exit $FAILED

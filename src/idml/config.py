@@ -26,7 +26,7 @@ from idml.mixing import MixConfig
 from idml.models import ModelSpec, net_type_problem
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 EXPNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
 IDML = "flags idml adds"
@@ -69,15 +69,17 @@ class TrainConfig:
                            help="run name: files go to <output_dir>/<expname>/")
     beta: float = setting(0.0, "--beta", group=OFFICIAL, help="CutMix Beta(beta, beta) parameter; 0 = no CutMix")
     cutmix_prob: float = setting(0.0, "--cutmix_prob", group=OFFICIAL, help="probability of CutMix per batch")
-    workers: int = setting(4, "-j", "--workers", group=OFFICIAL,
-                           help="DataLoader worker processes (ImageNet; in-memory sets need none)")
+    workers: int | None = setting(None, "-j", "--workers", group=OFFICIAL, shown_default="auto",
+                                  help="DataLoader worker processes (ImageNet; in-memory sets need none); auto = "
+                                  "the CPU cores available to each training process, less one, at most 16 (the "
+                                  "official default was 4)")
     epochs: int = setting(90, "--epochs", group=OFFICIAL, help="number of epochs")
     # --- idml's flags ---
     data_dir: str = setting("data", "--data_dir", help="folder holding the datasets in the official layout")
     output_dir: str = setting("runs", "--output_dir", help="runs are written to <output_dir>/<expname>/")
     seed: int = setting(0, "--seed", help="seed of initialisation, data order and augmentation")
     device: str = setting("auto", "--device", choices=DEVICE_CHOICES,
-                          help="auto = CUDA when available, else CPU")
+                          help="auto = CUDA when available, else Apple silicon's MPS, else CPU")
     ism: bool = setting(True, "--no-ism", action="off",
                         help="train the plain network (the paper's Baseline rows) without the ISM head")
     ism_lambda: float = setting(5.0, "--ism_lambda", help="lambda of the introspective metric")
@@ -88,13 +90,17 @@ class TrainConfig:
     mixup_prob: float = setting(0.0, "--mixup_prob",
                                 help="probability of Mixup per batch (drawn after CutMix's share)")
     amp: str = setting("auto", "--amp", choices=AMP_CHOICES,
-                       help="mixed precision: auto = bf16 where the hardware runs it fast, fp16 on older GPUs, "
-                       "else float32 (the ISM always runs in float32)")
+                       help="mixed precision: auto = bf16 where the hardware runs it fast (CUDA compute "
+                       "capability >= 8.0, CPUs with AVX-512 BF16/AMX), fp16 on older GPUs and on MPS, else float32 "
+                       "(the ISM always runs in float32)")
     channels_last: bool | None = setting(None, "--channels_last", action="both", shown_default="on for CUDA",
                                          help="channels-last memory format (off on the CPU)")
     compile: bool = setting(False, "--compile", action="on",
-                            help="torch.compile the model; where compilation fails, one warning line and eager "
-                            "execution")
+                            help="torch.compile the model (recommended on CUDA: see docs/gpu.md); where compilation "
+                            "fails, one warning line and eager execution")
+    deterministic: bool = setting(False, "--deterministic", action="on",
+                                  help="deterministic kernels (cuDNN autotuning off) for a bit-exact resume on a GPU; "
+                                  "slower (default: cudnn.benchmark on CUDA)")
     resume: str | None = setting(None, "--resume", metavar="auto|PATH", shown_default="none",
                                  help="continue a run: auto = <output_dir>/<expname>/checkpoint.pth.tar if present, "
                                  "else start fresh; PATH = that checkpoint (must exist)")
@@ -150,7 +156,7 @@ class TrainConfig:
             (0 <= self.mixup_prob <= 1, f"--mixup_prob must lie in [0, 1] (got {self.mixup_prob})"),
             (self.mix.cutmix_share + self.mix.mixup_share <= 1 + 1e-9,
              "--cutmix_prob + --mixup_prob must not exceed 1 (one draw per batch picks at most one)"),
-            (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
+            (self.workers is None or self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
             (self.epochs >= 0, f"--epochs must be >= 0 (got {self.epochs})"),
             (0 <= self.label_noise < 1, f"--label_noise must lie in [0, 1) (got {self.label_noise})"),
             (self.label_noise == 0 or self.dataset.lower() != "imagenet",

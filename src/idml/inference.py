@@ -2,11 +2,14 @@
 
 ``idml eval`` and ``idml predict`` both start here: the checkpoint's ``model`` settings rebuild
 the network, ``state_dict`` fills it, and ``class_names``, ``mean``, ``std`` and ``input_size``
-say how to read images and name the predictions.
+say how to read images and name the predictions. The network runs with the device settings its
+training used (autocast dtype, memory format, cuDNN autotuning; see :mod:`idml.training.runtime`),
+unless ``--amp`` says otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +23,7 @@ from idml.data.catalog import dataset_info
 from idml.errors import IdmlError, one_line
 from idml.ism import IntrospectiveClassifier, uncertainty_score
 from idml.models import ModelSpec, build_from_spec
+from idml.training.runtime import Runtime, build_runtime
 
 
 @dataclass
@@ -33,6 +37,7 @@ class TrainedModel:
     std: tuple[float, ...]
     input_size: int
     device: torch.device
+    runtime: Runtime | None = None  # autocast and memory format (None: float32, NCHW)
 
     @property
     def has_ism(self) -> bool:
@@ -101,8 +106,23 @@ def _check_weights_fit(expected: dict[str, Tensor], saved: dict[str, Tensor], pa
             raise fail(f"{name} holds NaN or infinite values")
 
 
-def load_trained_model(path: str | Path, device: torch.device) -> TrainedModel:
-    """Rebuild and load the network saved in ``path`` (an ``idml train`` checkpoint).
+def inference_runtime(device: torch.device, amp: str | None, settings: dict) -> Runtime:
+    """The training run's device settings (``settings``: the checkpoint's config) on ``device``.
+
+    ``amp`` overrides the saved precision; a saved fp16 on a device without it becomes auto.
+    """
+    saved = settings.get("amp", "off")
+    saved = saved if saved in ("auto", "bf16", "fp16", "off") else "off"
+    if amp is None:
+        amp = "auto" if saved == "fp16" and device.type not in ("cuda", "mps") else saved
+    channels_last = settings.get("channels_last")
+    return build_runtime(device.type, amp, channels_last if isinstance(channels_last, bool) else None,
+                         settings.get("deterministic") is True)
+
+
+def load_trained_model(path: str | Path, device: torch.device, amp: str | None = None) -> TrainedModel:
+    """Rebuild and load the network saved in ``path`` (an ``idml train`` checkpoint), to run with the
+    device settings its training used (``amp`` overrides the precision).
 
     :func:`load_checkpoint` has checked every field's type; what remains is consistency between
     fields (settings vs weights, input size vs dataset), checked here before the network is
@@ -126,11 +146,16 @@ def load_trained_model(path: str | Path, device: torch.device) -> TrainedModel:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
         raise IdmlError(f"{path}: weights do not fit the saved model settings ({one_line(exc)[:200]})") from exc
-    model.to(device).eval()
+    config = state.get("config")
+    runtime = inference_runtime(device, amp, config if isinstance(config, dict) else {})
+    model.to(runtime.device).eval()
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
     num_classes = model.head.fc.out_features
     names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
     return TrainedModel(
-        model, spec.dataset, names, tuple(state["mean"]), tuple(state["std"]), state["input_size"], device
+        model, spec.dataset, names, tuple(state["mean"]), tuple(state["std"]), state["input_size"],
+        runtime.device, runtime,
     )
 
 
@@ -138,8 +163,13 @@ def load_trained_model(path: str | Path, device: torch.device) -> TrainedModel:
 def run_model(trained: TrainedModel, batches: Iterable[Tensor]) -> Outputs:
     """Plain logits and ``||u||^2`` of every image in ``batches`` (normalised float tensors)."""
     logits, scores = [], []
+    rt = trained.runtime
     for images in batches:
-        out = trained.model(images.to(trained.device))
+        images = images.to(trained.device)
+        if rt is not None and rt.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with rt.autocast() if rt is not None else contextlib.nullcontext():
+            out = trained.model(images)
         logits.append(out.logits.float().cpu())
         if out.uncertainty is not None:
             scores.append(uncertainty_score(out.uncertainty).cpu())

@@ -39,14 +39,34 @@ def squared_distances(a: Tensor, b: Tensor) -> Tensor:
     return torch.addmm(a_sq + b_sq, a, b.t(), alpha=-2.0).clamp_min_(0.0)
 
 
+#: (integer view, mantissa bits) of each float type: clearing the mantissa bits of a positive
+#: normal number leaves the largest power of two not above it.
+_FLOAT_BITS = {
+    torch.float64: (torch.int64, 52),
+    torch.float32: (torch.int32, 23),
+    torch.float16: (torch.int16, 10),
+    torch.bfloat16: (torch.int16, 7),
+}
+
+
+def power_of_two_floor(x: Tensor) -> Tensor:
+    """The largest power of two not above ``x`` (positive, normal), exactly, by clearing its mantissa bits.
+
+    ``torch.frexp`` would give the same, but has no kernel on Apple's MPS; shifts and a
+    reinterpretation of the bits run everywhere and involve no rounding at all.
+    """
+    int_type, mantissa_bits = _FLOAT_BITS[x.dtype]
+    bits = x.view(int_type)
+    return ((bits >> mantissa_bits) << mantissa_bits).view(x.dtype)
+
+
 def common_scale(*tensors: Tensor | None) -> Tensor:
     """A power of two within a factor 2 of the largest magnitude in ``tensors`` (no gradient).
 
     Dividing by it is exact and leaves every entry below 2 in magnitude.
     """
     largest = torch.stack([t.detach().abs().amax() for t in tensors if t is not None and t.numel()]).amax()
-    _, exponent = torch.frexp(largest.clamp_min(torch.finfo(largest.dtype).tiny))
-    return torch.ldexp(torch.ones_like(largest), exponent - 1)
+    return power_of_two_floor(largest.clamp_min(torch.finfo(largest.dtype).tiny))
 
 
 def uncertainty_distances(u: Tensor, prototype_uncertainty: Tensor | None) -> Tensor:

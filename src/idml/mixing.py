@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from idml.data.augment import draws_to_device
+
 
 class MixedBatch(NamedTuple):
     """Images after mixing, both label sets and the weight of the first (1.0 = not mixed)."""
@@ -50,7 +52,7 @@ class MixConfig:
 
 def random_permutation(n: int, rng: np.random.Generator, device: torch.device) -> Tensor:
     """A permutation drawn from ``rng``, copied without synchronising a GPU stream."""
-    return torch.from_numpy(rng.permutation(n)).to(device, non_blocking=True)
+    return draws_to_device(rng.permutation(n), device)
 
 
 def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:

@@ -1,11 +1,15 @@
-"""--compile falls back to eager execution, with one warning line, wherever compilation fails."""
+"""--compile falls back to eager execution, with one warning line, wherever compilation fails, and
+only then: out-of-memory, distributed and other runtime errors propagate. Partial batches run eagerly."""
 
 import copy
 
+import pytest
 import torch
+import torch._inductor.exc
+import torch.distributed as dist
 from torch import nn
 
-from idml.training.compiling import CompiledWithFallback, maybe_compile
+from idml.training.compiling import CompiledWithFallback, is_compile_failure, maybe_compile
 
 
 class _FailingBackward(torch.autograd.Function):
@@ -15,7 +19,8 @@ class _FailingBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        raise RuntimeError("simulated: the backward graph does not compile\nsecond line")
+        raise torch._inductor.exc.InductorError(RuntimeError("simulated: the backward graph does not compile\n"
+                                                             "second line"), None)
 
 
 def _net() -> nn.Module:
@@ -29,7 +34,7 @@ def _raise_at_compile(module):
 
 def _raise_at_first_call(module):
     def call(*args):
-        raise RuntimeError("simulated: no C++ compiler found")
+        raise torch._inductor.exc.InvalidCxxCompiler("simulated-cc")
     return call
 
 
@@ -86,3 +91,71 @@ def test_working_compiler_is_used_and_state_follows_the_module(capsys):
     assert not net.training
     assert maybe_compile(net, False) is net
     assert capsys.readouterr().err == ""
+
+
+def _raising_at_first_call(exc: BaseException):
+    def compiler(module):
+        def call(*args):
+            raise exc
+        return call
+    return compiler
+
+
+def _wrapped_by_dynamo(inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as cause:
+            raise torch._inductor.exc.InductorError(cause, None) from cause
+    except BaseException as wrapped:
+        return wrapped
+
+
+NOT_COMPILATION = [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    dist.DistBackendError("NCCL communicator was aborted"),
+    RuntimeError("mat1 and mat2 shapes cannot be multiplied"),  # a bug: eager would fail the same way
+]
+
+
+@pytest.mark.parametrize("error", NOT_COMPILATION, ids=["oom", "nccl", "bug"])
+def test_errors_that_are_not_compilation_failures_propagate(error, capsys):
+    wrapped = maybe_compile(_net(), True, _raising_at_first_call(error))
+    with pytest.raises(type(error)):
+        wrapped(torch.randn(3, 3, 6, 6))
+    assert wrapped.is_compiled and capsys.readouterr().err == ""  # no fallback, no warning
+
+
+@pytest.mark.parametrize("inner", NOT_COMPILATION[:2], ids=["oom", "nccl"])
+def test_out_of_memory_or_nccl_wrapped_by_the_compiler_still_propagates(inner):
+    error = _wrapped_by_dynamo(inner)
+    assert isinstance(error, torch._inductor.exc.InductorError) and not is_compile_failure(error)
+    wrapped = maybe_compile(_net(), True, _raising_at_first_call(error))
+    with pytest.raises(torch._inductor.exc.InductorError):
+        wrapped(torch.randn(3, 3, 6, 6))
+
+
+def test_compilation_failures_are_recognised():
+    assert is_compile_failure(torch._dynamo.exc.Unsupported("graph break"))
+    assert is_compile_failure(torch._dynamo.exc.InternalTorchDynamoError("internal"))
+    assert is_compile_failure(_wrapped_by_dynamo(ValueError("a lowering failed")))
+    assert is_compile_failure(torch._inductor.exc.CppCompileError(["cc"], "error: no such file"))
+
+
+def test_partial_batches_run_eagerly_instead_of_recompiling():
+    net, calls = _net(), []
+
+    def counting(module):
+        def call(x):
+            calls.append((module.training, x.shape[0]))
+            return module(x)
+        return call
+
+    wrapped = maybe_compile(net, True, counting)
+    for batch in (4, 4, 3, 4):  # training: the first shape is compiled, the partial batch is not
+        wrapped(torch.randn(batch, 3, 6, 6)).sum().backward()
+    wrapped.eval()
+    with torch.no_grad():
+        for batch in (5, 2, 5):  # evaluation: its own first shape
+            wrapped(torch.randn(batch, 3, 6, 6))
+    assert calls == [(True, 4)] * 4 + [(False, 5)] * 2  # trial + 3 full training calls; 2 full eval calls

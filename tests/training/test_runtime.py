@@ -1,4 +1,7 @@
-"""--amp auto picks bfloat16 only where the hardware runs it fast; ISM stays float32 under autocast."""
+"""--amp auto picks bfloat16 only where the hardware runs it fast (CPU flags, CUDA compute capability, mocked);
+the MPS decisions (mocked); ISM stays float32 under autocast."""
+
+import os
 
 import pytest
 import torch
@@ -6,7 +9,7 @@ import torch
 from idml import build_model
 from idml.errors import ConfigError
 from idml.training import runtime
-from idml.training.runtime import Runtime, resolve_amp
+from idml.training.runtime import Runtime, build_runtime, resolve_amp, resolve_device, sum_dtype, synchronize
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -41,10 +44,96 @@ def test_unreadable_cpuinfo_means_no_fast_bf16(tmp_path, monkeypatch):
         runtime.cpu_has_fast_bf16.cache_clear()
 
 
-@pytest.mark.parametrize(("bf16_ok", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
-def test_auto_on_cuda_is_bf16_or_fp16(monkeypatch, bf16_ok, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
-    assert resolve_amp("auto", CUDA) is expected
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Four mocked CUDA GPUs of the given compute capability; records what the runtime asks of them."""
+    calls: list[tuple[str, object]] = []
+
+    def install(capability: tuple[int, int]):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+
+        def capability_of(device=None):
+            calls.append(("capability", device))
+            return capability
+        monkeypatch.setattr(torch.cuda, "get_device_capability", capability_of)
+
+        def emulation_counts(*args, **kwargs):
+            raise AssertionError("is_bf16_supported counts emulation and allocates on the current GPU")
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulation_counts)
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+        return calls
+    return install
+
+
+@pytest.mark.parametrize(("capability", "expected"), [
+    ((7, 5), torch.float16),  # T4: bf16 is only emulated
+    ((7, 0), torch.float16),  # V100
+    ((8, 0), torch.bfloat16),  # A100
+    ((8, 6), torch.bfloat16),
+    ((9, 0), torch.bfloat16),  # H100
+])
+def test_auto_on_cuda_follows_the_compute_capability(fake_gpus, capability, expected):
+    fake_gpus(capability)
+    assert resolve_amp("auto", torch.device("cuda", 1)) is expected
+
+
+def test_each_rank_sets_its_gpu_before_asking_its_capability(fake_gpus, monkeypatch):
+    calls = fake_gpus((7, 5))
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    rt = build_runtime("auto", "auto", None)
+    gpu2 = torch.device("cuda", 2)
+    assert rt.device == gpu2 and rt.amp_dtype is torch.float16 and rt.channels_last
+    assert calls == [("set_device", gpu2), ("capability", gpu2)]  # never GPU 0, never before set_device
+    assert torch.backends.cudnn.benchmark and rt.fused_optimizer
+
+
+def test_deterministic_turns_cudnn_autotuning_off(fake_gpus, monkeypatch):
+    fake_gpus((9, 0))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        build_runtime("cuda", "auto", None, deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == runtime.CUBLAS_DETERMINISTIC
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# -- Apple silicon (MPS), mocked --------------------------------------------------------------------
+@pytest.fixture
+def fake_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+
+
+def test_auto_picks_mps_and_fp16_there(fake_mps):
+    mps = torch.device("mps")
+    assert resolve_device("auto") == mps and resolve_device("mps") == mps
+    assert resolve_amp("auto", mps) is torch.float16  # MPS's native half type
+    assert resolve_amp("fp16", mps) is torch.float16  # allowed on MPS, not only on CUDA
+    assert resolve_amp("bf16", mps) is torch.bfloat16 and resolve_amp("off", mps) is None
+    rt = Runtime(mps, torch.float16, False)
+    assert rt.grad_scaler().is_enabled() and not rt.fused_optimizer
+    assert sum_dtype(mps) is torch.float32  # MPS has no float64
+    assert sum_dtype(CPU) is torch.float64 and sum_dtype(CUDA) is torch.float64
+
+
+def test_mps_asked_for_but_missing(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--device mps was given but no Apple MPS device"):
+        resolve_device("mps")
+
+
+def test_synchronize_waits_on_the_right_device(monkeypatch):
+    waited: list[str] = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(str(device)))
+    for device in (torch.device("mps"), torch.device("cuda", 1), CPU):
+        synchronize(device)
+    assert waited == ["mps", "cuda:1"]
 
 
 def test_explicit_choices_and_the_scaler(cpuinfo):

@@ -22,13 +22,14 @@ import torch
 
 from idml.commands.train import place_model
 from idml.config import OneLineParser, TrainConfig, add_train_arguments, config_from_args
-from idml.data import IN_MEMORY, DataBundle, DataRequest, as_float, in_memory_bundle
+from idml.data import IN_MEMORY, DataBundle, DataRequest, imagenet_transforms, in_memory_bundle
 from idml.data.catalog import dataset_info
+from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from idml.data.loaders import InMemoryLoader
 from idml.errors import ConfigError
-from idml.training.compiling import maybe_compile
+from idml.training.compiling import CompiledWithFallback, maybe_compile
 from idml.training.memory import PeakMemory, training_state_bytes
-from idml.training.runtime import build_runtime
+from idml.training.runtime import build_runtime, synchronize
 from idml.training.trainer import Meter, Trainer, step_rng
 
 #: model variants: name -> the settings it trains with, derived from the command line's.
@@ -65,7 +66,8 @@ class Variant:
         if self.name == DATA_ONLY:
             return "augmentation + mixing only, no model"
         ism = "ISM" if self.trainer.cfg.ism else "linear head"
-        compiled = "compiled" if self.trainer.cfg.compile else "eager"
+        net = self.trainer.net
+        compiled = "compiled" if isinstance(net, CompiledWithFallback) and net.is_compiled else "eager"
         return f"{self.trainer.rt.describe()}, {compiled}, {ism}"
 
 
@@ -113,18 +115,26 @@ def synthetic_data(cfg: TrainConfig, device: torch.device) -> DataBundle:
         req = DataRequest(info.name, "", cfg.batch_size, seed=cfg.seed)
         return in_memory_bundle({"train": (images, labels), "val": (images, labels), "class_names": names},
                                 req, device)
-    # ImageNet batches arrive from the workers already augmented and normalised, as float32
-    loader = InMemoryLoader(torch.randn(size, generator=gen).to(device), labels.to(device), cfg.batch_size,
+    # ImageNet: uint8 crops on the host, as the workers ship them; each step copies its batch to the
+    # device and runs the real on-device colour jitter, lighting and normalisation (JPEG decoding
+    # and cropping in the workers are not timed: they need real files)
+    loader = InMemoryLoader(torch.randint(0, 256, size, generator=gen, dtype=torch.uint8), labels, cfg.batch_size,
                             train=True, seed=cfg.seed)
-    return DataBundle(loader, loader, names, (0.0,) * 3, (1.0,) * 3, info.input_size, as_float, as_float)
+    colour, normalise = imagenet_transforms(device)
+    return DataBundle(loader, loader, names, IMAGENET_MEAN, IMAGENET_STD, info.input_size, colour, normalise)
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    """A host batch in pinned memory where a GPU can copy it asynchronously (as the DataLoader pins)."""
+    return t.pin_memory() if t.device.type == "cpu" and torch.cuda.is_available() else t
 
 
 def build_variants(cfg: TrainConfig, names: list[str], data: DataBundle) -> list[Variant]:
-    batches = list(data.train)
+    batches = [(_pinned(images), _pinned(targets)) for images, targets in data.train]
     variants: list[Variant] = []
     for name in names:
         vcfg = MODEL_VARIANTS[name](cfg) if name in MODEL_VARIANTS else replace(cfg, ism=True)
-        rt = build_runtime(vcfg.device, vcfg.amp, vcfg.channels_last)
+        rt = build_runtime(vcfg.device, vcfg.amp, vcfg.channels_last, vcfg.deterministic)
         torch.manual_seed(cfg.seed)
         model = place_model(vcfg, rt, replace(vcfg.model_spec, num_classes=data.num_classes))
         trainer = Trainer(vcfg, model, data, rt, net=maybe_compile(model, vcfg.compile), printer=lambda _msg: None)
@@ -139,7 +149,7 @@ def build_variants(cfg: TrainConfig, names: list[str], data: DataBundle) -> list
             continue
 
         def run_turn(turn: int, trainer: Trainer = trainer, meter: Meter = meter) -> None:
-            images, targets = batches[turn % len(batches)]
+            images, targets = (t.to(trainer.rt.device, non_blocking=True) for t in batches[turn % len(batches)])
             trainer.train_step(images, targets, step_rng(cfg.seed, 0, turn, 0), meter)
         variants.append(Variant(name, trainer, cfg.batch_size, run_turn))
     return variants
@@ -148,11 +158,10 @@ def build_variants(cfg: TrainConfig, names: list[str], data: DataBundle) -> list
 def _timed(variant: Variant, turn: int) -> tuple[float, float]:
     """Wall-clock and process CPU seconds of one turn."""
     device = variant.trainer.rt.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _device: None)
-    sync(device)
+    synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     variant.run_turn(turn)
-    sync(device)
+    synchronize(device)
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
@@ -182,7 +191,8 @@ def images_per_second(v: Variant, seconds: float | None = None) -> float:
 
 def report(cfg: TrainConfig, args: argparse.Namespace, variants: list[Variant], memory: PeakMemory) -> dict:
     device = variants[0].trainer.rt.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: "Apple MPS"}.get(
+        device.type, lambda: "cpu")()
     config = {
         "net_type": cfg.net_type, "dataset": cfg.dataset, "depth": cfg.depth, "alpha": cfg.alpha,
         "bottleneck": cfg.bottleneck, "batch_size": cfg.batch_size, "steps": args.steps,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idml.config import DEVICE_CHOICES, OneLineParser
+from idml.config import AMP_CHOICES, DEVICE_CHOICES, OneLineParser
 from idml.data import DataBundle, DataRequest, build_data
 from idml.data.catalog import dataset_info
 from idml.errors import ConfigError
@@ -29,13 +29,17 @@ def parse_args(argv: list[str]):
     p.add_argument("--dataset", help="dataset to evaluate on (default: the checkpoint's)")
     p.add_argument("--data_dir", default="data", help="folder holding the datasets (default: data)")
     p.add_argument("-b", "--batch_size", type=int, default=256, help="images per forward pass (default: 256)")
-    p.add_argument("-j", "--workers", type=int, default=4, help="data-loading processes, ImageNet (default: 4)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = CUDA when available")
+    p.add_argument("-j", "--workers", type=int, default=None,
+                   help="data-loading processes, ImageNet (default: one per available CPU core, less one)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="auto = CUDA when available, else Apple's MPS, else CPU")
+    p.add_argument("--amp", choices=AMP_CHOICES, default=None,
+                   help="mixed precision (default: the checkpoint's training setting, as in its validation)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--plot", metavar="FILE.png",
                    help="also draw the reliability diagram and the uncertainty-score histograms to FILE.png")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.workers < 0:
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ConfigError("--batch_size must be at least 1 and --workers at least 0")
     return args
 
@@ -99,7 +103,7 @@ def draw_plot(path: str, outputs: Outputs, targets: np.ndarray, report: EvalRepo
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    trained = load_trained_model(args.checkpoint, resolve_device(args.device))
+    trained = load_trained_model(args.checkpoint, resolve_device(args.device), amp=args.amp)
     dataset = dataset_info(args.dataset or trained.dataset).name
     req = DataRequest(dataset, args.data_dir, args.batch_size, args.workers)
     data = build_data(req, trained.device)

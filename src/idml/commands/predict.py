@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idml.config import DEVICE_CHOICES, OneLineParser
+from idml.config import AMP_CHOICES, DEVICE_CHOICES, OneLineParser
 from idml.data.augment import Normalize
 from idml.data.image_files import image_files, image_preparer, read_image
 from idml.errors import ConfigError
@@ -47,7 +47,10 @@ def parse_args(argv: list[str]):
     p.add_argument("--topk", type=int, default=5, help="classes to list per image (default: 5, at most all)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     p.add_argument("-b", "--batch_size", type=int, default=64, help="images per forward pass (default: 64)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto = CUDA when available")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="auto = CUDA when available, else Apple's MPS, else CPU")
+    p.add_argument("--amp", choices=AMP_CHOICES, default=None,
+                   help="mixed precision (default: the checkpoint's training setting, as in its validation)")
     args = p.parse_args(argv)
     if args.topk < 1 or args.batch_size < 1:
         raise ConfigError("--topk and --batch_size must be at least 1")
@@ -107,7 +110,7 @@ FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     files = image_files(args.images)
-    trained = load_trained_model(args.checkpoint, resolve_device(args.device))
+    trained = load_trained_model(args.checkpoint, resolve_device(args.device), amp=args.amp)
     images = load_images(files, trained)
     topk = min(args.topk, len(trained.class_names))
     preds = [

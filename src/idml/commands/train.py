@@ -17,7 +17,7 @@ from idml.errors import IdmlError
 from idml.models import ModelSpec, build_from_spec
 from idml.training.compiling import maybe_compile
 from idml.training.distributed import convert_sync_bn, init_distributed, run_agreed, shutdown_distributed, wrap_ddp
-from idml.training.resume import load_resume_state, resolve_resume_path
+from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path
 from idml.training.runtime import Runtime, build_runtime
 from idml.training.trainer import Trainer
 
@@ -94,6 +94,7 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
 def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
     """The trainer of this run, resumed if asked, with its run folder prepared (agreed by all ranks)."""
     inputs = run_agreed(lambda: load_inputs(cfg, rt), rt)
+    agree_on_resume(inputs.resume_path, inputs.resume_state, rt)
     net = wrap_ddp(maybe_compile(inputs.model, cfg.compile), rt)
     trainer = Trainer(cfg, inputs.model, inputs.data, rt, net=net)
     if inputs.resume_state is not None and inputs.resume_path is not None:
@@ -109,7 +110,7 @@ def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
 
 def run_train(cfg: TrainConfig) -> tuple[float, float]:
     preflight(cfg)
-    rt = build_runtime(cfg.device, cfg.amp, cfg.channels_last)
+    rt = build_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.deterministic)
     init_distributed(rt)
     try:
         trainer = build_trainer(cfg, rt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,11 +12,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from idml.data.augment import Normalize, TrainAugment
+from idml.data.augment import ColorLighting, Normalize, TrainAugment
 from idml.data.catalog import dataset_info
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
-from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, SeededImages, collate_readable, load_imagenet
+from idml.data.imagenet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PCA_EIGVAL,
+    PCA_EIGVEC,
+    SeededImages,
+    collate_readable,
+    load_imagenet,
+)
 from idml.data.loaders import InMemoryLoader, ResumableSampler, ShardSampler
 from idml.data.noise import symmetric_label_noise
 
@@ -28,8 +37,8 @@ class DataBundle:
     """Loaders and what the model needs to know about the data.
 
     ``train_transform`` / ``eval_transform`` run on the training device on each batch after it
-    arrives there (for in-memory sets: augmentation and normalisation; for ImageNet the workers
-    already did that and only a dtype check remains).
+    arrives there (for in-memory sets: augmentation and normalisation; for ImageNet, whose workers
+    crop and flip: colour jitter, lighting and normalisation).
     """
 
     train: Iterable
@@ -53,7 +62,7 @@ class DataRequest:
     dataset: str
     data_dir: str | Path
     batch_size: int
-    workers: int = 4
+    workers: int | None = None  # None: one per CPU core this process may use (see default_workers)
     seed: int = 0
     rank: int = 0
     world_size: int = 1
@@ -91,9 +100,22 @@ def _in_memory(req: DataRequest, device: torch.device) -> DataBundle:
     return in_memory_bundle(data, req, device)
 
 
-def as_float(images: Tensor, rng: np.random.Generator | None = None) -> Tensor:
-    """ImageNet batches arrive augmented and normalised by the workers: only the dtype is checked."""
-    return images.float()
+#: most worker processes chosen automatically per training process (each holds the file list)
+MAX_AUTO_WORKERS = 16
+
+
+def default_workers() -> int:
+    """``-j`` when not given: the CPU cores this process may use (``os.sched_getaffinity``), shared by
+    the processes torchrun started on this machine, less one for the training process itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
+    return max(1, min(cores // local_processes - 1, MAX_AUTO_WORKERS))
+
+
+def imagenet_transforms(device: torch.device) -> tuple[TrainTransform, EvalTransform]:
+    """The on-device part of ImageNet's augmentation (after the workers' crop and flip) and its normalisation."""
+    colour = ColorLighting(IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, device, jitter=0.4, lighting=0.1)
+    return colour, Normalize(IMAGENET_MEAN, IMAGENET_STD, device)
 
 
 class EpochDataLoader(DataLoader):
@@ -107,11 +129,12 @@ class EpochDataLoader(DataLoader):
 def _imagenet(req: DataRequest, device: torch.device) -> DataBundle:
     data = load_imagenet(req.data_dir)
     train_set, val_set = (SeededImages(data[split], req.seed, req.skip_bad_images) for split in ("train", "val"))
+    workers = default_workers() if req.workers is None else req.workers
     common = {
         "batch_size": req.batch_size,
-        "num_workers": req.workers,
+        "num_workers": workers,
         "pin_memory": device.type == "cuda",
-        "persistent_workers": req.workers > 0,
+        "persistent_workers": workers > 0,
         "collate_fn": collate_readable,
     }
     shuffled = DistributedSampler(
@@ -120,10 +143,11 @@ def _imagenet(req: DataRequest, device: torch.device) -> DataBundle:
     train = EpochDataLoader(train_set, sampler=ResumableSampler(shuffled, req.batch_size), drop_last=False, **common)
     val_sampler = ShardSampler(len(val_set), req.rank, req.world_size)
     val = EpochDataLoader(val_set, sampler=val_sampler, **common)
+    train_transform, eval_transform = imagenet_transforms(device)
     return DataBundle(
         train, val, data["class_names"], IMAGENET_MEAN, IMAGENET_STD, 224,
-        train_transform=as_float,
-        eval_transform=as_float,
+        train_transform=train_transform,
+        eval_transform=eval_transform,
     )
 
 

@@ -2,7 +2,8 @@
 
 Instead of per-image PIL transforms in worker processes, a whole batch is cropped, flipped and
 normalised with one gather on the training device. Random draws come from the NumPy generator
-the caller passes, so a batch's augmentation is reproducible from (seed, epoch, step).
+the caller passes, so a batch's augmentation is reproducible from (seed, epoch, step); they reach
+the device in one small copy per batch (:func:`draws_to_device`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def draws_to_device(draws: np.ndarray, device: torch.device) -> Tensor:
+    """A batch's random draws on ``device`` without synchronising a GPU stream.
+
+    A copy from pageable (ordinary) memory makes CUDA wait for the stream, ``non_blocking`` or
+    not; from pinned memory it is queued like a kernel. ``pin_memory()`` takes the small buffer
+    from PyTorch's caching host allocator, which reuses it only once the copy has finished.
+    """
+    host = torch.from_numpy(np.ascontiguousarray(draws))
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
 
 
 class Normalize:
@@ -45,8 +59,7 @@ class RandomCropFlip:
         draws = [rng.integers(0, 2 * self.pad + 1, size=(b, 1)), rng.integers(0, 2 * self.pad + 1, size=(b, 1))]
         if self.flip:
             draws.append((rng.random((b, 1)) < 0.5).astype(np.int64))
-        # One host-to-device copy per batch; non_blocking so that a GPU stream is never synchronised.
-        top, left, *flipped = torch.from_numpy(np.concatenate(draws, axis=1)).to(device, non_blocking=True).unbind(1)
+        top, left, *flipped = draws_to_device(np.concatenate(draws, axis=1), device).unbind(1)
         rows = top.unsqueeze(1) + torch.arange(h, device=device)
         cols = torch.arange(w, device=device).expand(b, w)
         if flipped:
@@ -68,3 +81,61 @@ class TrainAugment:
 
     def __call__(self, images: Tensor, rng: np.random.Generator) -> Tensor:
         return self.normalize(self.crop_flip(images, rng))
+
+
+#: ITU-R 601 luma weights, as torchvision's rgb_to_grayscale uses them
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+BRIGHTNESS, CONTRAST, SATURATION = range(3)  # columns of the jitter factors
+
+
+class ColorLighting:
+    """ImageNet's colour augmentation for a batch of uint8 crops, on the device, then normalisation.
+
+    Per image, as torchvision's ``ColorJitter(brightness=j, contrast=j, saturation=j)`` followed
+    by AlexNet's PCA lighting noise: three factors drawn uniformly from [1 - j, 1 + j], applied in
+    a random order (each a blend with black, the image's mean grey, or its grey image, clamped to
+    [0, 1]), then ``eigvec @ (alpha * eigval)`` added with alpha ~ N(0, lighting), then
+    ``(x - mean) / std``. The workers only decode, crop and flip, and ship uint8 (a quarter of
+    float32's bytes through shared memory and the host-to-device copy); the draws come from the
+    step's generator, so a resumed run repeats them exactly.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], eigval: Sequence[float],
+                 eigvec: Sequence[Sequence[float]], device: torch.device, jitter: float = 0.4,
+                 lighting: float = 0.1) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        # rgb = eigvec @ (alpha * eigval) per image, i.e. alphas @ basis for a batch of alphas (B x 3)
+        self.lighting_basis = (torch.tensor(eigvec, dtype=torch.float32) * torch.tensor(eigval)).t().to(device)
+        self.jitter, self.lighting = jitter, lighting
+
+    def draws(self, batch: int, rng: np.random.Generator) -> np.ndarray:
+        """Per image: the 3 jitter factors, the order of the 3 operations, the 3 lighting alphas."""
+        factors = rng.uniform(1 - self.jitter, 1 + self.jitter, size=(batch, 3))
+        order = np.argsort(rng.random((batch, 3)), axis=1)  # a uniform random permutation per image
+        alphas = rng.normal(0.0, self.lighting, size=(batch, 3))
+        return np.concatenate([factors, order, alphas], axis=1).astype(np.float32)
+
+    @staticmethod
+    def grayscale(x: Tensor) -> Tensor:
+        r, g, b = x.unbind(dim=1)
+        return (r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]).unsqueeze(1)
+
+    def jitter_step(self, x: Tensor, op: Tensor, factor: Tensor) -> Tensor:
+        """Apply, to each image, the operation ``op`` (B x 1 x 1 x 1) with its ``factor``."""
+        gray = self.grayscale(x)
+        target = torch.where(op == CONTRAST, gray.mean(dim=(1, 2, 3), keepdim=True), gray)
+        target = torch.where(op == BRIGHTNESS, torch.zeros_like(target), target)
+        return (x * factor + target * (1 - factor)).clamp_(0, 1)
+
+    def __call__(self, images: Tensor, rng: np.random.Generator) -> Tensor:
+        b = images.shape[0]
+        draws = draws_to_device(self.draws(b, rng), images.device)
+        factors, order, alphas = draws[:, 0:3], draws[:, 3:6].long(), draws[:, 6:9]
+        x = images.float() / 255
+        for slot in range(3):
+            op = order[:, slot]
+            factor = factors.gather(1, op.unsqueeze(1))
+            x = self.jitter_step(x, op.view(b, 1, 1, 1), factor.view(b, 1, 1, 1))
+        x = x + (alphas @ self.lighting_basis).view(b, 3, 1, 1)
+        return (x - self.mean) / self.std

@@ -1,7 +1,8 @@
 """ImageNet-1K (or any class-folder dataset laid out like it) through torchvision's ImageFolder.
 
-Decoding and augmentation run in DataLoader worker processes, so the training thread only moves
-ready float batches to the device.
+DataLoader worker processes decode, crop and flip, and ship uint8 crops; the colour jitter, the
+PCA lighting and the normalisation run batched on the training device
+(:class:`idml.data.augment.ColorLighting`), from the step's own random draws.
 """
 
 from __future__ import annotations
@@ -33,43 +34,24 @@ PCA_EIGVEC = (
 LAYOUT = "expected <data_dir>/imagenet-1k/train/<class>/*.JPEG and <data_dir>/imagenet-1k/val/<class>/*.JPEG"
 
 
-class Lighting(nn.Module):
-    """AlexNet-style PCA lighting noise on a float image tensor (3 x H x W)."""
-
-    def __init__(self, alphastd: float = 0.1) -> None:
-        super().__init__()
-        self.alphastd = alphastd
-        self.register_buffer("eigval", torch.tensor(PCA_EIGVAL))
-        self.register_buffer("eigvec", torch.tensor(PCA_EIGVEC))
-
-    def forward(self, img: Tensor) -> Tensor:
-        if self.alphastd == 0:
-            return img
-        alpha = torch.randn(3) * self.alphastd
-        rgb = self.eigvec @ (alpha * self.eigval)
-        return img + rgb.view(3, 1, 1).to(img.dtype)
-
-
 def train_transform(size: int = 224) -> v2.Compose:
-    """RandomResizedCrop, flip, colour jitter (random order), PCA lighting, normalise."""
+    """The workers' part of training augmentation: RandomResizedCrop and flip, as uint8 (C x H x W).
+
+    Colour jitter, lighting and normalisation follow on the device (``augment.ColorLighting``).
+    """
     return v2.Compose([
         v2.RandomResizedCrop(size, antialias=True),
         v2.RandomHorizontalFlip(),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-        Lighting(0.1),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.PILToTensor(),
     ])
 
 
 def val_transform(size: int = 224, resize: int = 256) -> v2.Compose:
+    """Resize and centre crop, as uint8; normalised on the device like the in-memory datasets."""
     return v2.Compose([
         v2.Resize(resize, antialias=True),
         v2.CenterCrop(size),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.PILToTensor(),
     ])
 
 

@@ -88,7 +88,8 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
     The epoch travels with each index to the DataLoader's workers, where it seeds that sample's
     augmentation (see ``data.imagenet.SeededImages``); skipping whole batches keeps the batch
-    boundaries of an uninterrupted epoch.
+    boundaries of an uninterrupted epoch. A final batch of a single image is left out, as the
+    in-memory loader does (BatchNorm over a batch of one fails in some backbones' heads).
     """
 
     def __init__(self, sampler: DistributedSampler, batch_size: int) -> None:
@@ -99,8 +100,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.sampler.set_epoch(epoch)
         self.epoch, self.skip = epoch, start_step * self.batch_size
 
+    def _usable(self) -> int:
+        n = len(self.sampler)
+        return n - 1 if n > 1 and n % self.batch_size == 1 else n
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, index) for index in itertools.islice(iter(self.sampler), self.skip, None))
+        indices = itertools.islice(iter(self.sampler), self.skip, self._usable())
+        return ((self.epoch, index) for index in indices)
 
     def __len__(self) -> int:
-        return max(len(self.sampler) - self.skip, 0)
+        return max(self._usable() - self.skip, 0)

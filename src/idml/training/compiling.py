@@ -4,20 +4,68 @@
 unsupported platform, an operator inductor cannot lower) surface when the compiled module is
 first *called*, and the backward graph is only compiled at the first backward pass. So the
 wrapper runs the first training call as a trial forward *and* backward (gradients discarded,
-BatchNorm statistics restored), and any later failure of a compiled call also falls back.
+BatchNorm statistics restored), and a later *compilation* failure of a compiled call (a new graph
+for eval mode, say) also falls back.
+
+Only compilation failures fall back (:func:`is_compile_failure`): Dynamo's and Inductor's own
+exceptions. An out-of-memory error, an NCCL or other distributed error, or a device fault raised
+while a compiled graph runs is the run's real problem and propagates, even when Dynamo wrapped it.
+
+Shapes: the model is compiled with ``dynamic=False`` for the batch shape of its first call in each
+mode (training, evaluation). A call with another shape (the last, partial batch of an epoch or of
+the validation set) runs the same module eagerly instead of compiling a second graph or a
+dynamic-shape graph that would replace the specialised one: no recompilation, ever, and at most
+one eager step per epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 
 import torch
+import torch._dynamo.exc
+import torch._inductor.exc
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from idml.errors import one_line
 
 Compiler = Callable[[nn.Module], Callable]
+#: torch.compile for one fixed shape per mode (see the module docstring)
+static_compile: Compiler = functools.partial(torch.compile, dynamic=False)
+
+#: What "could not compile" raises: every Dynamo exception (BackendCompilerFailed, InductorError,
+#: Unsupported, InternalTorchDynamoError, TritonMissing, ...) and Inductor's own (a C++ or CUDA
+#: compiler that fails or is missing, an operator it cannot lower).
+COMPILE_FAILURES: tuple[type[BaseException], ...] = (
+    torch._dynamo.exc.TorchDynamoException,
+    torch._inductor.exc.OperatorIssue,  # LoweringException, MissingOperatorWith(out)Decomp
+    torch._inductor.exc.CppCompileError,
+    torch._inductor.exc.InvalidCxxCompiler,
+    torch._inductor.exc.CUDACompileError,
+)
+#: Never a reason to fall back, wherever they were raised or wrapped: the eager run would fail the same way.
+NEVER_SWALLOWED: tuple[type[BaseException], ...] = (
+    torch.OutOfMemoryError, dist.DistError, torch.AcceleratorError,
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is e for e in seen):
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def is_compile_failure(exc: BaseException) -> bool:
+    """True for an error of compilation itself; False for anything the run would hit eagerly too."""
+    chain = _chain(exc)
+    if any(isinstance(e, NEVER_SWALLOWED) for e in chain):
+        return False
+    return isinstance(exc, COMPILE_FAILURES)
 
 
 def _output_tensors(out: object) -> list[Tensor]:
@@ -32,15 +80,16 @@ class CompiledWithFallback(nn.Module):
     state dict behave as the plain module's (with a ``module.`` prefix).
     """
 
-    def __init__(self, module: nn.Module, compiler: Compiler = torch.compile) -> None:
+    def __init__(self, module: nn.Module, compiler: Compiler = static_compile) -> None:
         super().__init__()
         self.module = module
         # Kept out of the registered children: the compiled module wraps ``module`` itself.
         self.__dict__["compiled"] = None
         self.trial_pending = True
+        self.shapes: dict[bool, tuple] = {}  # training mode -> the input shapes compiled for
         try:
             self.__dict__["compiled"] = compiler(module)
-        except Exception as exc:  # raised by torch.compile itself (e.g. an unsupported Python)
+        except Exception as exc:  # raised by torch.compile itself (e.g. an unsupported Python): nothing ran yet
             self._give_up(exc)
 
     @property
@@ -67,17 +116,24 @@ class CompiledWithFallback(nn.Module):
                 for buffer, value in zip(self.module.buffers(), saved, strict=True):
                     buffer.copy_(value)
 
+    def _compiled_shape(self, args: tuple, kwargs: dict) -> bool:
+        """True when this call has the shapes compiled for in this mode (the first call's)."""
+        shape = tuple(tuple(a.shape) for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
+        return self.shapes.setdefault(self.training, shape) == shape
+
     def forward(self, *args, **kwargs):
-        if self.compiled is not None:
+        if self.compiled is not None and self._compiled_shape(args, kwargs):
             try:
                 if self.trial_pending and self.training and torch.is_grad_enabled():
                     self._trial_step(*args, **kwargs)
                 return self.compiled(*args, **kwargs)
             except Exception as exc:
+                if not is_compile_failure(exc):
+                    raise
                 self._give_up(exc)
         return self.module(*args, **kwargs)
 
 
-def maybe_compile(model: nn.Module, enabled: bool, compiler: Compiler = torch.compile) -> nn.Module:
+def maybe_compile(model: nn.Module, enabled: bool, compiler: Compiler = static_compile) -> nn.Module:
     """``model`` itself, or wrapped in :class:`CompiledWithFallback` when ``enabled``."""
     return CompiledWithFallback(model, compiler) if enabled else model

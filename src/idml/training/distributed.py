@@ -44,7 +44,11 @@ def control_group() -> dist.ProcessGroup | None:
 
 
 def convert_sync_bn(model: nn.Module, rt: Runtime, enabled: bool) -> nn.Module:
-    """``--sync_bn``: BatchNorm statistics over all processes (needs GPUs; no-op on one process)."""
+    """``--sync_bn``: BatchNorm statistics over all processes (needs GPUs; no-op on one process).
+
+    PyTorch's SyncBatchNorm reads the gathered batch sizes back to the host in every BatchNorm
+    layer of every forward pass: one synchronisation per layer (see docs/gpu.md).
+    """
     if not (enabled and rt.distributed):
         return model
     if rt.device.type != "cuda":
@@ -53,10 +57,11 @@ def convert_sync_bn(model: nn.Module, rt: Runtime, enabled: bool) -> nn.Module:
 
 
 def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
+    """DDP whose gradients are views into its communication buckets (no copy in and out of them)."""
     if not rt.distributed:
         return model
     device_ids = [rt.device.index] if rt.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
 
 
 def broadcast_buffers(model: nn.Module, rt: Runtime) -> None:

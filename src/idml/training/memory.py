@@ -1,6 +1,8 @@
-"""Peak memory of one block of work (a training step), on a CUDA device or on the CPU.
+"""Peak memory of one block of work (a training step), on a CUDA device, Apple's MPS or the CPU.
 
-CUDA: ``torch.cuda.max_memory_allocated`` above the level at the start. CPU: PyTorch keeps no
+CUDA: ``torch.cuda.max_memory_allocated`` above the level at the start. MPS keeps no peak
+statistic: what is reported there is ``torch.mps.current_allocated_memory`` after the step minus
+before it, labelled as such (not a peak). CPU: PyTorch keeps no
 allocation statistics there, so the process's resident set is used: freed heap memory is first
 handed back to the system (glibc ``malloc_trim``) and the peak-RSS mark (``VmHWM``) is reset
 through ``/proc/self/clear_refs``; the step's peak is ``VmHWM`` minus the RSS at the start.
@@ -58,6 +60,9 @@ class PeakMemory:
     def source(self) -> str:
         if self.device.type == "cuda":
             return "CUDA max_memory_allocated during the step"
+        if self.device.type == "mps":
+            return ("MPS current_allocated_memory after the step minus before it (MPS keeps no peak statistic: "
+                    "not a peak, a lower bound)")
         if self.precise_cpu:
             return "CPU peak RSS growth during the step (VmHWM reset via /proc/self/clear_refs after malloc_trim)"
         return "CPU lifetime peak RSS (ru_maxrss) minus RSS at the start of the step: a lower bound"
@@ -68,6 +73,10 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return
+        if self.device.type == "mps":
+            torch.mps.synchronize()
+            self._base = torch.mps.current_allocated_memory()
+            return
         if self.precise_cpu:
             _malloc_trim()(0)
             _CLEAR_REFS.write_text("5", encoding="ascii")
@@ -77,6 +86,9 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) - self._base
+        if self.device.type == "mps":
+            torch.mps.synchronize()
+            return max(torch.mps.current_allocated_memory() - self._base, 0)
         if self.precise_cpu:
             peak = _status_kib("VmHWM") * 1024
         else:

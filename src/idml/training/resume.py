@@ -135,4 +135,49 @@ def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, own: dict
         notes.append(f"the global batch changed ({saved_batch} -> {global_batch}): restarting the "
                      f"epoch at step {step} (up to one batch repeated; not bit-identical)")
     sums = None if own is None or saved_batch != global_batch else own["train_meter"]
-    return ResumePoint(int(state["epoch"]), step, None if sums is None else sums.to(rt.device))
+    return ResumePoint(int(state["epoch"]), step, sums)  # the Meter moves them to its device and dtype
+
+
+# -- agreement across ranks ---------------------------------------------------------------------
+ResumeView = tuple[str | None, int, int]
+
+
+def resume_view(path: Path | None, state: dict[str, Any] | None) -> ResumeView:
+    """What this rank would resume: (checkpoint path or None, epoch, step)."""
+    if path is None or state is None:
+        return None, 0, 0
+    return str(path), int(state["epoch"]), int(state.get("step", 0))
+
+
+def _describe(view: ResumeView) -> str:
+    path, epoch, step = view
+    return "no checkpoint (would start fresh)" if path is None else f"{path} at epoch {epoch}, step {step}"
+
+
+def resume_disagreement(views: list[ResumeView]) -> str | None:
+    """One line naming what the ranks would resume, when they do not all resume the same point.
+
+    Without a filesystem shared by the nodes, ``--resume auto`` finds the checkpoint only where
+    rank 0 wrote it (or an older copy elsewhere): started anyway, the ranks would train different
+    models from different positions under one DDP job.
+    """
+    if len(set(views)) <= 1:
+        return None
+    groups: dict[ResumeView, list[int]] = {}
+    for rank, view in enumerate(views):
+        groups.setdefault(view, []).append(rank)
+    parts = [f"rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))}: {_describe(view)}"
+             for view, ranks in groups.items()]
+    return ("the ranks do not agree where to resume: " + "; ".join(parts) + "; give every node the same "
+            "checkpoint (a shared --output_dir, or copy rank 0's run folder to each node) or start a new --expname")
+
+
+def agree_on_resume(path: Path | None, state: dict[str, Any] | None, rt: Runtime) -> None:
+    """Refuse to start (on every rank, with one line) unless all ranks resume the same (path, epoch, step)."""
+    if not rt.distributed:
+        return
+    views: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(views, resume_view(path, state), group=control_group())
+    problem = resume_disagreement([tuple(v) for v in views])
+    if problem:
+        raise ConfigError(problem)

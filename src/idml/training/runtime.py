@@ -1,7 +1,12 @@
-"""Where and how a run computes: device, mixed precision, memory format, process rank."""
+"""Where and how a run computes: device, mixed precision, memory format, process rank.
+
+Training, ``idml eval``, ``idml predict`` and ``idml bench`` all build their :class:`Runtime`
+here, so they run with the same device settings (autocast dtype, memory format, cuDNN autotuning).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -14,6 +19,10 @@ from idml.errors import ConfigError
 CPUINFO = Path("/proc/cpuinfo")
 #: CPU flags of native bfloat16 matrix instructions (Linux /proc/cpuinfo spelling)
 FAST_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+#: CUDA compute capability from which bfloat16 runs natively (Ampere); older GPUs emulate it slowly
+BF16_CAPABILITY = (8, 0)
+#: cuBLAS needs this workspace setting for reproducible results under --deterministic
+CUBLAS_DETERMINISTIC = ":4096:8"
 
 
 @cache
@@ -29,30 +38,70 @@ def cpu_has_fast_bf16() -> bool:
     return bool(flags & FAST_BF16_FLAGS)
 
 
+def mps_available() -> bool:
+    """True on Apple silicon with a PyTorch built for Metal (MPS)."""
+    return torch.backends.mps.is_available()
+
+
 def resolve_device(name: str) -> torch.device:
+    """``--device``: auto = CUDA, else Apple's MPS, else the CPU; a named accelerator must be visible."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was given but no CUDA GPU is visible; use --device cpu or auto")
+    if name == "mps" and not mps_available():
+        raise ConfigError("--device mps was given but no Apple MPS device is available; use --device cpu or auto")
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if name == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    if name == "mps":
+        return torch.device("mps")
     return torch.device("cpu")
 
 
+def cuda_has_fast_bf16(device: torch.device) -> bool:
+    """bfloat16 runs natively from compute capability 8.0 (Ampere) on.
+
+    ``torch.cuda.is_bf16_supported()`` also counts emulation (True on a T4, where bfloat16
+    convolutions fall back to slow kernels) and allocates on the current device: asking for the
+    capability of ``device`` does neither.
+    """
+    return torch.cuda.get_device_capability(device) >= BF16_CAPABILITY
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` on ``device`` (None = full float32)."""
+    """The autocast dtype for ``--amp`` on ``device`` (None = full float32).
+
+    auto: bfloat16 on CUDA GPUs from Ampere on, float16 on older ones and on Apple's MPS (its
+    native half type), bfloat16 on CPUs with native bfloat16 instructions, else float32.
+    """
     if amp == "off":
         return None
     if amp == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("--amp fp16 needs a CUDA GPU; use --amp bf16 or off on the CPU")
+        if device.type not in ("cuda", "mps"):
+            raise ConfigError("--amp fp16 needs a CUDA GPU or Apple's MPS; use --amp bf16 or off on the CPU")
         return torch.float16
     if amp == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_fast_bf16(device) else torch.float16
+    if device.type == "mps":
+        return torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of running sums (losses, hits, image counts): float64, except on MPS, which has no
+    float64 (float32 counts images exactly up to 2**24 per epoch and rank)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (for timing); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 @dataclass(frozen=True)
@@ -71,6 +120,16 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @property
+    def fused_optimizer(self) -> bool:
+        """Use the fused (one-kernel, and with fp16 sync-free) SGD: on CUDA, where it is well tested."""
+        return self.device.type == "cuda"
+
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A working scaler for fp16; a disabled one (a no-op) otherwise."""
         return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -82,11 +141,28 @@ class Runtime:
         return f"{where}, {precision[self.amp_dtype]}, {memory}"
 
 
-def build_runtime(device: str, amp: str, channels_last: bool | None) -> Runtime:
+def set_determinism(device: torch.device, deterministic: bool) -> None:
+    """``--deterministic``: reproducible kernels (bit-exact resume on a GPU) at some speed cost.
+
+    By default cuDNN times its convolution algorithms once (``cudnn.benchmark``): inputs keep one
+    shape for a whole run, so this is faster, but the chosen algorithm, and so the last bits of
+    the results, can differ between two runs. Operators without a deterministic kernel warn.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)  # before cuBLAS starts
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+
+
+def build_runtime(device: str, amp: str, channels_last: bool | None, deterministic: bool = False) -> Runtime:
+    """The runtime of this process. On CUDA the process's GPU is made current first, so that nothing
+    (the precision check included) opens a context on GPU 0 from every rank of a multi-GPU job."""
     dev = resolve_device(device)
+    set_determinism(dev, deterministic)
     if dev.type == "cuda":
-        # Inputs keep one shape for a whole run: let cuDNN time its convolution algorithms once.
-        torch.backends.cudnn.benchmark = True
+        torch.cuda.set_device(dev)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     memory = dev.type == "cuda" if channels_last is None else channels_last

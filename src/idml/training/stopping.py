@@ -8,7 +8,18 @@ for SIGINT): the conventional "stopped by a signal" codes, so that a job schedul
 Under DDP every rank must stop at the same step, and an error on one rank (an unreadable image in
 its shard) must stop all of them instead of leaving them waiting in a collective. So before each
 step the ranks agree, in one small all-reduce over a CPU (Gloo) group, on "did anyone fail to get
-its batch?" and "did anyone receive a stop signal?".
+its batch?", "did anyone receive a stop signal?" and "has anyone a batch left?".
+
+The last question keeps the ranks in step when their shards differ in length (validation shards
+are ``range(rank, n, world)``: one rank can have one batch more): a rank whose loader is done
+keeps taking part in the agreement, without a batch, until every rank is done, so no rank waits
+for an agreement that another rank never joins.
+
+The agreement is off the critical path: the all-reduce for the next batch is started (``async_op``)
+before the current batch is handed to the step and waited for after it, so its network round trip
+overlaps the step's work instead of adding to it. So under DDP a stop signal that arrives during
+a step is acted on after the *next* step (its agreement was already under way); a single process
+stops right after the step in flight.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from typing import NamedTuple, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from idml.errors import IdmlError
 from idml.training.distributed import control_group, share_failure
@@ -68,37 +80,81 @@ class StopControl:
                 if signal.getsignal(sig) == self._on_signal:  # not replaced meanwhile (see distributed)
                     signal.signal(sig, handler)
 
-    def _agree(self, failed: bool) -> tuple[bool, int]:
-        """(whether any rank failed; the stop signal any rank received, or 0)."""
-        flags = torch.tensor([int(failed), self.signum])
-        if self.rt.distributed:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=control_group())
-        return bool(flags[0]), int(flags[1])
+    def _flags(self, failed: bool, has_batch: bool = False) -> Tensor:
+        return torch.tensor([int(failed), self.signum, int(has_batch)])
+
+    def _start_agreement(self, flags: Tensor) -> dist.Work | None:
+        """Start the all-ranks MAX of ``flags`` (in place); None when there is nothing to wait for."""
+        if not self.rt.distributed:
+            return None
+        return dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=control_group(), async_op=True)
+
+    def _agreed(self, flags: Tensor, work: dist.Work | None) -> tuple[bool, int, bool]:
+        """(whether any rank failed; the stop signal any rank received, or 0; whether any rank has a batch)."""
+        if work is not None:
+            work.wait()
+        else:  # one process: no round trip to hide, so a signal received during the step counts now
+            flags[1] = max(int(flags[1]), self.signum)
+        return bool(flags[0]), int(flags[1]), bool(flags[2])
 
     def stop_signal(self) -> int:
         """The signal that asked this run to stop (agreed over all ranks), or 0."""
-        return self._agree(False)[1]
+        flags = self._flags(False)
+        return self._agreed(flags, self._start_agreement(flags))[1]
 
     def batches(self, loader: Iterable[T], stoppable: bool = True) -> Iterator[T | StopRequest]:
         """``loader``'s batches, agreed on by every rank before each one is used.
 
         An error while fetching a batch (a corrupt image) stops every rank with the same message.
         When some rank received a stop signal and ``stoppable``, a :class:`StopRequest` is yielded
-        in place of the next batch and the stream ends: the caller checkpoints and stops.
+        in place of the next batch and the stream ends: the caller checkpoints and stops. Every
+        rank takes part in as many agreements as the rank with the most batches, so shards of
+        unequal length end together (a rank with fewer batches yields fewer).
         """
         iterator = iter(loader)
+        pending = self._fetch(iterator)
         while True:
-            failure: IdmlError | None = None
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except IdmlError as exc:
-                failure = exc
-            failed, signum = self._agree(failure is not None)
+            batch, failure, flags, work = pending
+            failed, signum, anyone_has_batch = self._agreed(flags, work)
             if failed:
                 share_failure(failure, self.rt)
             if signum and stoppable:
                 yield StopRequest(signum)
                 return
-            yield batch
+            if not anyone_has_batch:
+                return
+            # the next agreement travels while the caller runs its step on this batch
+            pending = self._fetch(iterator) if batch is not _DONE else self._done_round()
+            if batch is not _DONE:
+                yield batch
+
+    def _fetch(self, iterator: Iterator[T]) -> _Round:
+        """Fetch the next batch (or note its failure or the end) and start agreeing on it."""
+        failure: IdmlError | None = None
+        batch: object = _DONE
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return self._done_round()
+        except IdmlError as exc:
+            failure = exc
+        flags = self._flags(failure is not None, has_batch=failure is None)
+        return _Round(batch, failure, flags, self._start_agreement(flags))
+
+    def _done_round(self) -> _Round:
+        """This rank's loader is done: it still joins the agreement until every rank is done."""
+        flags = self._flags(False)
+        return _Round(_DONE, None, flags, self._start_agreement(flags))
+
+
+#: stands for "no batch" in a round of :meth:`StopControl.batches` (this rank's loader is done)
+_DONE = object()
+
+
+class _Round(NamedTuple):
+    """One batch (or ``_DONE``), its fetch error, and the agreement on it in flight."""
+
+    batch: object
+    failure: IdmlError | None
+    flags: Tensor
+    work: dist.Work | None

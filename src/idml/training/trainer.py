@@ -32,9 +32,10 @@ from idml.data import DataBundle
 from idml.errors import IdmlError, NonFiniteLossError, RunStopped, one_line
 from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
 from idml.training.distributed import broadcast_buffers, run_agreed
+from idml.training.host_reads import DeferredLines
 from idml.training.resume import ResumePoint, own_rank_state, progress_fields, restore_rng, resume_point
 from idml.training.run_log import RunLog
-from idml.training.runtime import Runtime
+from idml.training.runtime import Runtime, sum_dtype
 from idml.training.schedule import learning_rate
 from idml.training.stopping import StopControl, StopRequest
 
@@ -74,14 +75,18 @@ class Meter:
     _NO_STEP = torch.iinfo(torch.int64).max
 
     def __init__(self, device: torch.device, sums: Tensor | None = None) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device) if sums is None else sums.clone()
+        dtype = sum_dtype(device)  # float64, or float32 on MPS (no float64 there)
+        if sums is None:
+            self.sums = torch.zeros(4, dtype=dtype, device=device)
+        else:  # converted where it is (the CPU, for a checkpoint's sums), then moved
+            self.sums = sums.to(dtype=dtype, copy=True).to(device)
         self.last = torch.zeros_like(self.sums)
         self.first_bad_step = torch.full((), self._NO_STEP, dtype=torch.int64, device=device)
 
     def update(self, loss: Tensor, logits: Tensor, targets: Tensor, step: int = 0) -> None:
-        hits = topk_correct(logits.detach(), targets, (1, 5)).double()
+        hits = topk_correct(logits.detach(), targets, (1, 5)).to(self.sums.dtype)
         n = hits.new_full((1,), targets.shape[0])  # made on the device: no host-to-device copy
-        self.last = torch.cat([loss.detach().double().view(1) * n, hits, n])
+        self.last = torch.cat([loss.detach().to(self.sums.dtype).view(1) * n, hits, n])
         self.sums += self.last
         bad_here = torch.where(torch.isfinite(loss.detach()), self._NO_STEP, step)
         torch.minimum(self.first_bad_step, bad_here, out=self.first_bad_step)
@@ -94,19 +99,20 @@ class Meter:
     def images(self) -> int:
         return int(self.sums[self.IMAGES].item())
 
-    @classmethod
-    def _averages(cls, sums: Tensor) -> Averages:
-        loss_sum, hits1, hits5, n = sums.tolist()
+    @staticmethod
+    def averages(sums: list[float]) -> Averages:
+        """The averages of host-side sums (loss, top-1 hits, top-5 hits, images)."""
+        loss_sum, hits1, hits5, n = sums
         n = max(n, 1.0)
         return Averages(loss_sum / n, 100.0 * (1 - hits1 / n), 100.0 * (1 - hits5 / n))
 
     def average(self) -> Averages:
-        """Over every image seen so far."""
-        return self._averages(self.sums)
+        """Over every image seen so far (one sync)."""
+        return self.averages(self.sums.tolist())
 
-    def current(self) -> Averages:
-        """Over the last batch only."""
-        return self._averages(self.last)
+    def snapshot(self) -> Tensor:
+        """The last batch's sums, then the running sums, as one device tensor (for a printed line)."""
+        return torch.cat([self.last, self.sums])
 
     def first_nonfinite_step(self, distributed: bool) -> int | None:
         """The first step (on any rank) whose loss was NaN or infinite, or None (one sync)."""
@@ -144,7 +150,7 @@ class Trainer:
         self.net = model if net is None else net
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            nesterov=cfg.momentum > 0,
+            nesterov=cfg.momentum > 0, fused=runtime.fused_optimizer or None,
         )
         self.scaler = runtime.grad_scaler()
         self.print = printer if runtime.is_main else (lambda _msg: None)
@@ -154,6 +160,7 @@ class Trainer:
         self.start = ResumePoint()  # epoch 0, step 0 unless load_state says otherwise
         self.best_err1, self.best_err5 = 100.0, 100.0
         self.last_saved = "nothing was saved yet"  # for the messages of a stop or a failure
+        self.lines = DeferredLines(runtime.device)  # per-step lines, read back without waiting for the GPU
 
     # -- one step -----------------------------------------------------------------------------
     def _to_device(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -215,14 +222,21 @@ class Trainer:
         return RunStopped(f"stopped by signal {signum}; saved {self.last_saved}: continue with the same "
                           "command plus --resume auto", 128 + signum)
 
+    def _prints(self, step: int) -> bool:
+        """Whether this step has a console line: verbose runs, every ``--print-freq`` steps, rank 0 only."""
+        return self.cfg.verbose and self.rt.is_main and step % self.cfg.print_freq == 0
+
     def _print_step(self, epoch: int, step: int, steps: int, lr: float, meter: Meter, timing: str) -> None:
-        batch, running = meter.current(), meter.average()
-        self.log.step(
-            f"Epoch: [{epoch}/{self.cfg.epochs}][{step}/{steps}]\tLR: {lr:.6f}\t{timing}\t"
-            f"Loss {batch.loss:.4f} ({running.loss:.4f})\tTop 1-err {batch.top1_err:.4f} ({running.top1_err:.4f})\t"
-            f"Top 5-err {batch.top5_err:.4f} ({running.top5_err:.4f})",
-            loss=running.loss, top1_err=running.top1_err,
-        )
+        def emit(values: list[float]) -> None:
+            batch, running = Meter.averages(values[:4]), Meter.averages(values[4:])
+            self.log.step(
+                f"Epoch: [{epoch}/{self.cfg.epochs}][{step}/{steps}]\tLR: {lr:.6f}\t{timing}\t"
+                f"Loss {batch.loss:.4f} ({running.loss:.4f})\t"
+                f"Top 1-err {batch.top1_err:.4f} ({running.top1_err:.4f})\t"
+                f"Top 5-err {batch.top5_err:.4f} ({running.top5_err:.4f})",
+                loss=running.loss, top1_err=running.top1_err,
+            )
+        self.lines.add(meter.snapshot(), emit)
 
     def train_epoch(self, epoch: int) -> EpochResult:
         """Train one epoch. A stop signal checkpoints the position and raises :class:`RunStopped`."""
@@ -237,6 +251,7 @@ class Trainer:
                                     steps, first)
         for step, item in enumerate(batches, start=first):
             if isinstance(item, StopRequest):
+                self.lines.flush()
                 self.log.end_progress()
                 self.save_position(epoch, step, meter)
                 raise self._stopped(item.signum)
@@ -249,11 +264,13 @@ class Trainer:
                 self.save_position(epoch, done, meter)
             elif done % CHECK_EVERY == 0:
                 self.check_loss(epoch, meter)
-            if cfg.verbose and step % cfg.print_freq == 0:
+            if self._prints(step):
                 now = time.perf_counter()
                 timing = f"Time {now - last:.3f} ({(now - start) / (done - first):.3f})\tData {data_time:.3f}"
                 self._print_step(epoch, step, steps, lr, meter, timing)
+            self.lines.poll()
             last = time.perf_counter()
+        self.lines.flush()
         meter.all_reduce()
         avg = meter.average()
         self.print(f"* Epoch: [{epoch}/{cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
@@ -278,16 +295,21 @@ class Trainer:
                 logits = model(self._memory_format(self.data.eval_transform(images))).logits
             loss = nn.functional.cross_entropy(logits.float(), targets)
             meter.update(loss, logits, targets)
-            if self.cfg.verbose and step % self.cfg.print_freq == 0:
-                batch = meter.current()
-                self.log.step(f"Test (on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
-                              f"Top 1-err {batch.top1_err:.4f}\tTop 5-err {batch.top5_err:.4f}",
-                              batch_top1_err=batch.top1_err)
+            if self._prints(step):
+                self.lines.add(meter.last, lambda values, step=step: self._print_test_step(epoch, step, steps, values))
+            self.lines.poll()
+        self.lines.flush()
         meter.all_reduce()
         avg = meter.average()
         self.print(f"* Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
                    f"Top 5-err {avg.top5_err:.3f}\t Test Loss {avg.loss:.3f}")
         return EpochResult(*avg, meter.images, time.perf_counter() - start)
+
+    def _print_test_step(self, epoch: int, step: int, steps: int, values: list[float]) -> None:
+        batch = Meter.averages(values)
+        self.log.step(f"Test (on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
+                      f"Top 1-err {batch.top1_err:.4f}\tTop 5-err {batch.top5_err:.4f}",
+                      batch_top1_err=batch.top1_err)
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
@@ -318,6 +340,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # the checkpoint's choice was for its own device
+                group["fused"] = self.rt.fused_optimizer or None
         except (RuntimeError, ValueError, KeyError) as exc:
             raise IdmlError(f"{path} does not fit this model or optimiser ({one_line(exc)[:200]}); "
                             "resume with the checkpoint's settings or start a new --expname") from exc
