@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
 
 from idml.config import OneLineParser
-from idml.errors import ConfigError, IdmlError, RunStopped, one_line
+from idml.errors import ConfigError, IdmlError, RunStopped, one_line, printable
 from idml.training.distributed import AgreedError, exit_without_interruption
 
 #: subcommand -> (module implementing ``main(argv)``, one-line help)
@@ -37,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv[:1])
     command = argv[0]
     try:
-        return importlib.import_module(COMMANDS[command][0]).main(argv[1:])
+        code = importlib.import_module(COMMANDS[command][0]).main(argv[1:])
+        sys.stdout.flush()  # a reader that left (``| head``) is noticed here, not at exit
+        return code
+    except BrokenPipeError:
+        return stdout_closed()
     except IdmlError as exc:
         exit_without_interruption()
         if debug:
@@ -52,13 +58,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def stdout_closed() -> int:
+    """The reader of stdout went away (``idml eval | head``): stop quietly, as ``head``'s other
+    writers do (killed by SIGPIPE: status 141), without Python's "Exception ignored" at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (captured in tests)
+        pass
+    return 128 + signal.SIGPIPE
+
+
 def report(line: str, shared: bool) -> None:
     """Print ``line`` on stderr. Under torchrun a message every rank has is printed by rank 0 only;
     a rank's own message is prefixed with its rank."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and shared and rank != 0:
         return
-    print(f"[rank {rank}] {line}" if world > 1 and not shared else line, file=sys.stderr)
+    line = printable(line)
+    with contextlib.suppress(BrokenPipeError):  # nobody reads stderr either: the status says it all
+        print(f"[rank {rank}] {line}" if world > 1 and not shared else line, file=sys.stderr)
 
 
 if __name__ == "__main__":

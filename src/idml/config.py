@@ -27,6 +27,16 @@ from idml.models import ModelSpec, net_type_problem
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: Bounds that keep a value from passing validation and failing later: seeds feed NumPy's and torch's
+#: generators (``seed * 1_000_003 + epoch`` must fit in 64 bits), the deepest network in the
+#: literature has 1202 layers (a depth past this takes minutes just to build), and each worker is a
+#: process. Per-process batches beyond this are past what any accelerator holds.
+MAX_SEED = 2**32 - 1
+MAX_DEPTH = 2000
+MAX_WORKERS = 256
+MAX_BATCH = 2**16
+MAX_UNCERTAINTY_DIM = 2**16
+MAX_DIST_TIMEOUT = 7 * 24 * 3600
 EXPNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
 IDML = "flags idml adds"
@@ -119,6 +129,9 @@ class TrainConfig:
                                  help="move this share of the training labels to another class, uniformly at "
                                  "random and fixed by --seed (cifar10, cifar100, digits; for robustness "
                                  "experiments)")
+    dist_timeout: float = setting(600.0, "--dist_timeout", metavar="SECONDS",
+                                  help="under torchrun: how long a process waits for a silent peer before the run "
+                                  "stops with one line (covers rank 0 writing a checkpoint while the others wait)")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -143,12 +156,12 @@ class TrainConfig:
             (self.dataset.lower() in DATASETS,
              f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"),
             net_type_problem(self.net_type),
-            (self.batch_size >= 1, f"--batch_size must be at least 1 (got {self.batch_size})"),
+            (1 <= self.batch_size <= MAX_BATCH, f"--batch_size must lie in [1, {MAX_BATCH}] (got {self.batch_size})"),
             (self.lr > 0, f"--lr must be positive (got {self.lr})"),
             (self.momentum >= 0, f"--momentum must be >= 0 (got {self.momentum})"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
             (self.print_freq >= 1, f"--print-freq must be at least 1 (got {self.print_freq})"),
-            (self.depth >= 1, f"--depth must be positive (got {self.depth})"),
+            (1 <= self.depth <= MAX_DEPTH, f"--depth must lie in [1, {MAX_DEPTH}] (got {self.depth})"),
             (self.alpha >= 0, f"--alpha must be >= 0 (got {self.alpha})"),
             (self.beta >= 0, f"--beta must be >= 0 (got {self.beta})"),
             (0 <= self.cutmix_prob <= 1, f"--cutmix_prob must lie in [0, 1] (got {self.cutmix_prob})"),
@@ -156,14 +169,18 @@ class TrainConfig:
             (0 <= self.mixup_prob <= 1, f"--mixup_prob must lie in [0, 1] (got {self.mixup_prob})"),
             (self.mix.cutmix_share + self.mix.mixup_share <= 1 + 1e-9,
              "--cutmix_prob + --mixup_prob must not exceed 1 (one draw per batch picks at most one)"),
-            (self.workers is None or self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
+            (self.workers is None or 0 <= self.workers <= MAX_WORKERS,
+             f"--workers must lie in [0, {MAX_WORKERS}] (got {self.workers})"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must lie in [0, {MAX_SEED}] (got {self.seed})"),
+            (0 < self.dist_timeout <= MAX_DIST_TIMEOUT,
+             f"--dist_timeout must lie in (0, {MAX_DIST_TIMEOUT}] seconds (got {self.dist_timeout})"),
             (self.epochs >= 0, f"--epochs must be >= 0 (got {self.epochs})"),
             (0 <= self.label_noise < 1, f"--label_noise must lie in [0, 1) (got {self.label_noise})"),
             (self.label_noise == 0 or self.dataset.lower() != "imagenet",
              "--label_noise works on the in-memory datasets (cifar10, cifar100, digits), not imagenet"),
             (self.ism_lambda > 0, f"--ism_lambda must be positive (got {self.ism_lambda})"),
-            (self.uncertainty_dim is None or self.uncertainty_dim >= 1,
-             f"--uncertainty_dim must be at least 1 (got {self.uncertainty_dim})"),
+            (self.uncertainty_dim is None or 1 <= self.uncertainty_dim <= MAX_UNCERTAINTY_DIM,
+             f"--uncertainty_dim must lie in [1, {MAX_UNCERTAINTY_DIM}] (got {self.uncertainty_dim})"),
             (self.amp in AMP_CHOICES, f"--amp must be one of {', '.join(AMP_CHOICES)}"),
             (self.device in DEVICE_CHOICES, f"--device must be one of {', '.join(DEVICE_CHOICES)}"),
             (self.save_every_steps >= 0, f"--save_every_steps must be >= 0 (got {self.save_every_steps})"),

@@ -1,5 +1,8 @@
 """User-facing errors: the CLI prints their message on one line and exits with status 2."""
 
+#: How the usual control characters are shown (the others as \xNN or \uNNNN).
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
 
 class IdmlError(Exception):
     """A problem the user can fix (bad flag, missing data, unusable checkpoint...)."""
@@ -38,3 +41,27 @@ def one_line(exc: BaseException) -> str:
         return lines[0]
     _, sep, message = lines[-1].partition(f"{type(exc).__name__}: ")
     return message if sep else lines[-1]
+
+
+def printable(text: str) -> str:
+    """``text`` with its control and invisible characters escaped, so that it prints on one line.
+
+    File names may hold a newline, a carriage return, terminal escape sequences or bytes that are
+    not UTF-8 (Python decodes those to lone surrogates, which ``print`` cannot encode): shown raw,
+    they would forge lines in a table or an error message. Other characters, accents included,
+    are kept as they are.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)

@@ -17,8 +17,21 @@ import numpy as np
 from scipy.special import log_softmax
 from sklearn.metrics import roc_auc_score
 
+from idml.errors import IdmlError
+
 #: Number of equal-width confidence bins of the expected calibration error (Guo et al., 2017).
 ECE_BINS = 15
+
+
+def check_finite_outputs(logits: np.ndarray, uncertainty: np.ndarray | None, checkpoint: str) -> None:
+    """Refuse NaN or infinite outputs (a diverged model) with one line, before any metric or
+    probability is computed from them (scikit-learn would raise, softmax would return NaN)."""
+    bad = ~np.isfinite(logits).all(axis=1) if logits.ndim == 2 else ~np.isfinite(logits)
+    if uncertainty is not None:
+        bad = bad | ~np.isfinite(uncertainty)
+    if bad.any():
+        raise IdmlError(f"{checkpoint} gives NaN or infinite outputs for {int(bad.sum())} of {len(bad)} images: "
+                        "its weights diverged; use a checkpoint from before the divergence")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -17,9 +17,9 @@ import torch
 from idml.config import AMP_CHOICES, DEVICE_CHOICES, OneLineParser
 from idml.data import DataBundle, DataRequest, build_data
 from idml.data.catalog import dataset_info
-from idml.errors import ConfigError
+from idml.errors import ConfigError, printable
 from idml.inference import Outputs, TrainedModel, load_trained_model, run_model
-from idml.metrics import EvalReport, evaluate_predictions, reliability_bins, softmax
+from idml.metrics import EvalReport, check_finite_outputs, evaluate_predictions, reliability_bins, softmax
 from idml.training.runtime import resolve_device
 
 
@@ -77,7 +77,7 @@ def format_report(report: EvalReport, checkpoint: str, dataset: str, has_ism: bo
     undefined = "every prediction right or every one wrong"
     uncertainty_note = auroc(report.auroc_uncertainty, undefined if has_ism else "model trained without ISM")
     rows = [
-        ("checkpoint", checkpoint),
+        ("checkpoint", printable(checkpoint)),
         ("dataset", f"{dataset} ({report.images} validation images)"),
         ("top-1 error", f"{report.top1_err:.2f} %"),
         ("top-5 error", f"{report.top5_err:.2f} %"),
@@ -109,6 +109,7 @@ def main(argv: list[str]) -> int:
     data = build_data(req, trained.device)
     check_compatible(trained, dataset, data)
     outputs, targets = predict_validation_set(trained, data)
+    check_finite_outputs(outputs.logits, outputs.uncertainty, args.checkpoint)
     report = evaluate_predictions(outputs.logits, targets, outputs.uncertainty)
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "dataset": dataset, "ism": trained.has_ism,

@@ -23,9 +23,9 @@ import torch
 from idml.config import AMP_CHOICES, DEVICE_CHOICES, OneLineParser
 from idml.data.augment import Normalize
 from idml.data.image_files import image_files, image_preparer, read_image
-from idml.errors import ConfigError
+from idml.errors import ConfigError, printable
 from idml.inference import TrainedModel, load_trained_model, run_model
-from idml.metrics import softmax
+from idml.metrics import check_finite_outputs, softmax
 from idml.training.runtime import resolve_device
 
 FORMATS = ("table", "csv", "json")
@@ -63,11 +63,13 @@ def load_images(files: list[Path], trained: TrainedModel) -> torch.Tensor:
     return torch.stack([prepare(read_image(path)) for path in files])
 
 
-def predict(trained: TrainedModel, images: torch.Tensor, topk: int, batch_size: int) -> list[tuple]:
+def predict(trained: TrainedModel, images: torch.Tensor, topk: int, batch_size: int,
+            checkpoint: str = "the checkpoint") -> list[tuple]:
     """(top-k class indices, their probabilities, uncertainty score or None) per image."""
     normalize = Normalize(trained.mean, trained.std, trained.device)
     batches = (normalize(chunk.to(trained.device)) for chunk in images.split(batch_size))
     outputs = run_model(trained, batches)
+    check_finite_outputs(outputs.logits, outputs.uncertainty, checkpoint)
     probs = softmax(outputs.logits)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
     scores = outputs.uncertainty if outputs.uncertainty is not None else [None] * len(probs)
@@ -75,10 +77,13 @@ def predict(trained: TrainedModel, images: torch.Tensor, topk: int, batch_size: 
 
 
 def format_table(preds: list[Prediction]) -> str:
+    """One row per image; file and class names with their control characters escaped, so that
+    no name can break a row in two (or forge one)."""
     k = len(preds[0].classes)
     header = ["file", "uncertainty", *(f"top-{i + 1}" for i in range(k))]
-    rows = [[p.file, "n/a" if p.uncertainty is None else f"{p.uncertainty:.4g}",
-             *(f"{c} {100 * q:.1f}%" for c, q in zip(p.classes, p.probabilities, strict=True))] for p in preds]
+    rows = [[printable(p.file), "n/a" if p.uncertainty is None else f"{p.uncertainty:.4g}",
+             *(f"{printable(c)} {100 * q:.1f}%" for c, q in zip(p.classes, p.probabilities, strict=True))]
+            for p in preds]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     align = ["<", ">"] + ["<"] * k
     return "\n".join("  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(r, align, widths, strict=True)).rstrip()
@@ -91,8 +96,8 @@ def format_csv(preds: list[Prediction]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "uncertainty", *(f"{col}_{i + 1}" for i in range(k) for col in ("class", "prob"))])
     for p in preds:
-        pairs = [v for c, q in zip(p.classes, p.probabilities, strict=True) for v in (c, f"{q:.6f}")]
-        writer.writerow([p.file, "" if p.uncertainty is None else f"{p.uncertainty:.6g}", *pairs])
+        pairs = [v for c, q in zip(p.classes, p.probabilities, strict=True) for v in (printable(c), f"{q:.6f}")]
+        writer.writerow([printable(p.file), "" if p.uncertainty is None else f"{p.uncertainty:.6g}", *pairs])
     return out.getvalue().rstrip("\n")
 
 
@@ -116,7 +121,8 @@ def main(argv: list[str]) -> int:
     preds = [
         Prediction(str(path), None if score is None else float(score),
                    [trained.class_names[i] for i in idx], [float(q) for q in probs])
-        for path, (idx, probs, score) in zip(files, predict(trained, images, topk, args.batch_size), strict=True)
+        for path, (idx, probs, score) in zip(files, predict(trained, images, topk, args.batch_size, args.checkpoint),
+                                             strict=True)
     ]
     print(FORMATTERS[args.format](preds))
     return 0

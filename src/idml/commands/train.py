@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,11 +14,20 @@ from torch import nn
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, remove_stale_temp_files
 from idml.config import TrainConfig, parse_train_args, preflight
 from idml.data import DataBundle, DataRequest, build_data
-from idml.errors import IdmlError
+from idml.errors import ConfigError, IdmlError, one_line
 from idml.models import ModelSpec, build_from_spec
 from idml.training.compiling import maybe_compile
-from idml.training.distributed import convert_sync_bn, init_distributed, run_agreed, shutdown_distributed, wrap_ddp
+from idml.training.distributed import (
+    convert_sync_bn,
+    init_distributed,
+    peer_failures_reported,
+    run_agreed,
+    shutdown_distributed,
+    wrap_ddp,
+)
 from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path
+from idml.training.run_folder import RunLock, belongs_to
+from idml.training.run_log import METRICS_NAME
 from idml.training.runtime import Runtime, build_runtime
 from idml.training.trainer import Trainer
 
@@ -28,7 +38,7 @@ def archive_earlier_run(run_dir: Path) -> Path | None:
     The official code silently overwrote it (the official README's CIFAR commands all share
     ``--expname PyraNet200``); idml keeps those commands working without losing anything.
     """
-    if not any((run_dir / name).exists() for name in (CHECKPOINT_NAME, BEST_NAME)):
+    if not any((run_dir / name).exists() for name in (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME)):
         return None
     n = 1
     while run_dir.with_name(f"{run_dir.name}.{n}").exists():
@@ -38,25 +48,69 @@ def archive_earlier_run(run_dir: Path) -> Path | None:
     return target
 
 
-def prepare_run_dir(cfg: TrainConfig, fresh: bool, printer: Callable[[str], None]) -> None:
-    """Create ``<output_dir>/<expname>`` and record the resolved settings as ``config.yaml``."""
+def prepare_run_dir(cfg: TrainConfig, resumed_from: Path | None, printer: Callable[[str], None]) -> RunLock:
+    """Lock ``<output_dir>/<expname>`` for this run, move aside an earlier run that this one does
+    not continue, and record the resolved settings as ``config.yaml``.
+
+    This run continues the folder's run only when it resumes from one of the folder's own files;
+    a fresh run, or one resumed from another folder's checkpoint, gets the folder to itself.
+    The lock is taken before anything is moved or written, and is returned held.
+    """
     run_dir = cfg.run_dir
+    lock = None
     try:
-        moved = archive_earlier_run(run_dir) if fresh else None
-        if moved is not None:
-            printer(f"=> {run_dir} held an earlier run: moved it to {moved} (use --resume auto to continue a run)")
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir)
+        if resumed_from is None or not belongs_to(resumed_from, run_dir):
+            moved = archive_earlier_run(run_dir)
+            if moved is not None:
+                how = "continue it with --resume auto" if resumed_from is None else f"this run continues {resumed_from}"
+                printer(f"=> {run_dir} held an earlier run: moved it to {moved} ({how})")
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock, earlier = RunLock(run_dir), lock
+                earlier.release()
         remove_stale_temp_files(run_dir)
+        for stale in run_dir.glob(f".{METRICS_NAME}.*.tmp"):  # a kill while metrics.csv was rewritten
+            stale.unlink(missing_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    except OSError as exc:
-        raise IdmlError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --output_dir") from exc
+        return lock
+    except BaseException as exc:
+        if lock is not None:
+            lock.release()
+        if isinstance(exc, OSError):
+            raise IdmlError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --output_dir") from exc
+        raise
 
 
-def check_model_settings(cfg: TrainConfig) -> None:
+def memory_bytes(rt: Runtime) -> int | None:
+    """The memory of the device that trains: the GPU's, or this machine's RAM (None if unknown)."""
+    if rt.device.type == "cuda":
+        return torch.cuda.get_device_properties(rt.device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+
+
+def check_model_settings(cfg: TrainConfig, rt: Runtime) -> None:
     """Build the network on the meta device (no memory, no initialisation): an impossible depth
-    fails at once, instead of after the data (all of ImageNet's file names, say) has been read."""
-    with torch.device("meta"):
-        build_from_spec(cfg.model_spec)
+    fails at once, instead of after the data (all of ImageNet's file names, say) has been read,
+    and so does a network whose weights, gradients and momentum alone exceed the device's memory
+    (a huge --alpha or --uncertainty_dim), instead of failing to allocate later."""
+    try:
+        with torch.device("meta"):
+            model = build_from_spec(cfg.model_spec)
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as exc:
+        raise ConfigError(f"these model settings give an impossible network ({one_line(exc)[:200]}); "
+                          "lower --depth, --alpha or --uncertainty_dim") from exc
+    n_params = sum(p.numel() for p in model.parameters())
+    needed, available = 3 * 4 * n_params, memory_bytes(rt)
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"the model has {n_params:,} parameters: their weights, gradients and momentum alone need "
+            f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of {rt.device.type}; lower "
+            "--depth, --alpha or --uncertainty_dim"
+        )
 
 
 def place_model(cfg: TrainConfig, rt: Runtime, spec: ModelSpec) -> nn.Module:
@@ -80,7 +134,7 @@ class RunInputs:
 def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     """Data, model and (on resume) its checkpoint: everything that bad input can break is checked
     before the run folder is touched, so a failing start or resume never overwrites anything."""
-    check_model_settings(cfg)
+    check_model_settings(cfg, rt)
     resume_path = resolve_resume_path(cfg)
     torch.manual_seed(cfg.seed)
     req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,
@@ -91,8 +145,9 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     return RunInputs(data, place_model(cfg, rt, spec), resume_path, state)
 
 
-def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
-    """The trainer of this run, resumed if asked, with its run folder prepared (agreed by all ranks)."""
+def build_trainer(cfg: TrainConfig, rt: Runtime) -> tuple[Trainer, RunLock | None]:
+    """The trainer of this run, resumed if asked, with its run folder prepared (agreed by all ranks)
+    and locked (by rank 0: the lock is returned, held)."""
     inputs = run_agreed(lambda: load_inputs(cfg, rt), rt)
     agree_on_resume(inputs.resume_path, inputs.resume_state, rt)
     net = wrap_ddp(maybe_compile(inputs.model, cfg.compile), rt)
@@ -103,27 +158,47 @@ def build_trainer(cfg: TrainConfig, rt: Runtime) -> Trainer:
         trainer.print(f"=> resuming {path} at epoch {trainer.start.epoch}, step {trainer.start.step}")
         for note in notes:
             trainer.print(f"=> note: {note}")
-    fresh = inputs.resume_path is None
-    run_agreed(lambda: prepare_run_dir(cfg, fresh, trainer.print) if rt.is_main else None, rt)
-    return trainer
+    lock = run_agreed(lambda: prepare_run_dir(cfg, inputs.resume_path, trainer.print) if rt.is_main else None, rt)
+    return trainer, lock
+
+
+def report_files(trainer: Trainer, cfg: TrainConfig) -> None:
+    """Name the files this run wrote, or say that a resumed run had nothing left to train."""
+    if trainer.start.epoch >= cfg.epochs and not trainer.written:
+        if cfg.epochs > 0:
+            trainer.print(f"=> nothing to train: the checkpoint already finished {trainer.start.epoch} of "
+                          f"--epochs {cfg.epochs} (raise --epochs to train on)")
+        return
+    names = {CHECKPOINT_NAME: "checkpoint", BEST_NAME: "best model"}
+    written = dict.fromkeys(trainer.written)  # in order, once each
+    if written:
+        trainer.print("=> " + "  ".join(f"{names.get(p.name, 'file')}: {p}" for p in sorted(written, key=str)))
 
 
 def run_train(cfg: TrainConfig) -> tuple[float, float]:
     preflight(cfg)
     rt = build_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.deterministic)
-    init_distributed(rt)
+    init_distributed(rt, cfg.dist_timeout)
+    lock = None
     try:
-        trainer = build_trainer(cfg, rt)
-        n_params = sum(p.numel() for p in trainer.model.parameters())
-        trainer.print(f"=> creating model '{cfg.net_type}' (depth {cfg.depth}, ISM {'on' if cfg.ism else 'off'})")
-        trainer.print(f"the number of model parameters: {n_params}")
-        trainer.print(f"=> training on {rt.describe()}; {len(trainer.data.class_names)} classes")
-        result = trainer.fit()
-        if cfg.epochs > 0:
-            trainer.print(f"=> checkpoint: {cfg.run_dir / CHECKPOINT_NAME}  best model: {cfg.run_dir / BEST_NAME}")
-        return result
+        with peer_failures_reported(rt, cfg.dist_timeout):
+            trainer, lock = build_trainer(cfg, rt)
+            return train(trainer, cfg, rt)
     finally:
+        if lock is not None:
+            lock.release()
         shutdown_distributed()
+
+
+def train(trainer: Trainer, cfg: TrainConfig, rt: Runtime) -> tuple[float, float]:
+    """Fit the built trainer, with the console lines of the official code around it."""
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    trainer.print(f"=> creating model '{cfg.net_type}' (depth {cfg.depth}, ISM {'on' if cfg.ism else 'off'})")
+    trainer.print(f"the number of model parameters: {n_params}")
+    trainer.print(f"=> training on {rt.describe()}; {len(trainer.data.class_names)} classes")
+    result = trainer.fit()
+    report_files(trainer, cfg)
+    return result
 
 
 def main(argv: list[str]) -> int:

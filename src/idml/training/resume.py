@@ -6,13 +6,25 @@ in progress and the number of its steps already done. It also holds the optimise
 the best metrics, the sums of the epoch's training meter (so that the epoch's printed averages
 match) and the global RNG states (Python, NumPy, torch CPU and CUDA) of every rank, which anything
 drawing from them (dropout, ImageNet's workers' seeds) resumes from.
+
+A resumed run may be given other settings than the checkpoint's. Each setting belongs to one
+class (:data:`RESUME_RULES`), which says what a change does, so that what ``config.yaml`` and the
+next checkpoint record is always what ran:
+
+* ``model``: the network's shape; refused (:func:`check_same_model`);
+* ``data-order``: which image, with which label, each step of an epoch trains on; refused inside
+  an epoch (the epoch's remaining steps would belong to another run), applied with a note at an
+  epoch's end;
+* ``recipe``: optimiser, schedule, mixing and numerics; applied from the resumed step on, with a
+  note (the optimiser's momentum and weight decay are set on the loaded optimiser state);
+* ``runtime``: where files go, what is printed, how data is loaded; applied silently.
 :meth:`idml.training.trainer.Trainer.load_state` puts a checkpoint back into a trainer.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +37,7 @@ from idml.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from idml.config import TrainConfig
 from idml.errors import ConfigError, IdmlError
 from idml.training.distributed import control_group
+from idml.training.health import weights_problem
 from idml.training.runtime import Runtime
 
 
@@ -63,13 +76,63 @@ def check_same_model(state: dict[str, Any], spec: dict[str, Any], path: Path) ->
 
 
 def load_resume_state(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint at ``path``, checked to be a training checkpoint of this very model."""
+    """The checkpoint at ``path``, checked to be a training checkpoint of this very model, with
+    weights worth continuing (an older idml could save diverged ones)."""
     state = load_checkpoint(path)
     missing = sorted({"epoch", "optimizer", "best_err1"} - set(state))
     if missing:
         raise IdmlError(f"{path} cannot be resumed: it lacks {', '.join(missing)} (not a training checkpoint)")
     check_same_model(state, spec, path)
+    problem = weights_problem(state["state_dict"]) if isinstance(state["state_dict"], dict) else None
+    if problem is not None:
+        raise IdmlError(f"{path} holds diverged weights ({problem}) that no --lr can continue: resume from "
+                        "an earlier checkpoint, or start afresh with a lower --lr")
     return state
+
+
+# -- settings changed on resume -----------------------------------------------------------------
+MODEL, DATA_ORDER, RECIPE, RUNTIME = "model", "data-order", "recipe", "runtime"
+#: The class of every setting (see the module docstring); tests check that none is missing.
+RESUME_RULES: dict[str, str] = {
+    **dict.fromkeys(["net_type", "dataset", "depth", "alpha", "bottleneck", "ism", "uncertainty_dim",
+                     "ism_lambda"], MODEL),
+    **dict.fromkeys(["seed", "label_noise"], DATA_ORDER),
+    **dict.fromkeys(["lr", "momentum", "weight_decay", "epochs", "batch_size", "beta", "cutmix_prob",
+                     "mixup_alpha", "mixup_prob", "amp", "device", "sync_bn", "data_dir", "skip_bad_images"],
+                    RECIPE),
+    **dict.fromkeys(["print_freq", "verbose", "expname", "output_dir", "workers", "resume", "save_every_steps",
+                     "tensorboard", "compile", "channels_last", "dist_timeout"], RUNTIME),
+}
+
+
+def _flag(name: str) -> str:
+    flags = {f.name: f.metadata.get("flags") or () for f in fields(TrainConfig)}.get(name, ())
+    return next((flag for flag in flags if flag.startswith("--")), name)
+
+
+def setting_changes(state: dict[str, Any], cfg: TrainConfig, path: Path) -> list[str]:
+    """Notes on the settings this resume changes; refuses a data-order change inside an epoch.
+
+    A setting without a class (added after this table) is treated as a recipe setting: applied,
+    with a note, never silently.
+    """
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return ["the checkpoint records no settings: this run's are used as given"]
+    now = cfg.to_dict()
+    changed = {name: (saved[name], value) for name, value in now.items()
+               if name in saved and saved[name] != value and RESUME_RULES.get(name, RECIPE) not in (MODEL, RUNTIME)}
+    step = int(state.get("step", 0) or 0)
+    refused = [name for name in changed if RESUME_RULES.get(name) == DATA_ORDER]
+    if step and refused:
+        was = " ".join(f"{_flag(name)} {changed[name][0]}" for name in refused)
+        raise ConfigError(
+            f"{path} stopped inside epoch {state.get('epoch')} (after step {step}): changing "
+            f"{', '.join(_flag(name) for name in refused)} there would mix two data orders or label sets in "
+            f"one epoch; resume with the checkpoint's {was}, or from a checkpoint written at an epoch's end"
+        )
+    return [f"{_flag(name)} changed from {old!r} to {new!r}: applied from the resumed step on"
+            for name, (old, new) in changed.items()]
 
 
 # -- RNG states ---------------------------------------------------------------------------------
@@ -122,7 +185,7 @@ def own_rank_state(state: dict[str, Any], rt: Runtime, notes: list[str]) -> dict
 
 
 def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, own: dict[str, Any] | None,
-                 notes: list[str]) -> ResumePoint:
+                 notes: list[str], path: Path = Path("checkpoint")) -> ResumePoint:
     """Where to restart; a different global batch size maps the position to the samples done.
 
     ``own`` is this rank's entry of the checkpoint's ``ranks`` (:func:`own_rank_state`).
@@ -134,6 +197,7 @@ def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, own: dict
         step = step * saved_batch // global_batch
         notes.append(f"the global batch changed ({saved_batch} -> {global_batch}): restarting the "
                      f"epoch at step {step} (up to one batch repeated; not bit-identical)")
+    notes += setting_changes(state, cfg, path)
     sums = None if own is None or saved_batch != global_batch else own["train_meter"]
     return ResumePoint(int(state["epoch"]), step, sums)  # the Meter moves them to its device and dtype
 

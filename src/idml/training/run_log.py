@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -92,17 +95,41 @@ def _formatted(row: dict) -> dict[str, str]:
     return {k: str(v) if k == "epoch" else f"{v:.6g}" for k, v in row.items()}
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` by a file holding ``text``: a kill at any moment leaves the old or the new file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise IdmlError(f"cannot write {path}: {exc.strerror or exc}; the previous file, if any, is intact") from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 class MetricsCSV:
     """``metrics.csv``: rows of epochs before the first one logged now are kept (a resumed run
-    continues its file), later ones are dropped (a fresh run, or epochs being redone)."""
+    continues its file), later ones are dropped (a fresh run, or epochs being redone).
+
+    The file is small (one row per epoch) and rewritten whole, atomically, for each new row: a
+    kill while it is written leaves the previous version, never a truncated or emptied file.
+    """
 
     def __init__(self, path: Path, first_epoch: int) -> None:
-        kept = self._rows_before(path, first_epoch)
-        self.fh = path.open("w", newline="", encoding="utf-8")
-        self.writer = csv.DictWriter(self.fh, fieldnames=COLUMNS)
-        self.writer.writeheader()
-        self.writer.writerows(_formatted(row) for row in kept)
-        self.fh.flush()
+        self.path = path
+        self.rows = [_formatted(row) for row in self._rows_before(path, first_epoch)]
+        self._save()
+
+    def _save(self) -> None:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, out.getvalue())
 
     @staticmethod
     def _rows_before(path: Path, epoch: int) -> list[dict]:
@@ -114,11 +141,11 @@ class MetricsCSV:
             return []
 
     def write(self, record: EpochRecord) -> None:
-        self.writer.writerow(_formatted(asdict(record)))
-        self.fh.flush()
+        self.rows.append(_formatted(asdict(record)))
+        self._save()
 
     def close(self) -> None:
-        self.fh.close()
+        """Nothing is held open between rows."""
 
 
 class TensorBoardLog:

@@ -15,6 +15,7 @@ is written.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from idml.data import DataBundle
 from idml.errors import IdmlError, NonFiniteLossError, RunStopped, one_line
 from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
 from idml.training.distributed import broadcast_buffers, run_agreed
+from idml.training.health import weights_problem
 from idml.training.host_reads import DeferredLines
 from idml.training.resume import ResumePoint, own_rank_state, progress_fields, restore_rng, resume_point
 from idml.training.run_log import RunLog
@@ -161,6 +163,7 @@ class Trainer:
         self.best_err1, self.best_err5 = 100.0, 100.0
         self.last_saved = "nothing was saved yet"  # for the messages of a stop or a failure
         self.lines = DeferredLines(runtime.device)  # per-step lines, read back without waiting for the GPU
+        self.written: list[Path] = []  # the files this run wrote (to report only those)
 
     # -- one step -----------------------------------------------------------------------------
     def _to_device(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -216,6 +219,14 @@ class Trainer:
                 f"the training loss became NaN or infinite at epoch {epoch}, step {step} (counted from 0); "
                 f"stopped without saving ({self.last_saved}): lower --lr (or try --amp off) "
                 "and continue with --resume auto"
+            )
+
+    def check_validation(self, epoch: int, val: EpochResult) -> None:
+        """A NaN validation loss means the model diverged: stop before saving it or calling it best."""
+        if not math.isfinite(val.loss):
+            raise NonFiniteLossError(
+                f"the validation loss became NaN or infinite at epoch {epoch}: the model diverged; stopped "
+                f"without saving ({self.last_saved}): lower --lr (or try --amp off) and continue with --resume auto"
             )
 
     def _stopped(self, signum: int) -> RunStopped:
@@ -342,6 +353,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             for group in self.optimizer.param_groups:  # the checkpoint's choice was for its own device
                 group["fused"] = self.rt.fused_optimizer or None
+            self._apply_optimiser_settings()
         except (RuntimeError, ValueError, KeyError) as exc:
             raise IdmlError(f"{path} does not fit this model or optimiser ({one_line(exc)[:200]}); "
                             "resume with the checkpoint's settings or start a new --expname") from exc
@@ -353,9 +365,15 @@ class Trainer:
         own = own_rank_state(state, self.rt, notes)
         if own is not None:
             restore_rng(own, self.rt.device)  # dropout, ImageNet workers' seeds: as if never stopped
-        self.start = resume_point(state, self.cfg, self.rt, own, notes)
+        self.start = resume_point(state, self.cfg, self.rt, own, notes, path)
         self.last_saved = f"{path} (resumes at epoch {self.start.epoch}, step {self.start.step})"
         return notes
+
+    def _apply_optimiser_settings(self) -> None:
+        """This run's momentum and weight decay, not the loaded optimiser's (resume.py notes a change)."""
+        for group in self.optimizer.param_groups:
+            group.update(momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay,
+                         nesterov=self.cfg.momentum > 0)
 
     def save(self, epoch: int, is_best: bool) -> None:
         """The end-of-epoch checkpoint (and ``model_best`` when ``is_best``); all ranks call it."""
@@ -371,10 +389,20 @@ class Trainer:
         path = self.cfg.run_dir / CHECKPOINT_NAME
 
         def write() -> None:
-            if self.rt.is_main:
-                atomic_save(state, path)
-                if is_best:
-                    atomic_save(state, self.cfg.run_dir / BEST_NAME)
+            if not self.rt.is_main:
+                return
+            problem = weights_problem(state["state_dict"])
+            if problem is not None:
+                raise NonFiniteLossError(
+                    f"the weights diverged ({problem}); stopped without saving them ({self.last_saved}): "
+                    "lower --lr (or try --amp off) and continue with --resume auto"
+                )
+            # The best model first: a crash between the two writes then leaves a checkpoint that
+            # redoes this epoch, never one that records a best model the best file does not hold.
+            targets = ([self.cfg.run_dir / BEST_NAME] if is_best else []) + [path]
+            for target in targets:
+                atomic_save(state, target)
+                self.written.append(target)
 
         run_agreed(write, self.rt)
         self.last_saved = f"{path} (resumes at epoch {state['epoch']}, step {step})"
@@ -386,6 +414,7 @@ class Trainer:
             for epoch in range(self.start.epoch, self.cfg.epochs):
                 train = self.train_epoch(epoch)
                 val = self.validate(epoch)
+                self.check_validation(epoch, val)
                 self.log.epoch_end(epoch, self.optimizer.param_groups[0]["lr"], train, val)
                 is_best = val.top1_err <= self.best_err1
                 self.best_err1 = min(val.top1_err, self.best_err1)
