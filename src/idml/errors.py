@@ -34,13 +34,16 @@ def one_line(exc: BaseException) -> str:
     A DataLoader worker's exception reaches the main process re-raised with the worker's whole
     traceback in its message; there the line that matters is the original message, at its end.
     """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
     if not any(line.startswith(("Traceback (most recent call last)", "Original Traceback")) for line in lines):
-        return lines[0]
+        if isinstance(exc, IdmlError):
+            return printable(text)  # idml's own message: a line break in it came from a file name
+        return printable(lines[0])
     _, sep, message = lines[-1].partition(f"{type(exc).__name__}: ")
-    return message if sep else lines[-1]
+    return printable(message if sep else lines[-1])
 
 
 def printable(text: str) -> str:

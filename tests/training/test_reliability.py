@@ -4,6 +4,8 @@ metrics.csv rewrite, the run-folder lock and the message of a resumed finished r
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -48,8 +50,6 @@ def signal_at(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step: int) 
 
     def step_rng(seed: int, e: int, s: int, rank: int):
         if (e, s) == (epoch, step):
-            import os
-
             os.kill(os.getpid(), sig)
         return original(seed, e, s, rank)
 
@@ -308,3 +308,56 @@ def test_resuming_a_finished_run_says_so_and_names_no_file(data, tmp_path, capsy
     assert "nothing to train" in out and CHECKPOINT_NAME not in out.split("=> resuming")[-1].split("\n", 1)[-1]
     assert {k: v for k, v in files(tmp_path / "run").items() if k != "config.yaml"} == {
         k: v for k, v in before.items() if k != "config.yaml"}
+
+
+# -- 10. DDP: a peer that dies or goes silent ------------------------------------------------------
+def test_a_collective_failure_becomes_one_line_naming_the_timeout() -> None:
+    from idml.errors import IdmlError
+    from idml.training.distributed import peer_failures_reported
+    from idml.training.runtime import build_runtime
+
+    rt = build_runtime("cpu", "off", None)
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:1: "
+                        "Connection reset by peer. This is typically caused by a remote worker hanging. GLHF!")
+    with pytest.raises(RuntimeError, match="GLHF"), peer_failures_reported(rt, 600):  # one process: untouched
+        raise gloo
+    rt = dataclasses.replace(rt, world_size=2)  # as under torchrun
+    with pytest.raises(IdmlError) as info, peer_failures_reported(rt, 45):
+        raise gloo
+    message = str(info.value)
+    assert "\n" not in message and "--dist_timeout 45 s" in message and "Connection reset by peer" in message
+    assert "GLHF" not in message and "--resume auto" in message
+    with pytest.raises(ValueError), peer_failures_reported(rt, 45):  # other errors keep their own path
+        raise ValueError("not a collective")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields_ = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields_[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_peer_stops_the_other_with_one_line(data, tmp_path) -> None:
+    args = train_args(data, tmp_path, "run", "--epochs", "50", "--batch_size", "4", "--dist_timeout", "60")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+               str(Path(__file__).resolve().parents[2] / "train.py"), *args]
+    proc = subprocess.Popen(command, env=subprocess_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("Epoch: [1/"):
+            break
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    os.kill(max(workers), signal.SIGKILL)  # one of the two ranks dies (kill -9)
+    _, err = proc.communicate(timeout=120)
+    ours = [line for line in err.splitlines() if line.startswith("[rank")]
+    assert any("another process of this run stopped answering" in line for line in ours), err
+    assert "[rank0]:" not in err and "Traceback" not in "\n".join(ours), err
