@@ -120,7 +120,7 @@ BAD_FLAGS = {
     "lr nan": (["--lr", "nan"], "lr must be a finite number"),
     "lr inf": (["--lr", "inf"], "lr must be a finite number"),
     "lr not a number": (["--lr", "fast"], "invalid float value"),
-    "batch size zero": (["--batch_size", "0"], "--batch_size must be at least 1"),
+    "batch size zero": (["--batch_size", "0"], r"--batch_size must lie in \[1, "),
     "cutmix_prob above 1": (["--cutmix_prob", "1.5"], r"--cutmix_prob must lie in \[0, 1\]"),
     "cutmix_prob below 0": (["--cutmix_prob", "-0.1"], r"--cutmix_prob must lie in \[0, 1\]"),
     "beta negative": (["--beta", "-1"], "--beta must be >= 0"),
