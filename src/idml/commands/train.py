@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -145,9 +146,11 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     return RunInputs(data, place_model(cfg, rt, spec), resume_path, state)
 
 
-def build_trainer(cfg: TrainConfig, rt: Runtime) -> tuple[Trainer, RunLock | None]:
-    """The trainer of this run, resumed if asked, with its run folder prepared (agreed by all ranks)
-    and locked (by rank 0: the lock is returned, held)."""
+def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | None = None) -> Trainer:
+    """The trainer of this run, resumed if asked, with its run folder prepared (agreed by all ranks).
+
+    Rank 0 locks the run folder; the lock is held until ``hold`` closes (without ``hold``, as in
+    tests that only build a trainer, it is released at once)."""
     inputs = run_agreed(lambda: load_inputs(cfg, rt), rt)
     agree_on_resume(inputs.resume_path, inputs.resume_state, rt)
     net = wrap_ddp(maybe_compile(inputs.model, cfg.compile), rt)
@@ -159,7 +162,11 @@ def build_trainer(cfg: TrainConfig, rt: Runtime) -> tuple[Trainer, RunLock | Non
         for note in notes:
             trainer.print(f"=> note: {note}")
     lock = run_agreed(lambda: prepare_run_dir(cfg, inputs.resume_path, trainer.print) if rt.is_main else None, rt)
-    return trainer, lock
+    if lock is not None and hold is not None:
+        hold.callback(lock.release)
+    elif lock is not None:
+        lock.release()
+    return trainer
 
 
 def report_files(trainer: Trainer, cfg: TrainConfig) -> None:
@@ -179,14 +186,11 @@ def run_train(cfg: TrainConfig) -> tuple[float, float]:
     preflight(cfg)
     rt = build_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.deterministic)
     init_distributed(rt, cfg.dist_timeout)
-    lock = None
     try:
-        with peer_failures_reported(rt, cfg.dist_timeout):
-            trainer, lock = build_trainer(cfg, rt)
+        with contextlib.ExitStack() as hold, peer_failures_reported(rt, cfg.dist_timeout):
+            trainer = build_trainer(cfg, rt, hold)
             return train(trainer, cfg, rt)
     finally:
-        if lock is not None:
-            lock.release()
         shutdown_distributed()
 
 
