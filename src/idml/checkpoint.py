@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from idml.data.catalog import DATASETS
+from idml.data.catalog import dataset_problem
 from idml.errors import IdmlError, one_line
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -162,6 +162,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     "truncated or corrupt", "refusing to load ... tampered", "is not an idml checkpoint (field X
     must be Y)". See the module docstring for what is checked.
     """
+    state, size = safe_load(path, map_location)
+    validate_checkpoint(state, path, size)
+    return state
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, int]:
+    """Steps 1 to 3 of :func:`load_checkpoint` (readable, intact, nothing but tensors and plain
+    containers) for any file ``torch.save`` wrote, e.g. a state_dict for ``--init_from``; returns
+    what it holds and the file's size."""
     path = Path(path)
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below; one handle for the checks and the load
@@ -178,9 +187,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             fh.seek(0)
         except OSError as exc:  # the disk failed while reading, e.g. EIO
             raise IdmlError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
-        state = _torch_load(fh, path, map_location)
-    validate_checkpoint(state, path, size)
-    return state
+        return _torch_load(fh, path, map_location), size
 
 
 # -- the fields of a checkpoint ---------------------------------------------------------------------
@@ -258,7 +265,8 @@ Field = tuple[str, Callable[[Any], bool]]
 
 MODEL_FIELDS: dict[str, Field] = {
     "net_type": ("a network name", lambda v: _is_text(v, 200) and bool(v)),
-    "dataset": (f"one of {', '.join(DATASETS)}", lambda v: isinstance(v, str) and v.lower() in DATASETS),
+    "dataset": ("a dataset name (cifar10, cifar100, imagenet, digits, folder or hf:<path>)",
+                lambda v: _is_text(v) and dataset_problem(v) is None),
     "depth": ("an integer >= 1", lambda v: _is_int(v, 1)),
     "alpha": ("a finite number", _is_real),
     "bottleneck": ("true or false", lambda v: isinstance(v, bool)),
@@ -266,6 +274,7 @@ MODEL_FIELDS: dict[str, Field] = {
     "ism": ("true or false", lambda v: isinstance(v, bool)),
     "uncertainty_dim": ("an integer >= 1 or None", lambda v: v is None or _is_int(v, 1)),
     "ism_lambda": ("a finite number > 0", lambda v: _is_real(v, above=0)),
+    "input_size": ("an image size in pixels (1 to 4096) or None", lambda v: v is None or _is_int(v, 1, 4096)),
 }
 
 FIELDS: dict[str, Field] = {
@@ -282,6 +291,13 @@ FIELDS: dict[str, Field] = {
     "input_size": ("an image size in pixels (1 to 4096)", lambda v: _is_int(v, 1, 4096)),
     "step": ("an integer >= 0", lambda v: _is_int(v, 0)),
     "global_batch": ("an integer >= 1", lambda v: _is_int(v, 1)),
+    "best_weights": ("'model' or 'ema'", lambda v: v in ("model", "ema")),
+}
+
+#: The moving average of a --model_ema run (training.ema.ModelEMA.state_dict()).
+EMA_FIELDS: dict[str, Field] = {
+    "decay": ("a number in [0, 1)", lambda v: _is_real(v, 0) and v < 1),
+    "updates": ("an integer >= 0", lambda v: _is_int(v, 0)),
 }
 
 #: GradScaler.state_dict() of an enabled scaler; a disabled one writes {}.
@@ -354,6 +370,15 @@ def _check_optimizer(value: Any) -> None:
                 raise _Invalid(f"optimizer.state[{index}].{key}", "a tensor or a number", item)
 
 
+def _check_ema(value: Any, weights: dict[str, torch.Tensor]) -> None:
+    _check_dict("ema", value, "the moving average of the weights (state_dict, decay, updates)")
+    averaged = _check_dict("ema.state_dict", value.get("state_dict"), "a dict of weight names to tensors")
+    for name, tensor in averaged.items():
+        if not _is_dense(tensor) or name not in weights or tensor.shape != weights[name].shape:
+            raise _Invalid(f"ema.state_dict[{name!r}]", "a dense tensor shaped like the weight of that name", tensor)
+    _check_fields("ema.", value, EMA_FIELDS)
+
+
 def _check_scaler(value: Any) -> None:
     _check_dict("scaler", value, "a GradScaler state_dict")
     if value:  # an enabled scaler's state holds all of these; load_state_dict reads each one
@@ -400,6 +425,9 @@ def _check_rank(r: int, rank: Any) -> None:
     if meter is not None and not (_is_dense(meter) and meter.dtype.is_floating_point and meter.shape == (4,)
                                   and bool(torch.isfinite(meter).all())):
         raise _Invalid(f"{where}.train_meter", "4 finite sums or None", meter)
+    grads = rank.get("accum_grads")  # a checkpoint written inside a --grad_accum_steps group
+    if grads is not None and not (isinstance(grads, list) and all(g is None or _is_dense(g) for g in grads)):
+        raise _Invalid(f"{where}.accum_grads", "a list of gradients (tensors or None) or None", grads)
 
 
 def _check_ranks(value: Any) -> None:
@@ -482,6 +510,8 @@ def _validate(state: Any, file_size: int | None) -> None:
     for name, check in (("optimizer", _check_optimizer), ("scaler", _check_scaler), ("ranks", _check_ranks)):
         if name in state:
             check(state[name])
+    if state.get("ema") is not None:
+        _check_ema(state["ema"], state["state_dict"])
     _check_sizes(state, file_size)
 
 

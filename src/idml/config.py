@@ -20,7 +20,13 @@ from typing import Any
 
 import yaml
 
-from idml.data.catalog import DATASETS, DEFAULT_UNCERTAINTY_DIM
+from idml.data.catalog import (
+    DEFAULT_UNCERTAINTY_DIM,
+    canonical_name,
+    dataset_info,
+    dataset_problem,
+    user_dataset,
+)
 from idml.errors import ConfigError, one_line
 from idml.mixing import MixConfig
 from idml.models import ModelSpec, net_type_problem
@@ -37,6 +43,7 @@ MAX_WORKERS = 256
 MAX_BATCH = 2**16
 MAX_UNCERTAINTY_DIM = 2**16
 MAX_DIST_TIMEOUT = 7 * 24 * 3600
+SCHED_CHOICES = ("step", "cosine")
 EXPNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
 IDML = "flags idml adds"
@@ -63,7 +70,9 @@ class TrainConfig:
     # --- the official flags, with the official defaults ---
     net_type: str = setting("pyramidnet", "--net_type", group=OFFICIAL,
                             help="backbone: resnet or pyramidnet (idml adds torchvision:<name> and timm:<name>)")
-    dataset: str = setting("imagenet", "--dataset", group=OFFICIAL, help="cifar10, cifar100, imagenet or digits")
+    dataset: str = setting("imagenet", "--dataset", group=OFFICIAL,
+                           help="cifar10, cifar100, imagenet or digits (idml adds folder and hf:<path>: your own "
+                           "images)")
     batch_size: int = setting(128, "-b", "--batch_size", group=OFFICIAL,
                               help="mini-batch size (per process under DDP)")
     lr: float = setting(0.1, "--lr", "--learning-rate", group=OFFICIAL, help="initial learning rate")
@@ -85,7 +94,8 @@ class TrainConfig:
                                   "official default was 4)")
     epochs: int = setting(90, "--epochs", group=OFFICIAL, help="number of epochs")
     # --- idml's flags ---
-    data_dir: str = setting("data", "--data_dir", help="folder holding the datasets in the official layout")
+    data_dir: str = setting("data", "--data_dir", help="folder holding the datasets in the official layout "
+                            "(--dataset folder: the folder holding train/<class>/ and val/<class>/)")
     output_dir: str = setting("runs", "--output_dir", help="runs are written to <output_dir>/<expname>/")
     seed: int = setting(0, "--seed", help="seed of initialisation, data order and augmentation")
     device: str = setting("auto", "--device", choices=DEVICE_CHOICES,
@@ -132,6 +142,48 @@ class TrainConfig:
     dist_timeout: float = setting(600.0, "--dist_timeout", metavar="SECONDS",
                                   help="under torchrun: how long a process waits for a silent peer before the run "
                                   "stops with one line (covers rank 0 writing a checkpoint while the others wait)")
+    # --- your own images (--dataset folder, hf:<path>); see docs/own-data.md ---
+    input_size: int | None = setting(None, "--input_size", metavar="N", shown_default="32",
+                                     help="folder and hf:<path> datasets: images are N x N; N <= 64 gives the "
+                                     "CIFAR-style network and padded-crop augmentation, larger N the ImageNet stem "
+                                     "and RandomResizedCrop")
+    mean: list[float] | None = setting(None, "--mean", metavar=("R", "G", "B"), shown_default="computed",  # noqa: RUF009
+                                       help="folder and hf:<path> datasets: per-channel mean in [0, 1] units "
+                                       "(default: computed on the training images)")
+    std: list[float] | None = setting(None, "--std", metavar=("R", "G", "B"), shown_default="computed",  # noqa: RUF009
+                                      help="folder and hf:<path> datasets: per-channel standard deviation in [0, 1] "
+                                      "units (default: computed on the training images)")
+    image_key: str = setting("image", "--image_key", help="hf:<path> datasets: the column holding the images")
+    label_key: str = setting("label", "--label_key",
+                             help="hf:<path> datasets: the column holding the labels (a ClassLabel names the classes)")
+    data_memory_mb: float = setting(2048.0, "--data_memory_mb", metavar="MIB",
+                                    help="folder and hf:<path> datasets: decode all images once into uint8 tensors "
+                                    "on the training device when they take at most this many MiB, else stream "
+                                    "them through -j DataLoader workers (0 = always stream)")
+    # --- the modern recipe, all off by default; see docs/recipe.md ---
+    model_ema: float = setting(0.0, "--model_ema", metavar="DECAY",
+                               help="keep an exponential moving average of the weights, ema = DECAY * ema + "
+                               "(1 - DECAY) * weights after every optimiser step, evaluated each epoch beside them "
+                               "(0 = off)")
+    sched: str = setting("step", "--sched", choices=SCHED_CHOICES,
+                         help="learning-rate schedule: step = the official per-epoch steps, cosine = half a cosine "
+                         "from --lr to 0 over the run, updated every step")
+    warmup_epochs: float = setting(0.0, "--warmup_epochs", metavar="E",
+                                   help="raise the learning rate linearly over the first E epochs (counted in "
+                                   "steps) before --sched takes over")
+    grad_accum_steps: int = setting(1, "--grad_accum_steps", metavar="N",
+                                    help="one optimiser step per N batches, on their mean gradient (BatchNorm "
+                                    "still sees --batch_size images at a time)")
+    label_smoothing: float = setting(0.0, "--label_smoothing", metavar="EPS",
+                                     help="label smoothing of the training loss on the introspective logits, for "
+                                     "both label sets of a CutMix/Mixup batch")
+    clip_grad_norm: float = setting(0.0, "--clip_grad_norm", metavar="MAX",
+                                    help="scale the gradients down to a global L2 norm of at most MAX before each "
+                                    "optimiser step (0 = off)")
+    init_from: str | None = setting(None, "--init_from", metavar="PATH", shown_default="none",
+                                    help="start from the weights in PATH: an idml checkpoint or a state_dict file "
+                                    "(torchvision/timm weights saved with torch.save); a classifier for other "
+                                    "classes is left fresh")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -142,6 +194,9 @@ class TrainConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             kinds = _allowed_types(f.name)
+            if isinstance(value, list | tuple) and list in kinds:  # numbers from YAML or the command line
+                value = [float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value]
+                setattr(self, f.name, value)
             if isinstance(value, int) and not isinstance(value, bool) and float in kinds:
                 setattr(self, f.name, float(value))
             elif not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
@@ -153,8 +208,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse impossible values with a message that names the flag and the fix."""
         checks = [
-            (self.dataset.lower() in DATASETS,
-             f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}"),
+            (dataset_problem(self.dataset) is None, dataset_problem(self.dataset) or ""),
             net_type_problem(self.net_type),
             (1 <= self.batch_size <= MAX_BATCH, f"--batch_size must lie in [1, {MAX_BATCH}] (got {self.batch_size})"),
             (self.lr > 0, f"--lr must be positive (got {self.lr})"),
@@ -176,7 +230,7 @@ class TrainConfig:
              f"--dist_timeout must lie in (0, {MAX_DIST_TIMEOUT}] seconds (got {self.dist_timeout})"),
             (self.epochs >= 0, f"--epochs must be >= 0 (got {self.epochs})"),
             (0 <= self.label_noise < 1, f"--label_noise must lie in [0, 1) (got {self.label_noise})"),
-            (self.label_noise == 0 or self.dataset.lower() != "imagenet",
+            (self.label_noise == 0 or self.dataset.lower() in ("cifar10", "cifar100", "digits"),
              "--label_noise works on the in-memory datasets (cifar10, cifar100, digits), not imagenet"),
             (self.ism_lambda > 0, f"--ism_lambda must be positive (got {self.ism_lambda})"),
             (self.uncertainty_dim is None or 1 <= self.uncertainty_dim <= MAX_UNCERTAINTY_DIM,
@@ -190,15 +244,42 @@ class TrainConfig:
              f"--expname {self.expname!r} must be a plain folder name (letters, digits, . _ + = -), "
              "so that the run stays inside --output_dir"),
         ]
-        for ok, message in checks:
+        for ok, message in checks + self._recipe_checks():
             if not ok:
                 raise ConfigError(message)
 
+    def _recipe_checks(self) -> list[tuple[bool, str]]:
+        """The checks of the own-data and modern-recipe settings."""
+        user = user_dataset(self.dataset) is not None
+        own = "applies to --dataset folder and hf:<path> only"
+        return [
+            (self.input_size is None or user, f"--input_size {own} ({self.dataset} has fixed inputs)"),
+            (self.input_size is None or 8 <= self.input_size <= 4096,
+             f"--input_size must lie in [8, 4096] pixels (got {self.input_size})"),
+            *((value is None or user, f"--{name} {own} ({self.dataset} uses the official statistics)")
+              for name, value in (("mean", self.mean), ("std", self.std))),
+            *((value is None or (len(value) == 3 and all(isinstance(v, float) and math.isfinite(v) for v in value)),
+               f"--{name} needs 3 numbers, one per RGB channel (got {value})")
+              for name, value in (("mean", self.mean), ("std", self.std))),
+            (self.std is None or all(v > 0 for v in self.std), f"--std must be positive (got {self.std})"),
+            (self.data_memory_mb >= 0, f"--data_memory_mb must be >= 0 (got {self.data_memory_mb})"),
+            (bool(self.image_key) and bool(self.label_key), "--image_key and --label_key must name columns"),
+            (0 <= self.model_ema < 1, f"--model_ema must lie in [0, 1) (got {self.model_ema}; 0 = off)"),
+            (self.sched in SCHED_CHOICES, f"--sched must be one of {', '.join(SCHED_CHOICES)}"),
+            (0 <= self.warmup_epochs <= max(self.epochs, 0),
+             f"--warmup_epochs must lie in [0, --epochs] (got {self.warmup_epochs})"),
+            (self.grad_accum_steps >= 1, f"--grad_accum_steps must be at least 1 (got {self.grad_accum_steps})"),
+            (0 <= self.label_smoothing < 1, f"--label_smoothing must lie in [0, 1) (got {self.label_smoothing})"),
+            (self.clip_grad_norm >= 0, f"--clip_grad_norm must be >= 0 (got {self.clip_grad_norm}; 0 = off)"),
+            (self.init_from is None or self.init_from.strip() != "", "--init_from needs the path of a weights file"),
+        ]
+
     @property
     def model_spec(self) -> ModelSpec:
+        size = dataset_info(self.dataset, self.input_size).input_size if user_dataset(self.dataset) else None
         return ModelSpec(
-            self.net_type.lower(), self.dataset.lower(), self.depth, self.alpha, self.bottleneck,
-            None, self.ism, self.uncertainty_dim, self.ism_lambda,
+            self.net_type.lower(), canonical_name(self.dataset), self.depth, self.alpha, self.bottleneck,
+            None, self.ism, self.uncertainty_dim, self.ism_lambda, size,
         )
 
     @property
@@ -270,7 +351,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
             kwargs |= {"action": argparse.BooleanOptionalAction, "default": None}
         else:
             kinds = [k for k in _allowed_types(f.name) if k is not type(None)]
-            kwargs |= {"type": kinds[0], "metavar": meta["metavar"], "choices": meta["choices"]}
+            if kinds[0] is list:  # a fixed number of numbers: --mean R G B
+                kwargs |= {"type": float, "nargs": len(meta["metavar"]), "metavar": meta["metavar"]}
+            else:
+                kwargs |= {"type": kinds[0], "metavar": meta["metavar"], "choices": meta["choices"]}
         group.add_argument(*meta["flags"], **kwargs)
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of settings (field names as in config.yaml); flags given on the command "
@@ -297,7 +381,7 @@ def flag_table() -> str:
 def _allowed_types(name: str) -> tuple[type, ...]:
     """The types a setting accepts, from its annotation (``int | None`` -> (int, NoneType))."""
     hint = typing.get_type_hints(TrainConfig)[name]
-    return typing.get_args(hint) or (hint,)
+    return tuple(typing.get_origin(k) or k for k in typing.get_args(hint) or (hint,))
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -308,6 +392,11 @@ def preflight(cfg: TrainConfig) -> None:
 
     if cfg.tensorboard and not tensorboard_available():
         raise ConfigError(MISSING_TENSORBOARD)
+    if cfg.dataset.lower().startswith("hf:"):
+        from idml.data.hf import MISSING, hf_available
+
+        if not hf_available():
+            raise ConfigError(MISSING)
     if ":" in cfg.net_type:
         problem = name_problem(cfg.net_type)
         if problem:

@@ -1,7 +1,8 @@
 """A trained model rebuilt from its checkpoint, with what inference needs to know about its data.
 
 ``idml eval`` and ``idml predict`` both start here: the checkpoint's ``model`` settings rebuild
-the network, ``state_dict`` fills it, and ``class_names``, ``mean``, ``std`` and ``input_size``
+the network, ``state_dict`` fills it (or, with ``ema``, the moving average of a ``--model_ema``
+run), and ``class_names``, ``mean``, ``std`` and ``input_size``
 say how to read images and name the predictions. The network runs with the device settings its
 training used (autocast dtype, memory format, cuDNN autotuning; see :mod:`idml.training.runtime`),
 unless ``--amp`` says otherwise.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,10 @@ class TrainedModel:
     input_size: int
     device: torch.device
     runtime: Runtime | None = None  # autocast and memory format (None: float32, NCHW)
+    #: the settings of the run that wrote the checkpoint (its --data_dir, --image_key, ...)
+    config: dict = field(default_factory=dict)
+    #: which weights scored the checkpoint's best error: "model" or "ema"
+    best_weights: str = "model"
 
     @property
     def has_ism(self) -> bool:
@@ -120,9 +125,20 @@ def inference_runtime(device: torch.device, amp: str | None, settings: dict) -> 
                          settings.get("deterministic") is True)
 
 
-def load_trained_model(path: str | Path, device: torch.device, amp: str | None = None) -> TrainedModel:
+def _weights(state: dict, path: Path, ema: bool) -> dict[str, Tensor]:
+    if not ema:
+        return state["state_dict"]
+    averaged = state.get("ema")
+    if not isinstance(averaged, dict) or "state_dict" not in averaged:
+        raise IdmlError(f"{path} holds no EMA of the weights (it was trained without --model_ema); drop --ema")
+    return averaged["state_dict"]
+
+
+def load_trained_model(path: str | Path, device: torch.device, amp: str | None = None,
+                       ema: bool = False) -> TrainedModel:
     """Rebuild and load the network saved in ``path`` (an ``idml train`` checkpoint), to run with the
-    device settings its training used (``amp`` overrides the precision).
+    device settings its training used (``amp`` overrides the precision); ``ema``: its moving
+    average of the weights (``--model_ema``) instead of the weights themselves.
 
     :func:`load_checkpoint` has checked every field's type; what remains is consistency between
     fields (settings vs weights, input size vs dataset), checked here before the network is
@@ -132,18 +148,19 @@ def load_trained_model(path: str | Path, device: torch.device, amp: str | None =
     state = load_checkpoint(path)
     require_fields(state, path, INFERENCE_FIELDS)
     spec = _spec_from_checkpoint(state, path)
-    info = dataset_info(spec.dataset)
+    info = dataset_info(spec.dataset, spec.input_size)
     if state["input_size"] != info.input_size:
         raise IdmlError(f"{path}: input_size {state['input_size']} does not match {spec.dataset}'s "
                         f"{info.input_size}-pixel images")
+    weights = _weights(state, path, ema)
     expected = _expected_weights(spec, path)
     if expected is not None:
-        _check_weights_fit(expected, state["state_dict"], path)
+        _check_weights_fit(expected, weights, path)
     model = build_from_spec(spec)
     if expected is None:
-        _check_weights_fit(model.state_dict(), state["state_dict"], path)
+        _check_weights_fit(model.state_dict(), weights, path)
     try:
-        model.load_state_dict(state["state_dict"])
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise IdmlError(f"{path}: weights do not fit the saved model settings ({one_line(exc)[:200]})") from exc
     config = state.get("config")
@@ -155,7 +172,7 @@ def load_trained_model(path: str | Path, device: torch.device, amp: str | None =
     names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
     return TrainedModel(
         model, spec.dataset, names, tuple(state["mean"]), tuple(state["std"]), state["input_size"],
-        runtime.device, runtime,
+        runtime.device, runtime, config if isinstance(config, dict) else {}, str(state.get("best_weights", "model")),
     )
 
 

@@ -96,10 +96,15 @@ def mix_batch(images: Tensor, targets: Tensor, cfg: MixConfig, rng: np.random.Ge
     return MixedBatch(images, targets, targets, 1.0)
 
 
-def mixed_cross_entropy(logits: Tensor, batch: MixedBatch) -> Tensor:
-    """lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b), in float32."""
+def mixed_cross_entropy(logits: Tensor, batch: MixedBatch, label_smoothing: float = 0.0) -> Tensor:
+    """lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b), in float32.
+
+    With ``label_smoothing`` eps (``--label_smoothing``), both terms use smoothed targets
+    ``(1 - eps) * onehot(y) + eps / C`` (PyTorch's ``cross_entropy(label_smoothing=eps)``).
+    """
     logits = logits.float()
-    loss = F.cross_entropy(logits, batch.targets_a)
+    loss = F.cross_entropy(logits, batch.targets_a, label_smoothing=label_smoothing)
     if batch.lam < 1.0:
-        loss = batch.lam * loss + (1.0 - batch.lam) * F.cross_entropy(logits, batch.targets_b)
+        loss_b = F.cross_entropy(logits, batch.targets_b, label_smoothing=label_smoothing)
+        loss = batch.lam * loss + (1.0 - batch.lam) * loss_b
     return loss

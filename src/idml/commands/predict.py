@@ -51,6 +51,8 @@ def parse_args(argv: list[str]):
                    help="auto = CUDA when available, else Apple's MPS, else CPU")
     p.add_argument("--amp", choices=AMP_CHOICES, default=None,
                    help="mixed precision (default: the checkpoint's training setting, as in its validation)")
+    p.add_argument("--ema", action="store_true",
+                   help="use the moving average of the weights of a --model_ema run instead of the weights")
     args = p.parse_args(argv)
     if args.topk < 1 or args.batch_size < 1:
         raise ConfigError("--topk and --batch_size must be at least 1")
@@ -115,7 +117,7 @@ FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     files = image_files(args.images)
-    trained = load_trained_model(args.checkpoint, resolve_device(args.device), amp=args.amp)
+    trained = load_trained_model(args.checkpoint, resolve_device(args.device), amp=args.amp, ema=args.ema)
     images = load_images(files, trained)
     topk = min(args.topk, len(trained.class_names))
     preds = [

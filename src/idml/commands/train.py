@@ -26,6 +26,7 @@ from idml.training.distributed import (
     shutdown_distributed,
     wrap_ddp,
 )
+from idml.training.init_from import apply_init_from
 from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path
 from idml.training.run_folder import RunLock, belongs_to
 from idml.training.run_log import METRICS_NAME
@@ -100,7 +101,8 @@ def check_model_settings(cfg: TrainConfig, rt: Runtime) -> None:
     (a huge --alpha or --uncertainty_dim), instead of failing to allocate later."""
     try:
         with torch.device("meta"):
-            model = build_from_spec(cfg.model_spec)
+            spec = cfg.model_spec
+            model = build_from_spec(replace(spec, num_classes=spec.num_classes or 2))  # user data: classes unread
     except (RuntimeError, ValueError, OverflowError, MemoryError) as exc:
         raise ConfigError(f"these model settings give an impossible network ({one_line(exc)[:200]}); "
                           "lower --depth, --alpha or --uncertainty_dim") from exc
@@ -130,6 +132,8 @@ class RunInputs:
     model: nn.Module
     resume_path: Path | None
     resume_state: dict | None
+    #: what --init_from loaded (a line to print), or ""
+    init_note: str = ""
 
 
 def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
@@ -139,11 +143,24 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     resume_path = resolve_resume_path(cfg)
     torch.manual_seed(cfg.seed)
     req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,
-                      cfg.skip_bad_images, cfg.label_noise)
+                      cfg.skip_bad_images, cfg.label_noise, **user_data_fields(cfg))
     data = build_data(req, rt.device)
     spec = replace(cfg.model_spec, num_classes=data.num_classes)
     state = load_resume_state(resume_path, spec.to_dict()) if resume_path else None
-    return RunInputs(data, place_model(cfg, rt, spec), resume_path, state)
+    model = place_model(cfg, rt, spec)
+    init_note = ""
+    if cfg.init_from and state is None:
+        init_note = apply_init_from(model, cfg.init_from)
+    elif cfg.init_from:
+        init_note = f"=> --init_from {cfg.init_from} not applied: the run resumes from its checkpoint"
+    return RunInputs(data, model, resume_path, state, init_note)
+
+
+def user_data_fields(cfg: TrainConfig) -> dict:
+    """The settings of --dataset folder and hf:<path> that the data request carries."""
+    return {"input_size": cfg.input_size, "mean": None if cfg.mean is None else tuple(cfg.mean),
+            "std": None if cfg.std is None else tuple(cfg.std), "image_key": cfg.image_key,
+            "label_key": cfg.label_key, "memory_mb": cfg.data_memory_mb}
 
 
 def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | None = None) -> Trainer:
@@ -155,6 +172,9 @@ def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | No
     agree_on_resume(inputs.resume_path, inputs.resume_state, rt)
     net = wrap_ddp(maybe_compile(inputs.model, cfg.compile), rt)
     trainer = Trainer(cfg, inputs.model, inputs.data, rt, net=net)
+    for line in (inputs.data.note and f"=> data: {inputs.data.note}", inputs.init_note):
+        if line:
+            trainer.print(line)
     if inputs.resume_state is not None and inputs.resume_path is not None:
         path, state = inputs.resume_path, inputs.resume_state
         notes = run_agreed(lambda: trainer.load_state(state, path), rt)

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from idml.data.augment import ColorLighting, Normalize, TrainAugment
-from idml.data.catalog import dataset_info
+from idml.data.catalog import dataset_kind
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
 from idml.data.imagenet import (
@@ -49,6 +49,8 @@ class DataBundle:
     input_size: int
     train_transform: TrainTransform
     eval_transform: EvalTransform
+    #: how the data is held and augmented, for the run's console (user datasets)
+    note: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -68,6 +70,15 @@ class DataRequest:
     world_size: int = 1
     skip_bad_images: bool = False
     label_noise: float = 0.0
+    # user datasets (folder, hf:<path>; see data/folder.py)
+    input_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    image_key: str = "image"
+    label_key: str = "label"
+    memory_mb: float = 2048.0
+    #: False: only the validation split is needed (evaluation), with the given mean and std
+    need_train: bool = True
 
 
 IN_MEMORY = {
@@ -126,9 +137,12 @@ class EpochDataLoader(DataLoader):
             self.sampler.set_epoch(epoch, start_step)
 
 
-def _imagenet(req: DataRequest, device: torch.device) -> DataBundle:
-    data = load_imagenet(req.data_dir)
-    train_set, val_set = (SeededImages(data[split], req.seed, req.skip_bad_images) for split in ("train", "val"))
+def stream_loaders(train_set: SeededImages, val_set: SeededImages, req: DataRequest, device: torch.device,
+                   drop_single: bool = False) -> tuple[EpochDataLoader, EpochDataLoader]:
+    """DataLoaders over datasets decoded in worker processes (resumable, sharded over ranks).
+
+    ``drop_single``: leave out a last training batch of one image (BatchNorm cannot train on it).
+    """
     workers = default_workers() if req.workers is None else req.workers
     common = {
         "batch_size": req.batch_size,
@@ -140,9 +154,18 @@ def _imagenet(req: DataRequest, device: torch.device) -> DataBundle:
     shuffled = DistributedSampler(
         train_set, num_replicas=req.world_size, rank=req.rank, shuffle=True, seed=req.seed, drop_last=True
     )
-    train = EpochDataLoader(train_set, sampler=ResumableSampler(shuffled, req.batch_size), drop_last=False, **common)
+    drop_last = drop_single and len(shuffled) % req.batch_size == 1
+    train = EpochDataLoader(train_set, sampler=ResumableSampler(shuffled, req.batch_size), drop_last=drop_last,
+                            **common)
     val_sampler = ShardSampler(len(val_set), req.rank, req.world_size)
     val = EpochDataLoader(val_set, sampler=val_sampler, **common)
+    return train, val
+
+
+def _imagenet(req: DataRequest, device: torch.device) -> DataBundle:
+    data = load_imagenet(req.data_dir)
+    train_set, val_set = (SeededImages(data[split], req.seed, req.skip_bad_images) for split in ("train", "val"))
+    train, val = stream_loaders(train_set, val_set, req, device)
     train_transform, eval_transform = imagenet_transforms(device)
     return DataBundle(
         train, val, data["class_names"], IMAGENET_MEAN, IMAGENET_STD, 224,
@@ -151,9 +174,27 @@ def _imagenet(req: DataRequest, device: torch.device) -> DataBundle:
     )
 
 
+def _folder(req: DataRequest, device: torch.device) -> DataBundle:
+    from idml.data.folder import build_folder
+
+    return build_folder(req, device)
+
+
+def _hf(req: DataRequest, device: torch.device) -> DataBundle:
+    from idml.data.hf import build_hf
+
+    return build_hf(req, device)
+
+
+#: what builds each kind of dataset (data.catalog.dataset_kind)
+BUILDERS: dict[str, Callable[[DataRequest, torch.device], DataBundle]] = {
+    **{name: lambda req, device: _in_memory(replace(req, dataset=req.dataset.lower()), device) for name in IN_MEMORY},
+    "imagenet": _imagenet,
+    "folder": _folder,
+    "hf": _hf,
+}
+
+
 def build_data(req: DataRequest, device: torch.device) -> DataBundle:
     """Load ``req.dataset`` and build its loaders for ``device``."""
-    name = dataset_info(req.dataset).name
-    if name == "imagenet":
-        return _imagenet(req, device)
-    return _in_memory(replace(req, dataset=name), device)
+    return BUILDERS[dataset_kind(req.dataset)](req, device)

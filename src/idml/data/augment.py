@@ -139,3 +139,60 @@ class ColorLighting:
             x = self.jitter_step(x, op.view(b, 1, 1, 1), factor.view(b, 1, 1, 1))
         x = x + (alphas @ self.lighting_basis).view(b, 3, 1, 1)
         return (x - self.mean) / self.std
+
+
+class RandomResizedCropFlip:
+    """torchvision's ``RandomResizedCrop(size)`` + ``RandomHorizontalFlip()`` for a whole batch.
+
+    The crop boxes follow ``RandomResizedCrop.get_params`` (area share uniform in ``scale``, log
+    aspect ratio uniform in ``log(ratio)``, up to 10 tries, else the whole image), drawn from the
+    caller's NumPy generator; one :func:`torchvision.ops.roi_align` call then resamples every box
+    bilinearly to ``size`` x ``size``, averaging ceil(box / size) points per output pixel a side
+    (so that shrinking a large box does not alias). Returns float images in [0, 255].
+    """
+
+    ATTEMPTS = 10
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+        self.size, self.scale, self.ratio = size, scale, ratio
+
+    def boxes(self, b: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        """b x 4 boxes (x1, y1, x2, y2) in pixel edges."""
+        area = height * width
+        target = area * rng.uniform(*self.scale, size=(b, self.ATTEMPTS))
+        aspect = np.exp(rng.uniform(np.log(self.ratio[0]), np.log(self.ratio[1]), size=(b, self.ATTEMPTS)))
+        w = np.round(np.sqrt(target * aspect))
+        h = np.round(np.sqrt(target / aspect))
+        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        pick = fits.argmax(axis=1)
+        rows = np.arange(b)
+        w, h, ok = w[rows, pick], h[rows, pick], fits[rows, pick]
+        w, h = np.where(ok, w, width), np.where(ok, h, height)
+        top = np.floor(rng.random(b) * (height - h + 1))
+        left = np.floor(rng.random(b) * (width - w + 1))
+        return np.stack([left, top, left + w, top + h], axis=1)
+
+    def __call__(self, images: Tensor, rng: np.random.Generator) -> Tensor:
+        from torchvision.ops import roi_align
+
+        b, _, h, w = images.shape
+        device = images.device
+        boxes = np.concatenate([np.arange(b)[:, None], self.boxes(b, h, w, rng)], axis=1)
+        flip = rng.random(b) < 0.5
+        draws = draws_to_device(np.concatenate([boxes, flip[:, None]], axis=1), device)
+        out = roi_align(images.float(), draws[:, :5].float(), self.size, spatial_scale=1.0, sampling_ratio=-1,
+                        aligned=True)
+        return torch.where(draws[:, 5].bool().view(b, 1, 1, 1), out.flip(-1), out)
+
+
+class ResizedTrainAugment:
+    """The training transform of large in-memory images (user datasets with inputs over 64
+    pixels): RandomResizedCrop to ``size``, horizontal flip, then normalisation."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
+        self.crop_flip = RandomResizedCropFlip(size)
+        self.normalize = Normalize(mean, std, device)
+
+    def __call__(self, images: Tensor, rng: np.random.Generator) -> Tensor:
+        return self.normalize(self.crop_flip(images, rng))

@@ -3,6 +3,8 @@
 - 32x32 datasets (CIFAR-10/100): the image is converted to RGB and resized to 32x32 (bilinear,
   antialiased).
 - ImageNet: RGB, Resize(256) then CenterCrop(224) (scaled for another ``input_size``).
+- your own images (``folder``, ``hf:<path>``): as CIFAR for inputs of at most 64 pixels a side,
+  as ImageNet above that (see :mod:`idml.data.folder`).
 - digits: the quick-start images are scikit-learn's 8x8 digits, light ink on a dark background
   (values = amount of ink), upsampled to 32x32 and repeated over three channels. A digit file is
   converted to grayscale, inverted when its border is light (dark ink on white paper), reduced to
@@ -96,6 +98,6 @@ PREPARERS: dict[str, Callable[[int], Preparer]] = {
 
 def image_preparer(dataset: str, input_size: int) -> Preparer:
     """How to turn a decoded image into the uint8 input of a model trained on ``dataset``."""
-    info = dataset_info(dataset)
+    info = dataset_info(dataset, input_size)
     make = PREPARERS.get(info.name) or PREPARERS[info.family]
     return make(input_size)

@@ -28,6 +28,8 @@ class ModelSpec:
     ism: bool = True
     uncertainty_dim: int | None = None
     ism_lambda: float = 5.0
+    #: square input size of a user dataset (folder, hf:<path>); None for the catalog datasets
+    input_size: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +64,7 @@ def net_type_problem(net_type: str) -> tuple[bool, str]:
 
 
 def build_backbone(spec: ModelSpec) -> nn.Module:
-    info = dataset_info(spec.dataset)
+    info = dataset_info(spec.dataset, spec.input_size)
     if ":" in spec.net_type:
         return external_backbone(spec.net_type, info.input_size)
     family = info.family
@@ -73,9 +75,11 @@ def build_backbone(spec: ModelSpec) -> nn.Module:
 
 
 def build_from_spec(spec: ModelSpec) -> IntrospectiveClassifier:
-    info = dataset_info(spec.dataset)
+    info = dataset_info(spec.dataset, spec.input_size)
     backbone = build_backbone(spec)
     num_classes = spec.num_classes or info.num_classes
+    if num_classes < 1:
+        raise ConfigError(f"the number of classes of {spec.dataset} comes from its data; pass num_classes")
     k = (spec.uncertainty_dim or DEFAULT_UNCERTAINTY_DIM[info.family]) if spec.ism else None
     head = ISMHead(backbone.num_features, num_classes, k, lam=spec.ism_lambda)
     return IntrospectiveClassifier(backbone, head)

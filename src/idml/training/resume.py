@@ -48,6 +48,8 @@ class ResumePoint:
     epoch: int = 0
     step: int = 0
     train_sums: Tensor | None = None
+    #: gradients accumulated so far in an unfinished group of --grad_accum_steps batches
+    accum_grads: list[Tensor | None] | None = None
 
 
 def resolve_resume_path(cfg: TrainConfig) -> Path | None:
@@ -95,14 +97,15 @@ MODEL, DATA_ORDER, RECIPE, RUNTIME = "model", "data-order", "recipe", "runtime"
 #: The class of every setting (see the module docstring); tests check that none is missing.
 RESUME_RULES: dict[str, str] = {
     **dict.fromkeys(["net_type", "dataset", "depth", "alpha", "bottleneck", "ism", "uncertainty_dim",
-                     "ism_lambda"], MODEL),
-    **dict.fromkeys(["seed", "label_noise"], DATA_ORDER),
+                     "ism_lambda", "input_size"], MODEL),
+    **dict.fromkeys(["seed", "label_noise", "image_key", "label_key"], DATA_ORDER),
     **dict.fromkeys(["lr", "momentum", "weight_decay", "epochs", "batch_size", "beta", "cutmix_prob",
                      "mixup_alpha", "mixup_prob", "amp", "device", "sync_bn", "data_dir", "skip_bad_images",
-                     "deterministic"],
+                     "deterministic", "mean", "std", "data_memory_mb", "model_ema", "sched", "warmup_epochs",
+                     "grad_accum_steps", "label_smoothing", "clip_grad_norm"],
                     RECIPE),
     **dict.fromkeys(["print_freq", "verbose", "expname", "output_dir", "workers", "resume", "save_every_steps",
-                     "tensorboard", "compile", "channels_last", "dist_timeout"], RUNTIME),
+                     "tensorboard", "compile", "channels_last", "dist_timeout", "init_from"], RUNTIME),
 }
 
 
@@ -159,9 +162,13 @@ def restore_rng(states: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
-def gather_rank_states(rt: Runtime, train_sums: Tensor | None) -> list[dict[str, Any]]:
-    """Every rank's RNG states and training-meter sums (a collective under DDP), by rank."""
+def gather_rank_states(rt: Runtime, train_sums: Tensor | None,
+                       grads: list[Tensor | None] | None = None) -> list[dict[str, Any]]:
+    """Every rank's RNG states, training-meter sums and (inside a gradient-accumulation group) its
+    gradients so far (a collective under DDP), by rank."""
     mine = capture_rng(rt.device) | {"train_meter": None if train_sums is None else train_sums.detach().cpu()}
+    if grads is not None:
+        mine["accum_grads"] = [None if g is None else g.detach().cpu() for g in grads]
     if not rt.distributed:
         return [mine]
     states: list[Any] = [None] * rt.world_size
@@ -170,9 +177,11 @@ def gather_rank_states(rt: Runtime, train_sums: Tensor | None) -> list[dict[str,
 
 
 # -- positions ----------------------------------------------------------------------------------
-def progress_fields(rt: Runtime, batch_size: int, step: int, train_sums: Tensor | None) -> dict[str, Any]:
+def progress_fields(rt: Runtime, batch_size: int, step: int, train_sums: Tensor | None,
+                    grads: list[Tensor | None] | None = None) -> dict[str, Any]:
     """The checkpoint entries that make a resume exact (call on every rank: a collective)."""
-    return {"step": step, "global_batch": batch_size * rt.world_size, "ranks": gather_rank_states(rt, train_sums)}
+    return {"step": step, "global_batch": batch_size * rt.world_size,
+            "ranks": gather_rank_states(rt, train_sums, grads)}
 
 
 def own_rank_state(state: dict[str, Any], rt: Runtime, notes: list[str]) -> dict[str, Any] | None:
@@ -199,8 +208,10 @@ def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, own: dict
         notes.append(f"the global batch changed ({saved_batch} -> {global_batch}): restarting the "
                      f"epoch at step {step} (up to one batch repeated; not bit-identical)")
     notes += setting_changes(state, cfg, path)
-    sums = None if own is None or saved_batch != global_batch else own["train_meter"]
-    return ResumePoint(int(state["epoch"]), step, sums)  # the Meter moves them to its device and dtype
+    same_batch = own is not None and saved_batch == global_batch
+    sums = own["train_meter"] if same_batch else None
+    grads = own.get("accum_grads") if same_batch else None
+    return ResumePoint(int(state["epoch"]), step, sums, grads)  # the Meter moves the sums to its device and dtype
 
 
 # -- agreement across ranks ---------------------------------------------------------------------

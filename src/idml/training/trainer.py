@@ -15,6 +15,7 @@ is written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -33,15 +34,18 @@ from idml.data import DataBundle
 from idml.errors import IdmlError, NonFiniteLossError, RunStopped, one_line
 from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
 from idml.training.distributed import broadcast_buffers, run_agreed
+from idml.training.ema import ModelEMA
 from idml.training.health import weights_problem
 from idml.training.host_reads import DeferredLines
 from idml.training.resume import ResumePoint, own_rank_state, progress_fields, restore_rng, resume_point
 from idml.training.run_log import RunLog
 from idml.training.runtime import Runtime, sum_dtype
-from idml.training.schedule import learning_rate
+from idml.training.schedule import Accumulation, Schedule, accumulation, learning_rate  # noqa: F401 - re-export
 from idml.training.stopping import StopControl, StopRequest
 
 Printer = Callable[[str], None]
+#: A batch that is a whole optimiser step (no gradient accumulation).
+WHOLE_STEP = Accumulation(first=True, last=True, weight=1.0)
 #: Steps between two host reads of the "was any loss non-finite?" flag (besides checkpoints).
 CHECK_EVERY = 50
 
@@ -155,12 +159,16 @@ class Trainer:
             nesterov=cfg.momentum > 0, fused=runtime.fused_optimizer or None,
         )
         self.scaler = runtime.grad_scaler()
+        self.schedule = Schedule(cfg.lr, cfg.dataset.lower(), cfg.epochs, cfg.sched, cfg.warmup_epochs)
+        self.ema = ModelEMA(model, cfg.model_ema) if cfg.model_ema > 0 else None
         self.print = printer if runtime.is_main else (lambda _msg: None)
         self.log = RunLog(cfg.run_dir, self.print, is_main=runtime.is_main, verbose=cfg.verbose,
                           tensorboard=cfg.tensorboard, world_size=runtime.world_size)
         self.stopping = StopControl(runtime)
         self.start = ResumePoint()  # epoch 0, step 0 unless load_state says otherwise
         self.best_err1, self.best_err5 = 100.0, 100.0
+        self.best_weights = "model"  # or "ema": which weights scored best_err1
+        self.grads_pending = False  # inside a group of --grad_accum_steps batches
         self.last_saved = "nothing was saved yet"  # for the messages of a stop or a failure
         self.lines = DeferredLines(runtime.device)  # per-step lines, read back without waiting for the GPU
         self.written: list[Path] = []  # the files this run wrote (to report only those)
@@ -184,21 +192,40 @@ class Trainer:
         images = self._memory_format(self.data.train_transform(images, rng))
         return mix_batch(images, targets, self.cfg.mix, rng)
 
+    def _grad_sync(self, part: Accumulation) -> contextlib.AbstractContextManager:
+        """DDP all-reduces the gradients on the last batch of an accumulation group only."""
+        return self.net.no_sync() if self.rt.distributed and not part.last else contextlib.nullcontext()
+
     def train_step(self, images: Tensor, targets: Tensor, rng: np.random.Generator, meter: Meter,
-                   step: int = 0) -> None:
+                   step: int = 0, part: Accumulation = WHOLE_STEP) -> None:
+        """One batch: forward, loss, backward; the optimiser steps after the last batch of its group."""
         batch = self.prepare_batch(images, targets, rng)
-        with self._autocast():
-            out = self.net(batch.images)
-        loss = mixed_cross_entropy(out.train_logits, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        with self._grad_sync(part):
+            with self._autocast():
+                out = self.net(batch.images)
+            loss = mixed_cross_entropy(out.train_logits, batch, self.cfg.label_smoothing)
+            if part.first:
+                self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss if part.weight == 1.0 else loss * part.weight).backward()
+        if part.last:
+            self.optimizer_step()
+        self.grads_pending = not part.last
         meter.update(loss, out.train_logits, targets, step)
 
+    def optimizer_step(self) -> None:
+        """Clip (``--clip_grad_norm``, on unscaled gradients), step, then update the EMA."""
+        if self.cfg.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update()
+
     # -- epochs -------------------------------------------------------------------------------
-    def set_lr(self, epoch: int) -> float:
-        lr = learning_rate(self.cfg.lr, self.cfg.dataset.lower(), epoch, self.cfg.epochs)
+    def set_lr(self, epoch: int, step: int = 0, steps: int = 1) -> float:
+        """The learning rate of batch ``step`` of ``epoch`` (``steps`` per epoch), set on the optimiser."""
+        lr = self.schedule.at(epoch, step, steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -252,10 +279,10 @@ class Trainer:
     def train_epoch(self, epoch: int) -> EpochResult:
         """Train one epoch. A stop signal checkpoints the position and raises :class:`RunStopped`."""
         cfg = self.cfg
-        lr = self.set_lr(epoch)
         self.net.train()
         first, meter = self._epoch_start(epoch)
         steps = first + len(self.data.train)
+        lr = self.set_lr(epoch, first, steps)
         start = last = time.perf_counter()
         images_seen = 0
         batches = self.log.progress(self.stopping.batches(self.data.train), f"Epoch {epoch}/{cfg.epochs}",
@@ -268,7 +295,10 @@ class Trainer:
                 raise self._stopped(item.signum)
             data_time = time.perf_counter() - last
             images, targets = self._to_device(*item)
-            self.train_step(images, targets, step_rng(cfg.seed, epoch, step, self.rt.rank), meter, step)
+            if self.schedule.per_step:
+                lr = self.set_lr(epoch, step, steps)
+            part = accumulation(step, steps, cfg.grad_accum_steps)
+            self.train_step(images, targets, step_rng(cfg.seed, epoch, step, self.rt.rank), meter, step, part)
             images_seen += targets.shape[0]
             done, every = step + 1, cfg.save_every_steps
             if every and done % every == 0 and done < steps:
@@ -290,16 +320,20 @@ class Trainer:
         return EpochResult(*avg, images_seen, time.perf_counter() - start)
 
     @torch.inference_mode()
-    def validate(self, epoch: int) -> EpochResult:
-        """Top-1/top-5 error of the plain logits over the whole validation set (all ranks)."""
-        model = self.model if self.rt.distributed else self.net
-        broadcast_buffers(self.model, self.rt)
+    def validate(self, epoch: int, ema: bool = False) -> EpochResult:
+        """Top-1/top-5 error of the plain logits over the whole validation set (all ranks), with the
+        trained weights or (``ema``) their moving average."""
+        if ema and self.ema is not None:
+            model, label = self.ema.module, "EMA "
+        else:
+            model, label = (self.model if self.rt.distributed else self.net), ""
+        broadcast_buffers(self.ema.module if label else self.model, self.rt)
         model.eval()
         meter = Meter(self.rt.device)
         start = time.perf_counter()
         steps = len(self.data.val)
         batches = self.log.progress(self.stopping.batches(self.data.val, stoppable=False),
-                                    f"Test {epoch}/{self.cfg.epochs}", steps)
+                                    f"Test {label}{epoch}/{self.cfg.epochs}", steps)
         for step, (images, targets) in enumerate(batches):
             images, targets = self._to_device(images, targets)
             with self._autocast():
@@ -307,18 +341,19 @@ class Trainer:
             loss = nn.functional.cross_entropy(logits.float(), targets)
             meter.update(loss, logits, targets)
             if self._prints(step):
-                self.lines.add(meter.last, lambda values, step=step: self._print_test_step(epoch, step, steps, values))
+                self.lines.add(meter.last, lambda values, step=step: self._print_test_step(epoch, step, steps, values,
+                                                                                           label))
             self.lines.poll()
         self.lines.flush()
         meter.all_reduce()
         avg = meter.average()
-        self.print(f"* Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
+        self.print(f"* {label}Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
                    f"Top 5-err {avg.top5_err:.3f}\t Test Loss {avg.loss:.3f}")
         return EpochResult(*avg, meter.images, time.perf_counter() - start)
 
-    def _print_test_step(self, epoch: int, step: int, steps: int, values: list[float]) -> None:
+    def _print_test_step(self, epoch: int, step: int, steps: int, values: list[float], label: str = "") -> None:
         batch = Meter.averages(values)
-        self.log.step(f"Test (on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
+        self.log.step(f"Test {label}(on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
                       f"Top 1-err {batch.top1_err:.4f}\tTop 5-err {batch.top5_err:.4f}",
                       batch_top1_err=batch.top1_err)
 
@@ -340,6 +375,7 @@ class Trainer:
             "mean": list(self.data.mean),
             "std": list(self.data.std),
             "input_size": self.data.input_size,
+            **({"ema": self.ema.state_dict(), "best_weights": self.best_weights} if self.ema is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any], path: Path) -> list[str]:
@@ -365,7 +401,9 @@ class Trainer:
         own = own_rank_state(state, self.rt, notes)
         if own is not None:
             restore_rng(own, self.rt.device)  # dropout, ImageNet workers' seeds: as if never stopped
+        self._load_ema(state, notes)
         self.start = resume_point(state, self.cfg, self.rt, own, notes, path)
+        self._restore_pending_grads(notes)
         self.last_saved = f"{path} (resumes at epoch {self.start.epoch}, step {self.start.step})"
         return notes
 
@@ -374,6 +412,42 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group.update(momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay,
                          nesterov=self.cfg.momentum > 0)
+
+    def _load_ema(self, state: dict[str, Any], notes: list[str]) -> None:
+        """The checkpoint's moving average (``--model_ema``), or a fresh one from its weights."""
+        self.best_weights = str(state.get("best_weights", "model"))
+        if self.ema is None:
+            if state.get("ema"):
+                notes.append("the checkpoint holds an EMA of the weights but this run has no --model_ema: dropped")
+            return
+        if not state.get("ema"):
+            self.ema = ModelEMA(self.model, self.cfg.model_ema)
+            notes.append("the checkpoint holds no EMA of the weights: the average starts from its weights now")
+            return
+        try:
+            self.ema.load_state_dict(state["ema"])
+        except (RuntimeError, KeyError) as exc:
+            raise IdmlError(f"the checkpoint's EMA does not fit this model ({one_line(exc)})") from exc
+        if float(state["ema"].get("decay", self.cfg.model_ema)) != self.cfg.model_ema:
+            notes.append(f"--model_ema changed ({state['ema']['decay']} -> {self.cfg.model_ema}): "
+                         "the average continues with the new decay")
+
+    def _restore_pending_grads(self, notes: list[str]) -> None:
+        """Gradients accumulated inside a group of --grad_accum_steps batches when the run stopped."""
+        grads = self.start.accum_grads
+        self.grads_pending = grads is not None
+        if grads is None:
+            return
+        params = list(self.model.parameters())
+        fits = len(grads) == len(params) and all(
+            g is None or g.shape == p.shape for g, p in zip(grads, params, strict=False))
+        if not fits or self.cfg.grad_accum_steps == 1:
+            notes.append("the checkpoint stopped inside a gradient-accumulation group that this run cannot "
+                         "continue: its partial gradients are dropped (not bit-identical)")
+            self.grads_pending = False
+            return
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = None if grad is None else grad.to(param.device)
 
     def save(self, epoch: int, is_best: bool) -> None:
         """The end-of-epoch checkpoint (and ``model_best`` when ``is_best``); all ranks call it."""
@@ -385,7 +459,8 @@ class Trainer:
         self._write(self.state(epoch) | {"epoch": epoch}, False, step, meter)
 
     def _write(self, state: dict[str, Any], is_best: bool, step: int, meter: Meter | None) -> None:
-        state |= progress_fields(self.rt, self.cfg.batch_size, step, None if meter is None else meter.sums)
+        grads = [p.grad for p in self.model.parameters()] if self.grads_pending and step else None
+        state |= progress_fields(self.rt, self.cfg.batch_size, step, None if meter is None else meter.sums, grads)
         path = self.cfg.run_dir / CHECKPOINT_NAME
 
         def write() -> None:
@@ -408,6 +483,9 @@ class Trainer:
         self.last_saved = f"{path} (resumes at epoch {state['epoch']}, step {step})"
 
     # -- the run ------------------------------------------------------------------------------
+    def _best_note(self) -> str:
+        return " (EMA weights: idml eval --ema)" if self.ema is not None and self.best_weights == "ema" else ""
+
     def fit(self) -> tuple[float, float]:
         """Train from ``self.start`` to ``cfg.epochs``; returns the best (top-1, top-5) error."""
         with self.stopping.handling_signals():
@@ -415,16 +493,19 @@ class Trainer:
                 train = self.train_epoch(epoch)
                 val = self.validate(epoch)
                 self.check_validation(epoch, val)
+                ema_val = self.validate(epoch, ema=True) if self.ema is not None else None
                 self.log.epoch_end(epoch, self.optimizer.param_groups[0]["lr"], train, val)
-                is_best = val.top1_err <= self.best_err1
-                self.best_err1 = min(val.top1_err, self.best_err1)
+                best, weights = (ema_val, "ema") if ema_val and ema_val.top1_err < val.top1_err else (val, "model")
+                is_best = best.top1_err <= self.best_err1
+                self.best_err1 = min(best.top1_err, self.best_err1)
                 if is_best:
-                    self.best_err5 = val.top5_err
-                self.print(f"Current best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}")
+                    self.best_err5, self.best_weights = best.top5_err, weights
+                self.print(f"Current best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}"
+                           f"{self._best_note()}")
                 self.save(epoch, is_best)
                 signum = self.stopping.stop_signal()
                 if signum and epoch + 1 < self.cfg.epochs:
                     raise self._stopped(signum)
         self.log.close()
-        self.print(f"Best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}")
+        self.print(f"Best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}{self._best_note()}")
         return self.best_err1, self.best_err5
