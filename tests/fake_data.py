@@ -133,3 +133,23 @@ def make_imagenet(root: Path, classes: tuple[str, ...] = ("n01440764", "n0144353
                 name = f"{wnid}_{j}.JPEG" if split == "train" else f"ILSVRC2012_val_{c * count + j:08d}.JPEG"
                 Image.fromarray(pixels).save(folder / name, format="JPEG")
     return base
+
+
+#: colour of each class of :func:`make_image_folder` (a network tells them apart within an epoch)
+FOLDER_CLASSES = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+def make_image_folder(root: Path, per_class: int = 20, val_per_class: int = 5, size: tuple[int, int] = (48, 48),
+                      seed: int = 0) -> Path:
+    """``root/train/<class>/*.png`` and ``root/val/<class>/*.png``: noisy colour squares made with PIL."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for name, rgb in FOLDER_CLASSES.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(rgb, 50, size=(size[1], size[0], 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
