@@ -1,0 +1,224 @@
+"""``--dataset folder``: 48x48 PNGs made with PIL in 3 classes, trained, evaluated and predicted;
+bad folders are one line; input size picks the family; in memory or streamed; mean/std from the data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fake_data
+from expect import one_error_line
+from idml.cli import main as idml_main
+from idml.data import DataRequest, build_data
+from idml.data.augment import RandomResizedCropFlip
+from idml.data.folder import channel_stats, train_storage_size
+from idml.models.resnet import CifarResNet
+from runs import load, one_thread  # noqa: F401 - autouse fixture
+
+CPU = torch.device("cpu")
+SMALL_NET = ["--net_type", "resnet", "--depth", "8", "--no-bottleneck", "--device", "cpu", "--amp", "off",
+             "-j", "0", "--batch_size", "16", "--no-verbose"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 training and 15 validation 48x48 PNGs in 3 classes."""
+    return fake_data.make_image_folder(tmp_path_factory.mktemp("imgs") / "pngs")
+
+
+def idml(args: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        code = idml_main(args)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def request(root: Path, **kw) -> DataRequest:
+    return DataRequest("folder", root, batch_size=kw.pop("batch_size", 8), workers=0, **kw)
+
+
+# -- train -> eval -> predict -----------------------------------------------------------------------
+def test_train_eval_predict_on_a_folder_of_pngs(images: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = idml(["train", "--dataset", "folder", "--data_dir", str(images), "--input_size", "48",
+                           "--epochs", "2", "--lr", "0.05", "--output_dir", str(tmp_path), "--expname", "mine",
+                           *SMALL_NET], capsys)
+    assert code == 0, err
+    assert "=> data: folder" in out and "60 training and 15 validation images, 3 classes" in out
+    assert "48x48 inputs <= 64: CIFAR-style network" in out and "decoded once into uint8 tensors" in out
+    state = load(tmp_path / "mine" / "model_best.pth.tar")
+    assert state["class_names"] == ["blue", "green", "red"] and state["input_size"] == 48
+    assert state["model"]["dataset"] == "folder" and state["model"]["input_size"] == 48
+    assert len(state["mean"]) == 3 and state["mean"][2] > state["mean"][1]  # computed: 20 of 60 are bright blue
+
+    code, out, err = idml(["eval", "--checkpoint", str(tmp_path / "mine" / "model_best.pth.tar"), "--json",
+                           "--device", "cpu", "-j", "0"], capsys)  # --data_dir: the checkpoint's own
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["images"] == 15 and report["top1_err"] == pytest.approx(state["best_err1"], abs=1e-9)
+
+    code, out, err = idml(["predict", "--checkpoint", str(tmp_path / "mine" / "model_best.pth.tar"),
+                           str(images / "val"), "--format", "json", "--topk", "3", "--device", "cpu"], capsys)
+    assert code == 0, err
+    preds = json.loads(out)
+    assert len(preds) == 15 and {c["class"] for c in preds[0]["topk"]} == {"blue", "green", "red"}
+    right = sum(p["topk"][0]["class"] == Path(p["file"]).parent.name for p in preds)
+    assert right == round(15 * (1 - state["best_err1"] / 100))  # predict agrees with eval, file by file
+
+
+def test_eval_refuses_a_folder_with_other_classes(images: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = idml(["train", "--dataset", "folder", "--data_dir", str(images), "--epochs", "1",
+                         "--output_dir", str(tmp_path), "--expname", "m", *SMALL_NET], capsys)
+    assert code == 0, err
+    other = tmp_path / "other"
+    shutil.copytree(images, other)
+    for split in ("train", "val"):
+        (other / split / "red").rename(other / split / "yellow")
+    code, _, err = idml(["eval", "--checkpoint", str(tmp_path / "m" / "checkpoint.pth.tar"), "--data_dir",
+                         str(other), "--device", "cpu", "-j", "0"], capsys)
+    one_error_line(err, "does not hold the classes the checkpoint was trained on", "yellow", code=code)
+
+
+# -- bad folders: one line each ---------------------------------------------------------------------
+def bad_copy(images: Path, tmp_path: Path, change) -> Path:
+    root = tmp_path / "bad"
+    shutil.copytree(images, root)
+    change(root)
+    return root
+
+
+def empty_class(root: Path) -> None:
+    for f in (root / "train" / "green").iterdir():
+        f.unlink()
+
+
+def mismatched(root: Path) -> None:
+    (root / "val" / "red").rename(root / "val" / "purple")
+
+
+def unreadable(root: Path) -> None:
+    (root / "train" / "blue" / "3.png").write_bytes(b"not a png")
+
+
+def truncated(root: Path) -> None:
+    path = root / "val" / "red" / "1.png"
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def no_val(root: Path) -> None:
+    shutil.rmtree(root / "val")
+
+
+def one_class(root: Path) -> None:
+    for split in ("train", "val"):
+        shutil.rmtree(root / split / "green")
+        shutil.rmtree(root / split / "blue")
+
+
+@pytest.mark.parametrize(("change", "fragments"), [
+    (empty_class, ["class folder", "train/green holds no image files", "add images or remove the folder"]),
+    (mismatched, ["must hold the same class folders", "only in train/: ['red']", "only in val/: ['purple']"]),
+    (unreadable, ["cannot read image", "train/blue/3.png", "replace or delete it"]),
+    (truncated, ["cannot read image", "val/red/1.png"]),
+    (no_val, ["missing folder", "/val", "D/train/<class>/<images> and D/val/<class>/<images>"]),
+    (one_class, ["has 1 class (red)", "at least 2"]),
+], ids=lambda v: v.__name__ if callable(v) else "")
+@pytest.mark.parametrize("memory", ["2048", "0"], ids=["in_memory", "streamed"])
+def test_bad_folders_are_one_line(images: Path, tmp_path: Path, capsys, change, fragments, memory: str) -> None:
+    root = bad_copy(images, tmp_path, change)
+    code, _, err = idml(["train", "--dataset", "folder", "--data_dir", str(root), "--epochs", "1",
+                           "--data_memory_mb", memory, "--output_dir", str(tmp_path), *SMALL_NET], capsys)
+    one_error_line(err, *fragments, code=code)
+    assert not list(tmp_path.glob("TEST/*.pth.tar"))  # nothing was saved
+
+
+def test_skip_bad_images_drops_them_from_the_in_memory_copy(images: Path, tmp_path: Path, capsys) -> None:
+    root = bad_copy(images, tmp_path, unreadable)
+    data = build_data(request(root, skip_bad_images=True), CPU)
+    assert len(data.train.labels) == 59
+    assert "skipped unreadable image" in capsys.readouterr().err
+
+
+def test_hidden_files_and_other_files_are_ignored(images: Path, tmp_path: Path) -> None:
+    def litter(root: Path) -> None:
+        (root / "train" / ".ipynb_checkpoints").mkdir()
+        (root / "val" / ".ipynb_checkpoints").mkdir()
+        (root / "train" / "red" / "notes.txt").write_text("x")
+        (root / "train" / "red" / ".hidden.png").write_bytes(b"junk")
+
+    data = build_data(request(bad_copy(images, tmp_path, litter)), CPU)
+    assert data.class_names == ["blue", "green", "red"] and len(data.train.labels) == 60
+
+
+# -- sizes, families, memory ------------------------------------------------------------------------
+def test_input_size_picks_the_network_family(tmp_path: Path) -> None:
+    from idml.config import parse_train_args
+    from idml.models import build_from_spec
+
+    small = parse_train_args(["--dataset", "folder", "--input_size", "64", "--net_type", "resnet", "--depth", "8",
+                              "--no-bottleneck"]).model_spec
+    large = parse_train_args(["--dataset", "folder", "--input_size", "65", "--net_type", "resnet",
+                              "--depth", "18"]).model_spec
+    assert isinstance(build_from_spec(small.__class__(**small.to_dict() | {"num_classes": 3})).backbone, CifarResNet)
+    big = build_from_spec(large.__class__(**large.to_dict() | {"num_classes": 3}))
+    assert not isinstance(big.backbone, CifarResNet) and big.head.uncertainty.out_features == 512
+
+
+def test_in_memory_mean_and_std_are_those_of_the_training_images(images: Path) -> None:
+    data = build_data(request(images, input_size=48), CPU)
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) / 255
+                       for p in sorted((images / "train").rglob("*.png"))])
+    assert data.mean == pytest.approx(pixels.mean(axis=(0, 1, 2)), abs=1e-9)
+    assert data.std == pytest.approx(pixels.std(axis=(0, 1, 2)), abs=1e-9)
+    assert data.train.images.dtype == torch.uint8 and data.train.images.shape == (60, 3, 48, 48)
+    given = build_data(request(images, input_size=48, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)), CPU)
+    assert given.mean == (0.5, 0.5, 0.5) and "mean/std given" in given.note
+
+
+def test_memory_budget_chooses_streaming(images: Path) -> None:
+    streamed = build_data(request(images, input_size=48, memory_mb=0.0), CPU)
+    assert "streamed through 0 DataLoader workers" in streamed.note and "> --data_memory_mb 0" in streamed.note
+    x, y = next(iter(streamed.train))
+    assert x.dtype == torch.float32 and x.shape == (8, 3, 48, 48) and y.dtype == torch.int64
+    in_memory = build_data(request(images, input_size=48), CPU)
+    assert in_memory.mean == pytest.approx(streamed.mean, abs=1e-6)  # the same 60 images (sample > 60)
+    v_stream = torch.cat([streamed.eval_transform(x) for x, _ in streamed.val])
+    v_memory = torch.cat([in_memory.eval_transform(x) for x, _ in in_memory.val])
+    torch.testing.assert_close(v_stream, v_memory, atol=1e-4, rtol=0)  # validation images agree
+
+
+def test_large_inputs_are_kept_at_r_and_cropped_on_the_device(images: Path) -> None:
+    data = build_data(request(images, input_size=72), CPU)
+    side = train_storage_size(72)
+    assert side == 82 and data.train.images.shape[-1] == side and data.val.images.shape[-1] == 72
+    x, _ = next(iter(data.train))
+    out = data.train_transform(x, np.random.default_rng(0))
+    assert out.shape == (8, 3, 72, 72) and out.dtype == torch.float32
+    again = data.train_transform(x, np.random.default_rng(0))
+    assert torch.equal(out, again)  # a function of the step's generator
+
+
+def test_random_resized_crop_flip_boxes_and_flip() -> None:
+    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    whole = RandomResizedCropFlip(6, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    out = whole(images, np.random.default_rng(3))
+    for i in range(2):  # the whole image, resampled at its own size: itself or its mirror image
+        assert torch.equal(out[i], images[i]) or torch.equal(out[i], images[i].flip(-1))
+    boxes = RandomResizedCropFlip(32).boxes(1000, 40, 50, np.random.default_rng(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 50).all() and (boxes[:, 3] <= 40).all()
+    assert ((w * h) / 2000).min() >= 0.08 * 0.9 and ((w * h) / 2000).max() <= 1.0
+
+
+def test_channel_stats() -> None:
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 2, 2)
+    mean, std = channel_stats(x)
+    assert mean == pytest.approx((0.5,) * 3) and std == pytest.approx((0.5,) * 3)
