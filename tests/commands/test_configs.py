@@ -115,3 +115,18 @@ def test_readme_train_commands_validate(monkeypatch):
         if any(not find_spec(pkg) for pkg in needed) or any(a.startswith("runs/") for a in argv):
             continue  # an optional extra is not installed, or the command reads a run made earlier
         parse_train_args(argv)
+
+
+RECIPE_KEYS = ("expname", "sched", "warmup_epochs", "model_ema", "label_smoothing", "grad_accum_steps",
+               "clip_grad_norm")
+
+
+@pytest.mark.parametrize(("ours", "paper"), [("cifar100_pyramidnet_modern", "cifar100/idml_cutmix"),
+                                             ("imagenet_resnet50_modern", "imagenet/idml_cutmix")])
+def test_our_modern_configs_are_labelled_and_add_only_the_recipe(ours, paper):
+    path = ROOT / "configs" / "ours" / f"{ours}.yaml"
+    assert path.read_text(encoding="utf-8").startswith("# OURS, NOT THE PAPER'S")
+    cfg = parse_train_args(["--config", str(path)])
+    row = parse_train_args(["--config", str(ROOT / "configs" / "paper" / f"{paper}.yaml")])
+    assert settings(cfg, *RECIPE_KEYS) == settings(row, *RECIPE_KEYS)
+    assert cfg.sched == "cosine" and cfg.warmup_epochs > 0 and cfg.model_ema > 0 and cfg.label_smoothing > 0

@@ -222,3 +222,32 @@ def test_channel_stats() -> None:
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 2, 2)
     mean, std = channel_stats(x)
     assert mean == pytest.approx((0.5,) * 3) and std == pytest.approx((0.5,) * 3)
+
+
+@pytest.mark.parametrize(("size", "memory"), [(72, "2048"), (40, "0")], ids=["large_in_memory", "small_streamed"])
+def test_folder_runs_resume_exactly(images: Path, tmp_path: Path, capsys, monkeypatch, size: int,
+                                    memory: str) -> None:
+    """A stop signal inside an epoch, then --resume auto: bitwise the uninterrupted run."""
+    import os
+    import signal
+
+    from idml.training import trainer
+    from runs import assert_same_weights
+
+    original = trainer.step_rng
+
+    def stop_at_step_1(seed: int, epoch: int, step: int, rank: int):
+        if (epoch, step) == (0, 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(seed, epoch, step, rank)
+
+    net = ["--net_type", "resnet", "--depth", "18"] if size > 64 else SMALL_NET[:5]
+    args = ["train", "--dataset", "folder", "--data_dir", str(images), "--input_size", str(size), "--epochs", "2",
+            "--data_memory_mb", memory, "--output_dir", str(tmp_path), *net, *SMALL_NET[5:]]
+    assert idml([*args, "--expname", "ref"], capsys)[0] == 0
+    monkeypatch.setattr(trainer, "step_rng", stop_at_step_1)
+    assert idml([*args, "--expname", "run"], capsys)[0] == 143
+    monkeypatch.undo()
+    code, _, err = idml([*args, "--expname", "run", "--resume", "auto"], capsys)
+    assert code == 0, err
+    assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), load(tmp_path / "ref" / "checkpoint.pth.tar"))
