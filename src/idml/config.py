@@ -147,12 +147,12 @@ class TrainConfig:
                                      help="folder and hf:<path> datasets: images are N x N; N <= 64 gives the "
                                      "CIFAR-style network and padded-crop augmentation, larger N the ImageNet stem "
                                      "and RandomResizedCrop")
-    mean: list[float] | None = setting(None, "--mean", metavar=("R", "G", "B"), shown_default="computed",  # noqa: RUF009
+    mean: list[float] | None = setting(None, "--mean", metavar=("R", "G", "B"), shown_default="from the data",  # noqa: RUF009
                                        help="folder and hf:<path> datasets: per-channel mean in [0, 1] units "
-                                       "(default: computed on the training images)")
-    std: list[float] | None = setting(None, "--std", metavar=("R", "G", "B"), shown_default="computed",  # noqa: RUF009
+                                       "(from the data = measured on the training images)")
+    std: list[float] | None = setting(None, "--std", metavar=("R", "G", "B"), shown_default="from the data",  # noqa: RUF009
                                       help="folder and hf:<path> datasets: per-channel standard deviation in [0, 1] "
-                                      "units (default: computed on the training images)")
+                                      "units (from the data = measured on the training images)")
     image_key: str = setting("image", "--image_key", help="hf:<path> datasets: the column holding the images")
     label_key: str = setting("label", "--label_key",
                              help="hf:<path> datasets: the column holding the labels (a ClassLabel names the classes)")
