@@ -1,16 +1,21 @@
-"""Does the introspective metric help at the scale this machine allows?
+"""The experiments of experiments/RESULTS.md, on the embedded digits data (no download).
 
-Runs the paper's six variants (Baseline, ISM-Baseline, Mixup, IDML-Mixup, CutMix, IDML-CutMix) on
-the embedded digits data, on clean labels and with symmetric label noise on the training set,
-for several seeds, and writes each run's final metrics as one JSON file:
+Two grids, each a set of (setting, variant, seed) cells; every cell trains one model and writes
+one JSON file, so an interrupted sweep continues where it stopped:
 
-    experiments/results/<setting>/<variant>/seed<k>.json
+* ``uncertainty`` (the default; issue 10): does any uncertainty score work, and does ISM help it?
+  Six variants (Baseline, ISM-Baseline, Mixup, IDML-Mixup, CutMix, IDML-CutMix), ResNet-20,
+  10 epochs, with a 10% validation split (best epoch and temperature chosen on it), 5 seeds, in
+  two settings: ``all10`` (all ten classes: mistakes, selective prediction, calibration, blends)
+  and ``seen0-4`` (trained on classes 0-4; the test images of 5-9 are the out-of-distribution set).
+  Each cell's JSON is the ``idml eval --json`` report of its best-validation checkpoint plus the
+  training record. Files: ``experiments/results/uncertainty/<setting>/<variant>/seed<k>.json``.
+* ``robustness``: the earlier six-variant grid (ResNet-8, 6 epochs, clean and 40% label noise,
+  official protocol, last epoch evaluated). Files: ``experiments/results/<setting>/<variant>/...``.
 
-Finished runs are skipped, so an interrupted sweep continues where it stopped. Every setting of
-the sweep is in the constants below. `python experiments/summarize.py` turns the files into tables.
-
-    python experiments/run.py                 # the whole grid (about 40 min on 2 CPU cores)
-    python experiments/run.py --seeds 1 --epochs 1   # a smoke test
+    python experiments/run.py                        # the uncertainty grid (see RESULTS.md for its time)
+    python experiments/run.py --seeds 1 --epochs 1 --results /tmp/smoke   # a smoke test
+    python experiments/summarize.py                  # tables and paired CIs
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -30,11 +34,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 # -- the whole experiment, in one visible place ------------------------------------------------------
-COMMON = {
-    "dataset": "digits", "net_type": "resnet", "depth": 8, "bottleneck": False,
-    "epochs": 6, "batch_size": 64, "lr": 0.1, "verbose": False, "amp": "off",
-}
-SETTINGS = {"clean": {"label_noise": 0.0}, "noise40": {"label_noise": 0.4}}
 VARIANTS = {
     "Baseline": {"ism": False},
     "ISM-Baseline": {"ism": True},
@@ -43,8 +42,30 @@ VARIANTS = {
     "CutMix": {"ism": False, "beta": 1.0, "cutmix_prob": 0.5},
     "IDML-CutMix": {"ism": True, "beta": 1.0, "cutmix_prob": 0.5},
 }
+GRIDS = {
+    "uncertainty": {
+        "common": {"dataset": "digits", "net_type": "resnet", "depth": 20, "bottleneck": False, "epochs": 10,
+                   "batch_size": 64, "lr": 0.1, "verbose": False, "amp": "off", "val_split": 0.1},
+        "settings": {"all10": {}, "seen0-4": {"classes": "0-4"}},
+        # what idml eval adds per setting: blends on all ten classes, the unseen classes as OOD
+        "eval": {"all10": {"blends": 2000, "ood": None}, "seen0-4": {"blends": 0, "ood": "digits:5-9"}},
+        "results": HERE / "results" / "uncertainty",
+    },
+    "robustness": {
+        "common": {"dataset": "digits", "net_type": "resnet", "depth": 8, "bottleneck": False, "epochs": 6,
+                   "batch_size": 64, "lr": 0.1, "verbose": False, "amp": "off"},
+        "settings": {"clean": {"label_noise": 0.0}, "noise40": {"label_noise": 0.4}},
+        "eval": {"clean": {"blends": 0, "ood": None}, "noise40": {"blends": 0, "ood": None}},
+        "results": HERE / "results",
+    },
+}
 SEEDS = 5
-RESULTS = HERE / "results"
+#: every cell's run folder (checkpoints, metrics.csv) is kept in <results>/../checkpoints/<results name>/,
+#: so that a cell can be evaluated again without training (--reevaluate); not committed (.gitignore)
+CHECKPOINTS = "checkpoints"
+COMMON = GRIDS["robustness"]["common"]
+SETTINGS = GRIDS["robustness"]["settings"]
+RESULTS = GRIDS["robustness"]["results"]
 
 
 def commit() -> str:
@@ -55,44 +76,60 @@ def commit() -> str:
         return "unknown"
 
 
-def final_metrics(checkpoint: Path) -> dict:
-    """Metrics of the last epoch's model on the clean test split (not the best epoch: choosing the
-    epoch on the test split would flatter every variant)."""
+def evaluate(checkpoint: Path, blends: int, ood: str | None, val_split: float = 0.0) -> dict:
+    """``idml eval --json`` of ``checkpoint`` (in this process), with the old grid's flat keys too."""
+    from argparse import Namespace
+
+    from idml.commands.eval import evaluate_checkpoint
+
+    # the temperature is fitted on the validation split here, as training fits it for the saved
+    # model (so that --reevaluate applies the current fitting rule to kept checkpoints)
+    args = Namespace(checkpoint=checkpoint, dataset=None, data_dir="unused", batch_size=256, workers=0,
+                     device="cpu", ood=ood, blends=blends, blend_seed=0, fit_temperature=bool(val_split))
+    report, _, _ = evaluate_checkpoint(args)
+    by_score = report["mistakes"]["by_score"]
+    before = report["calibration"]["before_scaling"]
+    flat = {"images": report["test_images"], "top1_err": report["top1_err"], "top5_err": report["top5_err"],
+            "nll": before["nll"], "ece": before["ece"],
+            "auroc_msp": by_score["msp"]["auroc"], "auroc_uncertainty": by_score.get("u_norm2", {}).get("auroc")}
+    return report | flat
+
+
+def run_one(job: tuple[str, str, str, int, dict, Path, bool]) -> Path:
+    """Train one cell of the grid in this (single-threaded) worker and write its JSON (with
+    ``reevaluate``: evaluate its kept checkpoint again, training only where there is none)."""
+    grid_name, setting, variant, seed, overrides, results, reevaluate = job
     import torch
 
-    from idml.commands.eval import predict_validation_set
-    from idml.data import DataRequest, build_data
-    from idml.inference import load_trained_model
-    from idml.metrics import evaluate_predictions
-
-    trained = load_trained_model(checkpoint, torch.device("cpu"))
-    data = build_data(DataRequest("digits", "unused", 256), trained.device)
-    outputs, targets = predict_validation_set(trained, data)
-    return evaluate_predictions(outputs.logits, targets, outputs.uncertainty).to_dict()
-
-
-def run_one(job: tuple[str, str, int, dict, Path]) -> Path:
-    """Train one cell of the grid in this (single-threaded) worker and write its JSON."""
-    setting, variant, seed, overrides, results = job
-    import torch
-
-    from idml.checkpoint import CHECKPOINT_NAME
+    from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
     from idml.commands.train import run_train
     from idml.config import TrainConfig
 
     torch.set_num_threads(1)
+    grid = GRIDS[grid_name]
     out = results / setting / variant / f"seed{seed}.json"
-    settings = {**COMMON, **SETTINGS[setting], **VARIANTS[variant], **overrides, "seed": seed}
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(**settings, expname="run", output_dir=tmp)
+    settings = {**grid["common"], **grid["settings"][setting], **VARIANTS[variant], **overrides, "seed": seed}
+    run_dir = results.parent / CHECKPOINTS / results.name / setting / variant / f"seed{seed}"
+    # the uncertainty grid evaluates the best-validation model; the robustness grid the last epoch
+    # (it has no validation split, and choosing the epoch on the test split would flatter it)
+    name = BEST_NAME if settings.get("val_split") else CHECKPOINT_NAME
+    seconds = None
+    if not (reevaluate and (run_dir / name).is_file()):
+        cfg = TrainConfig(**settings, expname=run_dir.name, output_dir=str(run_dir.parent))
         start = time.perf_counter()
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-            best_err1, _ = run_train(cfg)
-        seconds = time.perf_counter() - start
-        metrics = final_metrics(Path(tmp) / "run" / CHECKPOINT_NAME)
-    record = {"setting": setting, "variant": variant, "seed": seed, "settings": settings,
-              **metrics, "best_top1_err_during_training": best_err1, "train_seconds": round(seconds, 1),
-              "commit": commit(), "date": time.strftime("%Y-%m-%d")}
+            run_train(cfg)
+        seconds = round(time.perf_counter() - start, 1)
+    elif out.is_file():
+        seconds = json.loads(out.read_text()).get("train_seconds")
+    state = load_checkpoint(run_dir / name)
+    metrics = evaluate(run_dir / name, **grid["eval"][setting], val_split=settings.get("val_split", 0.0))
+    metrics["checkpoint"] = str((run_dir / name).relative_to(HERE.parent)) if run_dir.is_relative_to(HERE.parent) \
+        else str(run_dir / name)
+    record = {"grid": grid_name, "setting": setting, "variant": variant, "seed": seed, "settings": settings,
+              **metrics, "evaluated": name, "best_top1_err_during_training": state.get("best_err1"),
+              "test_at_best": state.get("test_at_best"), "test_at_last": state.get("test_at_last"),
+              "train_seconds": seconds, "commit": commit(), "date": time.strftime("%Y-%m-%d")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".tmp")
     tmp_out.write_text(json.dumps(record, indent=1))
@@ -102,15 +139,24 @@ def run_one(job: tuple[str, str, int, dict, Path]) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", choices=list(GRIDS), default="uncertainty",
+                        help="which experiment (default: uncertainty)")
     parser.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per cell (default {SEEDS})")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default 2)")
     parser.add_argument("--epochs", type=int, help="override the number of epochs (smoke tests)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="variants to run (default: all six)")
+    parser.add_argument("--results", type=Path, help="output folder (default: the grid's folder under results/)")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="evaluate the kept checkpoints again (rewrites the JSON files; trains missing cells)")
     args = parser.parse_args()
+    results = args.results or GRIDS[args.grid]["results"]
     overrides = {"epochs": args.epochs} if args.epochs else {}
-    jobs = [(s, v, k, overrides, args.results) for k in range(args.seeds) for s in SETTINGS for v in VARIANTS
-            if not (args.results / s / v / f"seed{k}.json").exists()]
-    print(f"{len(jobs)} runs to do ({args.jobs} at a time); results in {args.results}", flush=True)
+    settings = GRIDS[args.grid]["settings"]
+    # seed-major order: an interrupted sweep leaves complete seeds of every cell
+    jobs = [(args.grid, s, v, k, overrides, results, args.reevaluate) for k in range(args.seeds) for s in settings
+            for v in args.variants if args.reevaluate or not (results / s / v / f"seed{k}.json").exists()]
+    print(f"{len(jobs)} runs to do ({args.jobs} at a time); results in {results}", flush=True)
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for done, path in enumerate(pool.map(run_one, jobs), 1):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from idml.metrics import (
-    evaluate_predictions,
     expected_calibration_error,
     misclassification_auroc,
     negative_log_likelihood,
@@ -61,14 +60,3 @@ def test_auroc_by_hand():
     assert misclassification_auroc(UNCERTAINTY, wrong) == pytest.approx(0.75)
     assert misclassification_auroc(UNCERTAINTY, np.zeros(4, dtype=bool)) is None
     assert misclassification_auroc(UNCERTAINTY, np.ones(4, dtype=bool)) is None
-
-
-def test_evaluate_predictions_report():
-    report = evaluate_predictions(LOGITS, TARGETS, UNCERTAINTY)
-    assert report.images == 4
-    assert (report.top1_err, report.top5_err) == (pytest.approx(50.0), pytest.approx(0.0))
-    assert report.ece == pytest.approx(38.0)
-    assert report.auroc_uncertainty == pytest.approx(0.75)
-    # 1 - max prob: wrong {0.38, 0.50} above right {0.30, 0.10}
-    assert report.auroc_msp == pytest.approx(1.0)
-    assert evaluate_predictions(LOGITS, TARGETS, None).auroc_uncertainty is None

@@ -298,6 +298,10 @@ FIELDS: dict[str, Field] = {
 EMA_FIELDS: dict[str, Field] = {
     "decay": ("a number in [0, 1)", lambda v: _is_real(v, 0) and v < 1),
     "updates": ("an integer >= 0", lambda v: _is_int(v, 0)),
+    "temperature": ("None or a finite number > 0 (the softmax temperature)",
+                    lambda v: v is None or _is_real(v, above=0)),
+    "test_at_best": ("None or a dict of test errors", lambda v: v is None or (isinstance(v, dict) and _is_plain(v))),
+    "test_at_last": ("None or a dict of test errors", lambda v: v is None or (isinstance(v, dict) and _is_plain(v))),
 }
 
 #: GradScaler.state_dict() of an enabled scaler; a disabled one writes {}.

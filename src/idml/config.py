@@ -27,6 +27,7 @@ from idml.data.catalog import (
     dataset_problem,
     user_dataset,
 )
+from idml.data.splits import parse_classes
 from idml.errors import ConfigError, one_line
 from idml.mixing import MixConfig
 from idml.models import ModelSpec, net_type_problem
@@ -184,6 +185,14 @@ class TrainConfig:
                                     help="start from the weights in PATH: an idml checkpoint or a state_dict file "
                                     "(torchvision/timm weights saved with torch.save); a classifier for other "
                                     "classes is left fresh")
+    val_split: float = setting(0.0, "--val_split", metavar="FRACTION",
+                               help="hold out this seeded, class-stratified share of the training set as the "
+                               "validation set: the best epoch and the softmax temperature are chosen on it and "
+                               "the test set is reported at the best-validation and the last epoch (cifar10, "
+                               "cifar100, digits; 0 = the official protocol: best chosen on the test set)")
+    classes: str | None = setting(None, "--classes", metavar="SPEC", shown_default="all",
+                                  help="train on these classes only, e.g. 0-4 or 0,3,7 (labels renumbered in that "
+                                  "order, names kept; cifar10, cifar100, digits)")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -232,6 +241,11 @@ class TrainConfig:
             (0 <= self.label_noise < 1, f"--label_noise must lie in [0, 1) (got {self.label_noise})"),
             (self.label_noise == 0 or self.dataset.lower() in ("cifar10", "cifar100", "digits"),
              "--label_noise works on the in-memory datasets (cifar10, cifar100, digits), not imagenet"),
+            (0 <= self.val_split < 1, f"--val_split must lie in [0, 1) (got {self.val_split})"),
+            (self.val_split == 0 or self.dataset.lower() in ("cifar10", "cifar100", "digits"),
+             f"--val_split works on the in-memory datasets (cifar10, cifar100, digits), not {self.dataset}"),
+            (self.classes is None or self.dataset.lower() in ("cifar10", "cifar100", "digits"),
+             f"--classes works on the in-memory datasets (cifar10, cifar100, digits), not {self.dataset}"),
             (self.ism_lambda > 0, f"--ism_lambda must be positive (got {self.ism_lambda})"),
             (self.uncertainty_dim is None or 1 <= self.uncertainty_dim <= MAX_UNCERTAINTY_DIM,
              f"--uncertainty_dim must lie in [1, {MAX_UNCERTAINTY_DIM}] (got {self.uncertainty_dim})"),
@@ -247,6 +261,8 @@ class TrainConfig:
         for ok, message in checks + self._recipe_checks():
             if not ok:
                 raise ConfigError(message)
+        if self.classes is not None and self.dataset.lower() in ("cifar10", "cifar100", "digits"):
+            parse_classes(self.classes, dataset_info(self.dataset).num_classes)
 
     def _recipe_checks(self) -> list[tuple[bool, str]]:
         """The checks of the own-data and modern-recipe settings."""

@@ -23,6 +23,7 @@ from idml.checkpoint import load_checkpoint, require_fields
 from idml.data.catalog import dataset_info
 from idml.errors import IdmlError, one_line
 from idml.ism import IntrospectiveClassifier, uncertainty_score
+from idml.metrics import uncertainty_scores
 from idml.models import ModelSpec, build_from_spec
 from idml.training.runtime import Runtime, build_runtime
 
@@ -39,10 +40,13 @@ class TrainedModel:
     input_size: int
     device: torch.device
     runtime: Runtime | None = None  # autocast and memory format (None: float32, NCHW)
-    #: the settings of the run that wrote the checkpoint (its --data_dir, --image_key, ...)
+    #: the settings of the run that wrote the checkpoint (its --data_dir, --image_key, --classes,
+    #: --val_split, --seed: which images it saw)
     config: dict = field(default_factory=dict)
     #: which weights scored the checkpoint's best error: "model" or "ema"
     best_weights: str = "model"
+    #: the softmax temperature fitted on the validation split (--val_split), or None
+    temperature: float | None = None
 
     @property
     def has_ism(self) -> bool:
@@ -51,10 +55,24 @@ class TrainedModel:
 
 @dataclass
 class Outputs:
-    """Plain logits and uncertainty scores of many images, on the CPU, as NumPy arrays."""
+    """What inference keeps of many images, on the CPU, as float64 NumPy arrays (N or N x C).
+
+    ``uncertainty`` is ||u||^2, ``feature_sq`` the squared norm of the pooled features ||f||^2,
+    ``introspective`` the introspective logits and ``ism_exponent`` ||u||^2 / (lambda ||f - p_y||^2)
+    at the predicted class y; the ISM quantities are None for a model trained without ISM.
+    """
 
     logits: np.ndarray
     uncertainty: np.ndarray | None
+    feature_sq: np.ndarray | None = None
+    introspective: np.ndarray | None = None
+    ism_exponent: np.ndarray | None = None
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """Every uncertainty score of :data:`idml.metrics.SCORES` these outputs allow."""
+        feature_sq = self.feature_sq if self.feature_sq is not None else np.full(len(self.logits), np.nan)
+        return uncertainty_scores(self.logits, feature_sq=feature_sq, introspective=self.introspective,
+                                  u_sq=self.uncertainty, ism_exponent=self.ism_exponent)
 
 
 #: What eval and predict read besides ``model`` and ``state_dict`` (all type-checked on load).
@@ -163,34 +181,53 @@ def load_trained_model(path: str | Path, device: torch.device, amp: str | None =
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise IdmlError(f"{path}: weights do not fit the saved model settings ({one_line(exc)[:200]})") from exc
-    config = state.get("config")
-    runtime = inference_runtime(device, amp, config if isinstance(config, dict) else {})
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    runtime = inference_runtime(device, amp, config)
     model.to(runtime.device).eval()
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     num_classes = model.head.fc.out_features
     names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
+    temperature = state.get("temperature")  # type and range checked by load_checkpoint
     return TrainedModel(
         model, spec.dataset, names, tuple(state["mean"]), tuple(state["std"]), state["input_size"],
-        runtime.device, runtime, config if isinstance(config, dict) else {}, str(state.get("best_weights", "model")),
+        runtime.device, runtime, config, str(state.get("best_weights", "model")),
+        None if temperature is None else float(temperature),
     )
+
+
+def _ism_exponent(head, features: Tensor, logits: Tensor, u_sq: Tensor) -> Tensor:
+    """||u||^2 / (lambda ||f - p_y||^2) at the predicted class y, in float64 (no overflow)."""
+    prototypes = head.prototypes().double()[logits.argmax(dim=1)]
+    semantic = (features.double() - prototypes).pow(2).sum(dim=1)
+    return u_sq.double() / (head.lam * semantic.clamp_min(torch.finfo(torch.float64).tiny))
 
 
 @torch.no_grad()
 def run_model(trained: TrainedModel, batches: Iterable[Tensor]) -> Outputs:
-    """Plain logits and ``||u||^2`` of every image in ``batches`` (normalised float tensors)."""
-    logits, scores = [], []
-    rt = trained.runtime
+    """Plain logits, ||u||^2 and what the uncertainty scores need, for every image in ``batches``
+    (normalised float tensors).
+
+    The backbone and the head are called one after the other (what the model's forward does) so
+    that the pooled features are at hand too.
+    """
+    model, rt = trained.model, trained.runtime
+    parts: dict[str, list[Tensor]] = {"logits": [], "uncertainty": [], "feature_sq": [], "introspective": [],
+                                      "ism_exponent": []}
     for images in batches:
         images = images.to(trained.device)
         if rt is not None and rt.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with rt.autocast() if rt is not None else contextlib.nullcontext():
-            out = trained.model(images)
-        logits.append(out.logits.float().cpu())
+            features = torch.flatten(model.backbone(images), 1).float()
+            out = model.head(features)
+        parts["logits"].append(out.logits.float())
+        parts["feature_sq"].append(features.pow(2).sum(dim=1))
         if out.uncertainty is not None:
-            scores.append(uncertainty_score(out.uncertainty).cpu())
-    return Outputs(
-        torch.cat(logits).numpy().astype(np.float64),
-        torch.cat(scores).numpy().astype(np.float64) if scores else None,
-    )
+            u_sq = uncertainty_score(out.uncertainty)
+            parts["uncertainty"].append(u_sq)
+            parts["introspective"].append(out.train_logits.float())
+            parts["ism_exponent"].append(_ism_exponent(model.head, features, out.logits, u_sq))
+    arrays = {name: torch.cat(chunks).cpu().numpy().astype(np.float64) if chunks else None
+              for name, chunks in parts.items()}
+    return Outputs(**arrays)

@@ -1,21 +1,26 @@
 """Evaluation metrics of a classifier's predictions, as pure functions of NumPy arrays.
 
-Everything here takes the plain logits (N x C), the integer targets (N) and, for IDML models,
-the per-image uncertainty score ``||u||^2`` (N), and returns plain floats, so that the numbers can
-be checked by hand and reused outside the ``idml eval`` command.
+Everything here takes the plain logits (N x C), the integer targets (N) and per-image
+uncertainty scores (N; larger = less sure), and returns plain floats, so that the numbers can be
+checked by hand and reused outside the ``idml eval`` command. What exists in scikit-learn or SciPy
+(ROC and precision-recall curves, the Brier score, entropy, Spearman's rho, the 1-D search of the
+temperature) is taken from there; what does not (ECE, the risk-coverage curve) is written out and
+tested against brute-force versions.
 
 Conventions: errors and ECE are in percent (as the paper reports errors), NLL in nats per image,
-AUROC in [0, 1]. An AUROC is ``None`` when it is undefined: every prediction right, or every one
-wrong.
+AUROC/AUPR/FPR in [0, 1]. A detection metric is ``None`` when it is undefined: every prediction
+right, or every one wrong.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import log_softmax
-from sklearn.metrics import roc_auc_score
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, logsumexp
+from scipy.stats import entropy, spearmanr
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 from idml.errors import IdmlError
 
@@ -90,37 +95,145 @@ def misclassification_auroc(score: np.ndarray, wrong: np.ndarray) -> float | Non
     return float(roc_auc_score(wrong.astype(int), score))
 
 
-@dataclass(frozen=True)
-class EvalReport:
-    """The numbers ``idml eval`` reports (see the module docstring for the units)."""
+# -- uncertainty scores: larger = more uncertain ---------------------------------------------------
 
-    images: int
-    top1_err: float
-    top5_err: float
-    nll: float
-    ece: float
-    auroc_uncertainty: float | None
-    auroc_msp: float | None
+#: Every score ``idml eval`` measures, in report order, with what it is. ``ism`` scores need a model
+#: trained with the ISM head. All are oriented so that a larger value means "less sure".
+SCORES: dict[str, tuple[str, bool]] = {
+    "msp": ("1 - max softmax probability", False),
+    "entropy": ("entropy of the softmax, nats", False),
+    "max_logit": ("- max logit", False),
+    "energy": ("- logsumexp of the logits (free energy)", False),
+    "neg_f_norm": ("- ||f||, the pooled feature norm (a probe of the mechanism, not a proposal)", False),
+    "u_norm2": ("||u||^2, the squared norm of the uncertainty embedding", True),
+    "u_over_f": ("||u||^2 / ||f||^2, the uncertainty norm relative to the feature norm", True),
+    "ism_exponent": ("||u||^2 / (lambda ||f - p_y||^2) at the predicted class y: the ISM exponent", True),
+    "ism_msp": ("1 - max softmax of the introspective logits", True),
+}
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
+def uncertainty_scores(
+    logits: np.ndarray, *, feature_sq: np.ndarray, introspective: np.ndarray | None = None,
+    u_sq: np.ndarray | None = None, ism_exponent: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Every score of :data:`SCORES` that the model's outputs allow, one value per image.
 
-def evaluate_predictions(logits: np.ndarray, targets: np.ndarray, uncertainty: np.ndarray | None) -> EvalReport:
-    """All metrics of one evaluation. ``uncertainty`` is the per-image score, or None without ISM.
-
-    The maximum-softmax-probability baseline scores an image's chance of being wrong as
-    ``1 - max_c p_c``.
+    ``logits`` are the plain logits, ``feature_sq`` the squared norms ||f||^2 of the pooled features;
+    the ISM quantities (introspective logits, ||u||^2, the exponent at the predicted class) are None
+    for a model trained without ISM.
     """
+    logits = np.asarray(logits, dtype=np.float64)
     probs = softmax(logits)
-    confidence = probs.max(axis=1)
-    wrong = probs.argmax(axis=1) != targets
-    return EvalReport(
-        images=len(targets),
-        top1_err=topk_error(logits, targets, 1),
-        top5_err=topk_error(logits, targets, 5),
-        nll=negative_log_likelihood(logits, targets),
-        ece=expected_calibration_error(confidence, ~wrong),
-        auroc_uncertainty=None if uncertainty is None else misclassification_auroc(uncertainty, wrong),
-        auroc_msp=misclassification_auroc(1.0 - confidence, wrong),
-    )
+    scores = {
+        "msp": 1.0 - probs.max(axis=1),
+        "entropy": entropy(probs, axis=1),
+        "max_logit": -logits.max(axis=1),
+        "energy": -logsumexp(logits, axis=1),
+        "neg_f_norm": -np.sqrt(feature_sq),
+    }
+    if u_sq is not None and introspective is not None and ism_exponent is not None:
+        scores |= {
+            "u_norm2": u_sq,
+            "u_over_f": u_sq / np.maximum(feature_sq, np.finfo(np.float64).tiny),
+            "ism_exponent": ism_exponent,
+            "ism_msp": 1.0 - softmax(introspective).max(axis=1),
+        }
+    return scores
+
+
+# -- detection: mistakes or out-of-distribution images as the positives ------------------------------
+
+def detection_metrics(score: np.ndarray, positive: np.ndarray) -> dict[str, float | None]:
+    """AUROC, AUPR (average precision, positives = ``positive``) and FPR at 95% TPR of ``score``.
+
+    From scikit-learn (roc_auc_score, average_precision_score, roc_curve). All None when only one
+    class is present (every prediction right, say).
+    """
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return {"auroc": None, "aupr": None, "fpr95": None}
+    fpr, tpr, _ = roc_curve(positive.astype(int), score, drop_intermediate=False)
+    return {
+        "auroc": float(roc_auc_score(positive.astype(int), score)),
+        "aupr": float(average_precision_score(positive.astype(int), score)),
+        "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+    }
+
+
+def risk_coverage(score: np.ndarray, wrong: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The risk-coverage curve of selective prediction: keep the k least uncertain images
+    (k = 1..n); coverage k/n, risk = share of errors among them.
+
+    Images with equal scores are kept in random order: the risk is its expectation over those
+    orders, so a score with ties (a saturated softmax) is neither flattered nor penalised.
+    """
+    score, wrong = np.asarray(score, dtype=np.float64), np.asarray(wrong, dtype=np.float64)
+    n = len(score)
+    order = np.argsort(score, kind="stable")
+    _, first, counts = np.unique(score[order], return_index=True, return_counts=True)
+    group_errors = np.add.reduceat(wrong[order], first)
+    errors_before = np.cumsum(group_errors) - group_errors
+    group = np.repeat(np.arange(len(first)), counts)
+    rank_in_group = np.arange(n) - first[group] + 1
+    expected_errors = errors_before[group] + rank_in_group * group_errors[group] / counts[group]
+    kept = np.arange(1, n + 1)
+    return kept / n, expected_errors / kept
+
+
+def aurc(score: np.ndarray, wrong: np.ndarray) -> float:
+    """Area under the risk-coverage curve (mean risk over k = 1..n; lower is better)."""
+    return float(risk_coverage(score, wrong)[1].mean())
+
+
+# -- calibration -------------------------------------------------------------------------------------
+
+def brier_score(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Multi-class Brier score, mean over images of sum_c (p_c - [c = y])^2 (scikit-learn)."""
+    return float(brier_score_loss(targets, probs, labels=np.arange(probs.shape[1])))
+
+
+def calibration(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> dict[str, float]:
+    """NLL (nats per image), Brier score and ECE (percent) of the softmax of ``logits / temperature``."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    probs = softmax(scaled)
+    correct = probs.argmax(axis=1) == targets
+    return {
+        "nll": negative_log_likelihood(scaled, targets),
+        "brier": brier_score(probs, targets),
+        "ece": expected_calibration_error(probs.max(axis=1), correct),
+    }
+
+
+#: The range a fitted temperature may take. An optimum at either end means the NLL has no interior
+#: minimum, e.g. a validation split without a single mistake (sharper is then always "better", and
+#: a near-zero temperature would make every test mistake cost a huge NLL): no temperature is fitted.
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float | None:
+    """The temperature T > 0 that minimises the NLL of softmax(logits / T) (Guo et al., 2017), or
+    None where the minimum lies at the end of :data:`TEMPERATURE_BOUNDS` (not identifiable).
+
+    A bounded one-dimensional search over log T (scipy's minimize_scalar); the NLL is convex in 1/T.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if len(targets) == 0:
+        raise ValueError("no images to fit a temperature on")
+
+    def nll(log_t: float) -> float:
+        return negative_log_likelihood(logits / np.exp(log_t), targets)
+
+    low, high = np.log(TEMPERATURE_BOUNDS)
+    result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    if min(nll(low), nll(high)) <= result.fun + 1e-12:  # the minimum is at an end: none inside
+        return None
+    return float(np.exp(result.x))
+
+
+# -- ambiguity -----------------------------------------------------------------------------------------
+
+def spearman(score: np.ndarray, truth: np.ndarray) -> float | None:
+    """Spearman's rank correlation (scipy), None where undefined (a constant score)."""
+    if np.ptp(score) == 0 or np.ptp(truth) == 0:
+        return None
+    return float(spearmanr(score, truth).statistic)

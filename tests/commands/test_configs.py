@@ -65,7 +65,7 @@ def test_official_configs_are_the_readme_commands():
 
 
 def test_quickstart_config_is_the_readme_quick_start():
-    (argv,) = [c for c in readme_commands("idml train ") if "digits" in c]
+    (argv,) = [c for c in readme_commands("idml train ") if "--dataset" in c and "digits_quickstart" in c]
     assert parse_train_args(argv) == parse_train_args(["--config", str(ROOT / "configs/quickstart.yaml")])
 
 

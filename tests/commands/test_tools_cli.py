@@ -20,7 +20,7 @@ from idml.cli import main as cli_main
 from idml.config import parse_train_args
 from idml.data.augment import Normalize
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
-from idml.metrics import evaluate_predictions, softmax
+from idml.metrics import detection_metrics, softmax, topk_error
 from idml.models import ModelSpec, build_from_spec
 from idml.training.run_log import read_metrics
 
@@ -85,16 +85,20 @@ def test_eval_matches_a_manual_forward_pass(tiny, tmp_path):
     assert status == 0
     result = json.loads(out)
     logits, scores, targets, _ = manual_outputs(checkpoint, tiny["data"])
-    expected = evaluate_predictions(logits, targets, scores).to_dict()
-    assert result["dataset"] == "cifar10" and result["ism"] is True and result["images"] == 10
-    for key in ("top1_err", "top5_err", "nll", "ece", "auroc_msp"):
-        assert result[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
-    if expected["auroc_uncertainty"] is not None:
-        assert result["auroc_uncertainty"] == pytest.approx(expected["auroc_uncertainty"], rel=1e-4)
+    wrong = logits.argmax(1) != targets
+    assert result["dataset"] == "cifar10" and result["ism"] is True and result["test_images"] == 10
+    assert result["top1_err"] == pytest.approx(topk_error(logits, targets, 1))
+    assert result["top5_err"] == pytest.approx(topk_error(logits, targets, 5))
+    msp = detection_metrics(1 - softmax(logits).max(1), wrong)
+    u = detection_metrics(scores, wrong)
+    for key in ("auroc", "aupr", "fpr95"):
+        for name, expected in (("msp", msp), ("u_norm2", u)):
+            got = result["mistakes"]["by_score"][name][key]
+            assert got == (None if expected[key] is None else pytest.approx(expected[key], rel=1e-4)), (name, key)
     assert is_png(plot)
 
     status, text, _ = run_cli(["eval", "--checkpoint", str(checkpoint), "--data_dir", str(tiny["data"])])
-    assert status == 0 and "ECE (15 bins)" in text and f"{result['top1_err']:.2f} %" in text
+    assert status == 0 and "ECE" in text and f"top-1 error  {result['top1_err']:.2f} %" in text
 
 
 def test_eval_and_predict_without_ism(tiny, tmp_path):
@@ -104,12 +108,12 @@ def test_eval_and_predict_without_ism(tiny, tmp_path):
     torch.save(state, tmp_path / "plain.pth.tar")
     status, out, _ = run_cli(["eval", "--checkpoint", str(tmp_path / "plain.pth.tar"),
                               "--data_dir", str(tiny["data"]), "--plot", str(tmp_path / "plain.png")])
-    assert status == 0 and "AUROC uncertainty ||u||^2  n/a (model trained without ISM)" in out
+    assert status == 0 and "ISM off" in out and "u_norm2" not in out and "msp" in out
     assert is_png(tmp_path / "plain.png")
     Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
     status, out, _ = run_cli(["predict", "--checkpoint", str(tmp_path / "plain.pth.tar"), str(tmp_path / "red.png"),
                               "--format", "json"])
-    assert status == 0 and json.loads(out)[0]["uncertainty"] is None
+    assert status == 0 and json.loads(out)[0]["uncertainty"] is not None  # the default score needs no ISM
 
 
 def test_eval_refuses_a_dataset_of_another_input_size(tiny):
@@ -134,7 +138,7 @@ def image_folder(tiny, tmp_path):
 def test_predict_formats_agree_with_the_model(tiny, image_folder):
     checkpoint = str(tiny["run"] / BEST_NAME)
     outputs = {fmt: run_cli(["predict", "--checkpoint", checkpoint, str(image_folder), "--topk", "3",
-                             "--format", fmt]) for fmt in ("table", "csv", "json")}
+                             "--format", fmt, "--score", "u_norm2"]) for fmt in ("table", "csv", "json")}
     assert all(status == 0 for status, _, _ in outputs.values())
     records = json.loads(outputs["json"][1])
     files = [str(image_folder / "a.png"), str(image_folder / "c.png"), str(image_folder / "sub" / "b.png")]
@@ -152,7 +156,7 @@ def test_predict_formats_agree_with_the_model(tiny, image_folder):
     assert float(rows[0]["prob_1"]) == pytest.approx(first["topk"][0]["probability"], abs=1e-6)
 
     table = outputs["table"][1].splitlines()
-    assert table[0].split() == ["file", "uncertainty", "top-1", "top-2", "top-3"] and len(table) == 4
+    assert table[0].split() == ["file", "uncertainty", "(u_norm2)", "top-1", "top-2", "top-3"] and len(table) == 4
     assert table[1].startswith(files[0]) and f"{100 * first['topk'][0]['probability']:.1f}%" in table[1]
 
 

@@ -36,7 +36,7 @@ def test_torchvision_backbone_trains_one_step_through_the_cli(tmp_path):
     with contextlib.redirect_stdout(out):  # the checkpoint rebuilds the same network for evaluation
         assert cli_main(["eval", "--checkpoint", str(run / CHECKPOINT_NAME), "--data_dir", str(tmp_path / "data"),
                          "--device", "cpu"]) == 0
-    assert "10 validation images" in out.getvalue()
+    assert "10 test images" in out.getvalue()
 
 
 @pytest.mark.parametrize(("net_type", "message"), [

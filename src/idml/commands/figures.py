@@ -87,18 +87,34 @@ def _uncertainty_panel(
     ax.legend(loc="best", title=f"AUROC for errors: {SCORE} {notes[0]}, 1 - max prob {notes[1]}", title_fontsize=9)
 
 
+def _risk_coverage_panel(ax, curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Selective prediction: the error rate among the images each score is surest about."""
+    for name, (coverage, risk) in curves.items():
+        ax.plot(coverage, 100 * risk, label=f"{name} (AURC {risk.mean():.4f})", lw=1.5,
+                ls="-" if name in ("msp", "u_norm2") else "--")
+    ax.set(title="Risk-coverage (keep the least uncertain images)", xlabel="coverage (share of images kept)",
+           ylabel="error among kept images (%)", xlim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
+
+
 def evaluation_figure(
     bins: ReliabilityBins, ece: float, scores: np.ndarray | None, wrong: np.ndarray,
     aurocs: tuple[float | None, float | None], title: str,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Figure:
-    """Reliability diagram beside histograms of the uncertainty score for correct and wrong images.
+    """Reliability diagram beside histograms of the uncertainty score for correct and wrong images,
+    and (with ``curves``: score name -> (coverage, risk)) the risk-coverage curve of every score.
 
     ``aurocs``: how well the uncertainty score and 1 - max softmax probability flag the errors.
     """
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    _reliability_panel(left, bins, ece)
-    _uncertainty_panel(right, scores, wrong, aurocs)
+    panels = 3 if curves else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5))
+    _reliability_panel(axes[0], bins, ece)
+    _uncertainty_panel(axes[1], scores, wrong, aurocs)
+    if curves:
+        _risk_coverage_panel(axes[2], curves)
     fig.suptitle(title)
     return fig
 

@@ -143,7 +143,8 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     resume_path = resolve_resume_path(cfg)
     torch.manual_seed(cfg.seed)
     req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,
-                      cfg.skip_bad_images, cfg.label_noise, **user_data_fields(cfg))
+                      cfg.skip_bad_images, cfg.label_noise, val_split=cfg.val_split, classes=cfg.classes,
+                      **user_data_fields(cfg))
     data = build_data(req, rt.device)
     spec = replace(cfg.model_spec, num_classes=data.num_classes)
     state = load_resume_state(resume_path, spec.to_dict()) if resume_path else None

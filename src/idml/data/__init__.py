@@ -27,6 +27,7 @@ from idml.data.imagenet import (
 )
 from idml.data.loaders import InMemoryLoader, ResumableSampler, ShardSampler
 from idml.data.noise import symmetric_label_noise
+from idml.data.splits import parse_classes, select_classes, split_validation
 
 TrainTransform = Callable[[Tensor, np.random.Generator], Tensor]
 EvalTransform = Callable[[Tensor], Tensor]
@@ -51,6 +52,14 @@ class DataBundle:
     eval_transform: EvalTransform
     #: how the data is held and augmented, for the run's console (user datasets)
     note: str = ""
+    #: the official test split when ``val`` is a held-out share of the training set (--val_split);
+    #: None when ``val`` is the test split itself (the official protocol)
+    test: Iterable | None = None
+
+    @property
+    def test_set(self) -> Iterable:
+        """The official test split, whichever protocol the run used."""
+        return self.val if self.test is None else self.test
 
     @property
     def num_classes(self) -> int:
@@ -79,6 +88,8 @@ class DataRequest:
     memory_mb: float = 2048.0
     #: False: only the validation split is needed (evaluation), with the given mean and std
     need_train: bool = True
+    val_split: float = 0.0
+    classes: str | None = None
 
 
 IN_MEMORY = {
@@ -95,20 +106,34 @@ def in_memory_bundle(data: dict, req: DataRequest, device: torch.device) -> Data
     shard = {"seed": req.seed, "rank": req.rank, "world_size": req.world_size}
     train = InMemoryLoader(*(t.to(device) for t in data["train"]), req.batch_size, train=True, **shard)
     val = InMemoryLoader(*(t.to(device) for t in data["val"]), req.batch_size, train=False, **shard)
+    test = None
+    if "test" in data:
+        test = InMemoryLoader(*(t.to(device) for t in data["test"]), req.batch_size, train=False, **shard)
     return DataBundle(
         train, val, data["class_names"], mean, std, 32,
         train_transform=TrainAugment(mean, std, device, pad=4, flip=flip),
         eval_transform=Normalize(mean, std, device),
+        test=test,
     )
 
 
-def _in_memory(req: DataRequest, device: torch.device) -> DataBundle:
+def load_in_memory(req: DataRequest) -> dict:
+    """The in-memory dataset ``req.dataset`` as tensors: its class subset (``req.classes``), then
+    the held-out validation share (``req.val_split``, "test" = the official test split), then
+    label noise on what remains for training (the validation labels stay clean)."""
     data = IN_MEMORY[req.dataset][0](req.data_dir)
+    if req.classes is not None:
+        data = select_classes(data, parse_classes(req.classes, len(data["class_names"])))
+    data = split_validation(data, req.val_split, req.seed)
     if req.label_noise > 0:
         images, labels = data["train"]
         noisy = symmetric_label_noise(labels, req.label_noise, len(data["class_names"]), req.seed)
         data["train"] = (images, noisy)
-    return in_memory_bundle(data, req, device)
+    return data
+
+
+def _in_memory(req: DataRequest, device: torch.device) -> DataBundle:
+    return in_memory_bundle(load_in_memory(req), req, device)
 
 
 #: most worker processes chosen automatically per training process (each holds the file list)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -125,6 +126,16 @@ def broadcast_buffers(model: nn.Module, rt: Runtime) -> None:
     if rt.distributed:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def gather_rows(array: np.ndarray, rt: Runtime) -> np.ndarray:
+    """Every rank's ``array`` stacked along the first axis, in rank order, on every rank (once per
+    epoch, for the few validation logits that fit a temperature: the control group suffices)."""
+    if not rt.distributed:
+        return array
+    parts: list[np.ndarray | None] = [None] * rt.world_size
+    dist.all_gather_object(parts, array, group=control_group())
+    return np.concatenate([p for p in parts if p is not None])
 
 
 def share_failure(failure: Exception | None, rt: Runtime) -> None:

@@ -98,7 +98,7 @@ MODEL, DATA_ORDER, RECIPE, RUNTIME = "model", "data-order", "recipe", "runtime"
 RESUME_RULES: dict[str, str] = {
     **dict.fromkeys(["net_type", "dataset", "depth", "alpha", "bottleneck", "ism", "uncertainty_dim",
                      "ism_lambda", "input_size"], MODEL),
-    **dict.fromkeys(["seed", "label_noise", "image_key", "label_key"], DATA_ORDER),
+    **dict.fromkeys(["seed", "label_noise", "image_key", "label_key", "val_split", "classes"], DATA_ORDER),
     **dict.fromkeys(["lr", "momentum", "weight_decay", "epochs", "batch_size", "beta", "cutmix_prob",
                      "mixup_alpha", "mixup_prob", "amp", "device", "sync_bn", "data_dir", "skip_bad_images",
                      "deterministic", "mean", "std", "data_memory_mb", "model_ema", "sched", "warmup_epochs",

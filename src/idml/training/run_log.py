@@ -50,6 +50,8 @@ class EpochRecord:
     ``train_loss`` is the training objective (cross-entropy on the introspective logits, mixed
     under CutMix/Mixup); ``val_loss`` is the cross-entropy of the plain logits. ``epoch_seconds``
     covers training and validation; ``images_per_s`` is the training throughput of all processes.
+    ``val_*`` is the selection set: the test split under the official protocol, the held-out share
+    of the training set with --val_split, whose runs also fill ``test_*`` (empty otherwise).
     """
 
     epoch: int
@@ -62,17 +64,32 @@ class EpochRecord:
     val_top5_err: float
     epoch_seconds: float
     images_per_s: float
+    test_loss: float | None = None
+    test_top1_err: float | None = None
+    test_top5_err: float | None = None
 
     @classmethod
     def from_results(
-        cls, epoch: int, lr: float, train: PhaseResult, val: PhaseResult, world_size: int = 1
+        cls, epoch: int, lr: float, train: PhaseResult, val: PhaseResult, world_size: int = 1,
+        test: PhaseResult | None = None,
     ) -> EpochRecord:
         throughput = train.images * world_size / train.seconds if train.seconds > 0 else 0.0
+        tested = (test.loss, test.top1_err, test.top5_err) if test is not None else (None, None, None)
+        seconds = train.seconds + val.seconds + (test.seconds if test is not None else 0.0)
         return cls(epoch, lr, train.loss, train.top1_err, train.top5_err, val.loss, val.top1_err, val.top5_err,
-                   train.seconds + val.seconds, throughput)
+                   seconds, throughput, *tested)
 
 
-COLUMNS = [f.name for f in fields(EpochRecord)]
+ALL_COLUMNS = [f.name for f in fields(EpochRecord)]
+#: the columns every metrics.csv has; the test columns only runs with --val_split have
+OPTIONAL_COLUMNS = ["test_loss", "test_top1_err", "test_top5_err"]
+COLUMNS = [c for c in ALL_COLUMNS if c not in OPTIONAL_COLUMNS]
+
+
+def _value(key: str, text: str | None) -> float | int | None:
+    if key == "epoch":
+        return int(text or "")
+    return None if text in (None, "") else float(text)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
@@ -83,7 +100,11 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not set(COLUMNS) <= set(reader.fieldnames):
                 raise IdmlError(f"{path} is not an idml metrics.csv (expected the columns {', '.join(COLUMNS)})")
-            return [{k: (int(row[k]) if k == "epoch" else float(row[k])) for k in COLUMNS} for row in reader]
+            names = COLUMNS + [c for c in OPTIONAL_COLUMNS if c in reader.fieldnames]
+            rows = [{k: _value(k, row[k]) for k in names} for row in reader]
+            if any(row[k] is None for row in rows for k in COLUMNS):
+                raise ValueError("an empty cell")
+            return rows
     except OSError as exc:
         raise IdmlError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (ValueError, TypeError) as exc:
@@ -91,8 +112,8 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 
 def _formatted(row: dict) -> dict[str, str]:
-    """A row as text: the epoch as an integer, other numbers to 6 significant digits."""
-    return {k: str(v) if k == "epoch" else f"{v:.6g}" for k, v in row.items()}
+    """A row as text: the epoch as an integer, other numbers to 6 significant digits, None empty."""
+    return {k: str(v) if k == "epoch" else "" if v is None else f"{v:.6g}" for k, v in row.items()}
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -119,14 +140,15 @@ class MetricsCSV:
     kill while it is written leaves the previous version, never a truncated or emptied file.
     """
 
-    def __init__(self, path: Path, first_epoch: int) -> None:
+    def __init__(self, path: Path, first_epoch: int, with_test: bool = False) -> None:
         self.path = path
+        self.columns = ALL_COLUMNS if with_test else COLUMNS
         self.rows = [_formatted(row) for row in self._rows_before(path, first_epoch)]
         self._save()
 
     def _save(self) -> None:
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\r\n")
+        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\r\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, out.getvalue())
@@ -160,9 +182,9 @@ class TensorBoardLog:
 
     def write(self, record: EpochRecord) -> None:
         for name, value in asdict(record).items():
-            if name != "epoch":
+            if name != "epoch" and value is not None:
                 split, _, metric = name.partition("_")
-                tag = f"{split}/{metric}" if split in ("train", "val") else f"run/{name}"
+                tag = f"{split}/{metric}" if split in ("train", "val", "test") else f"run/{name}"
                 self.writer.add_scalar(tag, value, record.epoch)
         self.writer.flush()
 
@@ -210,19 +232,20 @@ class RunLog:
         else:
             self._bar.set_postfix({name: f"{value:.4g}" for name, value in running.items()}, refresh=False)
 
-    def _open(self, first_epoch: int) -> list[MetricsCSV | TensorBoardLog]:
-        sinks: list[MetricsCSV | TensorBoardLog] = [MetricsCSV(self.run_dir / METRICS_NAME, first_epoch)]
+    def _open(self, first_epoch: int, with_test: bool) -> list[MetricsCSV | TensorBoardLog]:
+        sinks: list[MetricsCSV | TensorBoardLog] = [MetricsCSV(self.run_dir / METRICS_NAME, first_epoch, with_test)]
         if self.tensorboard:
             sinks.append(TensorBoardLog(self.run_dir / TENSORBOARD_DIR))
         return sinks
 
-    def epoch_end(self, epoch: int, lr: float, train: PhaseResult, val: PhaseResult) -> None:
-        """Record one finished epoch (called once per epoch by the trainer)."""
+    def epoch_end(self, epoch: int, lr: float, train: PhaseResult, val: PhaseResult,
+                  test: PhaseResult | None = None) -> None:
+        """Record one finished epoch (called once per epoch by the trainer; ``test`` with --val_split)."""
         if not self.is_main:
             return
         if self._sinks is None:
-            self._sinks = self._open(epoch)
-        record = EpochRecord.from_results(epoch, lr, train, val, self.world_size)
+            self._sinks = self._open(epoch, test is not None)
+        record = EpochRecord.from_results(epoch, lr, train, val, self.world_size, test)
         for sink in self._sinks:
             sink.write(record)
 

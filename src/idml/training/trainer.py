@@ -32,8 +32,9 @@ from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save, check_optim
 from idml.config import TrainConfig
 from idml.data import DataBundle
 from idml.errors import IdmlError, NonFiniteLossError, RunStopped, one_line
+from idml.metrics import fit_temperature
 from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
-from idml.training.distributed import broadcast_buffers, run_agreed
+from idml.training.distributed import broadcast_buffers, gather_rows, run_agreed
 from idml.training.ema import ModelEMA
 from idml.training.health import weights_problem
 from idml.training.host_reads import DeferredLines
@@ -169,6 +170,11 @@ class Trainer:
         self.best_err1, self.best_err5 = 100.0, 100.0
         self.best_weights = "model"  # or "ema": which weights scored best_err1
         self.grads_pending = False  # inside a group of --grad_accum_steps batches
+        #: with --val_split: the softmax temperature fitted on the validation split, and the test
+        #: errors at the best-validation and at the last epoch ({"epoch", "top1_err", "top5_err", "loss"})
+        self.temperature: float | None = None
+        self.test_at_best: dict[str, float] | None = None
+        self.test_at_last: dict[str, float] | None = None
         self.last_saved = "nothing was saved yet"  # for the messages of a stop or a failure
         self.lines = DeferredLines(runtime.device)  # per-step lines, read back without waiting for the GPU
         self.written: list[Path] = []  # the files this run wrote (to report only those)
@@ -320,42 +326,62 @@ class Trainer:
         return EpochResult(*avg, images_seen, time.perf_counter() - start)
 
     @torch.inference_mode()
-    def validate(self, epoch: int, ema: bool = False) -> EpochResult:
-        """Top-1/top-5 error of the plain logits over the whole validation set (all ranks), with the
-        trained weights or (``ema``) their moving average."""
+    def validate(self, epoch: int, ema: bool = False, split: str = "val",
+                 keep: list[tuple[Tensor, Tensor]] | None = None) -> EpochResult:
+        """Top-1/top-5 error of the plain logits over a whole evaluation split (all ranks), with the
+        trained weights or (``ema``) their moving average.
+
+        ``split="val"`` is the selection set: the test split under the official protocol, the held-out
+        share of the training set with --val_split; ``"test"`` is the test split of a --val_split run.
+        ``keep`` (a list) receives this rank's (logits, targets) batches, for fitting the temperature.
+        """
         if ema and self.ema is not None:
             model, label = self.ema.module, "EMA "
         else:
             model, label = (self.model if self.rt.distributed else self.net), ""
         broadcast_buffers(self.ema.module if label else self.model, self.rt)
         model.eval()
+        loader = self.data.val if split == "val" else self.data.test
+        held_out = self.data.test is not None and split == "val"
+        title, loss_name = ((f"Val {label}(held-out share of train)", "Val Loss") if held_out
+                            else (f"Test {label}(on val set)", "Test Loss"))
         meter = Meter(self.rt.device)
         start = time.perf_counter()
-        steps = len(self.data.val)
-        batches = self.log.progress(self.stopping.batches(self.data.val, stoppable=False),
-                                    f"Test {label}{epoch}/{self.cfg.epochs}", steps)
+        steps = len(loader)
+        batches = self.log.progress(self.stopping.batches(loader, stoppable=False),
+                                    f"{title.split()[0]} {label}{epoch}/{self.cfg.epochs}", steps)
         for step, (images, targets) in enumerate(batches):
             images, targets = self._to_device(images, targets)
             with self._autocast():
                 logits = model(self._memory_format(self.data.eval_transform(images))).logits
             loss = nn.functional.cross_entropy(logits.float(), targets)
             meter.update(loss, logits, targets)
+            if keep is not None:
+                keep.append((logits.float(), targets))
             if self._prints(step):
-                self.lines.add(meter.last, lambda values, step=step: self._print_test_step(epoch, step, steps, values,
-                                                                                           label))
+                self.lines.add(meter.last,
+                               lambda values, step=step: self._print_test_step(title, epoch, step, steps, values))
             self.lines.poll()
         self.lines.flush()
         meter.all_reduce()
         avg = meter.average()
         self.print(f"* {label}Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
-                   f"Top 5-err {avg.top5_err:.3f}\t Test Loss {avg.loss:.3f}")
+                   f"Top 5-err {avg.top5_err:.3f}\t {loss_name} {avg.loss:.3f}")
         return EpochResult(*avg, meter.images, time.perf_counter() - start)
 
-    def _print_test_step(self, epoch: int, step: int, steps: int, values: list[float], label: str = "") -> None:
+    def _print_test_step(self, title: str, epoch: int, step: int, steps: int, values: list[float]) -> None:
         batch = Meter.averages(values)
-        self.log.step(f"Test {label}(on val set): [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
+        self.log.step(f"{title}: [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
                       f"Top 1-err {batch.top1_err:.4f}\tTop 5-err {batch.top5_err:.4f}",
                       batch_top1_err=batch.top1_err)
+
+    def fit_temperature(self, kept: list[tuple[Tensor, Tensor]]) -> float | None:
+        """The softmax temperature minimising the NLL of the validation logits of every rank (None
+        where it is not identifiable, e.g. no validation mistakes)."""
+        logits = torch.cat([batch[0] for batch in kept]).cpu().double().numpy()
+        targets = torch.cat([batch[1] for batch in kept]).cpu().numpy()
+        logits, targets = gather_rows(logits, self.rt), gather_rows(targets, self.rt)
+        return fit_temperature(logits, targets)
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
@@ -368,6 +394,9 @@ class Trainer:
             "state_dict": self.model.state_dict(),
             "best_err1": self.best_err1,
             "best_err5": self.best_err5,
+            "temperature": self.temperature,
+            "test_at_best": self.test_at_best,
+            "test_at_last": self.test_at_last,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "config": self.cfg.to_dict(),
@@ -397,6 +426,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.best_err1 = float(state.get("best_err1", 100.0))
         self.best_err5 = float(state.get("best_err5", 100.0))
+        self.temperature = state.get("temperature")
+        self.test_at_best, self.test_at_last = state.get("test_at_best"), state.get("test_at_last")
         notes: list[str] = []
         own = own_rank_state(state, self.rt, notes)
         if own is not None:
@@ -487,25 +518,56 @@ class Trainer:
         return " (EMA weights: idml eval --ema)" if self.ema is not None and self.best_weights == "ema" else ""
 
     def fit(self) -> tuple[float, float]:
-        """Train from ``self.start`` to ``cfg.epochs``; returns the best (top-1, top-5) error."""
+        """Train from ``self.start`` to ``cfg.epochs``; returns the best (top-1, top-5) error of the
+        selection set (the test split under the official protocol, else the validation split)."""
+        held_out = self.data.test is not None
         with self.stopping.handling_signals():
             for epoch in range(self.start.epoch, self.cfg.epochs):
                 train = self.train_epoch(epoch)
-                val = self.validate(epoch)
+                kept: list[tuple[Tensor, Tensor]] | None = [] if held_out else None
+                val = self.validate(epoch, keep=kept) if held_out else self.validate(epoch)  # official: as ever
                 self.check_validation(epoch, val)
-                ema_val = self.validate(epoch, ema=True) if self.ema is not None else None
-                self.log.epoch_end(epoch, self.optimizer.param_groups[0]["lr"], train, val)
+                ema_kept: list[tuple[Tensor, Tensor]] | None = [] if held_out else None
+                ema_val = self.validate(epoch, ema=True, keep=ema_kept) if self.ema is not None else None
                 best, weights = (ema_val, "ema") if ema_val and ema_val.top1_err < val.top1_err else (val, "model")
+                # the test split and the temperature: with the weights that scored best this epoch
+                test = self.validate(epoch, ema=weights == "ema", split="test") if held_out else None
+                self.log.epoch_end(epoch, self.optimizer.param_groups[0]["lr"], train, val, test)
                 is_best = best.top1_err <= self.best_err1
                 self.best_err1 = min(best.top1_err, self.best_err1)
                 if is_best:
                     self.best_err5, self.best_weights = best.top5_err, weights
-                self.print(f"Current best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}"
-                           f"{self._best_note()}")
+                if test is not None and kept is not None and ema_kept is not None:
+                    self.temperature = self.fit_temperature(ema_kept if weights == "ema" else kept)
+                    self.test_at_last = test_record(epoch, test)
+                    if is_best:
+                        self.test_at_best = self.test_at_last
+                self.print_best("Current best")
                 self.save(epoch, is_best)
                 signum = self.stopping.stop_signal()
                 if signum and epoch + 1 < self.cfg.epochs:
                     raise self._stopped(signum)
         self.log.close()
-        self.print(f"Best accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}{self._best_note()}")
+        self.print_best("Best")
         return self.best_err1, self.best_err5
+
+    def print_best(self, prefix: str) -> None:
+        """The official line; with --val_split, the test errors at the best and last epochs too."""
+        if self.data.test is None:
+            self.print(f"{prefix} accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}{self._best_note()}")
+            return
+        self.print(f"{prefix} validation accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}"
+                   f"{self._best_note()}")
+        for when, record in (("the best validation epoch", self.test_at_best), ("the last epoch", self.test_at_last)):
+            if record is not None:
+                self.print(f"  test at {when} ({record['epoch']}) (top-1 and 5 error): "
+                           f"{record['top1_err']} {record['top5_err']}")
+        if self.test_at_last is not None:
+            fitted = "none (the validation NLL has no minimum: no validation mistakes?)" if self.temperature is None \
+                else f"{self.temperature:.4f}"
+            self.print(f"  softmax temperature (fitted on the validation split): {fitted}")
+
+
+def test_record(epoch: int, result: EpochResult) -> dict[str, float]:
+    """What the checkpoint keeps of a test-split evaluation (plain types: weights_only loads it)."""
+    return {"epoch": epoch, "top1_err": result.top1_err, "top5_err": result.top5_err, "loss": result.loss}
