@@ -118,7 +118,7 @@ def test_readme_train_commands_validate(monkeypatch):
 
 
 RECIPE_KEYS = ("expname", "sched", "warmup_epochs", "model_ema", "label_smoothing", "grad_accum_steps",
-               "clip_grad_norm")
+               "clip_grad_norm", "val_split")
 
 
 @pytest.mark.parametrize(("ours", "paper"), [("cifar100_pyramidnet_modern", "cifar100/idml_cutmix"),
