@@ -292,16 +292,16 @@ FIELDS: dict[str, Field] = {
     "step": ("an integer >= 0", lambda v: _is_int(v, 0)),
     "global_batch": ("an integer >= 1", lambda v: _is_int(v, 1)),
     "best_weights": ("'model' or 'ema'", lambda v: v in ("model", "ema")),
+    "temperature": ("None or a finite number > 0 (the softmax temperature)",
+                    lambda v: v is None or _is_real(v, above=0)),
+    "test_at_best": ("None or a dict of test errors", lambda v: v is None or (isinstance(v, dict) and _is_plain(v))),
+    "test_at_last": ("None or a dict of test errors", lambda v: v is None or (isinstance(v, dict) and _is_plain(v))),
 }
 
 #: The moving average of a --model_ema run (training.ema.ModelEMA.state_dict()).
 EMA_FIELDS: dict[str, Field] = {
     "decay": ("a number in [0, 1)", lambda v: _is_real(v, 0) and v < 1),
     "updates": ("an integer >= 0", lambda v: _is_int(v, 0)),
-    "temperature": ("None or a finite number > 0 (the softmax temperature)",
-                    lambda v: v is None or _is_real(v, above=0)),
-    "test_at_best": ("None or a dict of test errors", lambda v: v is None or (isinstance(v, dict) and _is_plain(v))),
-    "test_at_last": ("None or a dict of test errors", lambda v: v is None or (isinstance(v, dict) and _is_plain(v))),
 }
 
 #: GradScaler.state_dict() of an enabled scaler; a disabled one writes {}.

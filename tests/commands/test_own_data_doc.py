@@ -66,8 +66,8 @@ def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
     quoted = re.search(r"`(=> data: folder my_images:.*?)`", DOC.read_text(encoding="utf-8"), flags=re.S)[1]
     assert " ".join(quoted.split()) in out
     assert (tmp_path / "runs" / "my_images" / "model_best.pth.tar").is_file()
-    assert re.search(r"^dataset\s+folder \(75 validation images\)$", out, flags=re.M)  # idml eval
+    assert re.search(r"^dataset\s+folder \(75 test images, 3 classes; ISM on\)$", out, flags=re.M)  # idml eval
     table = out[out.index("file ") :].splitlines()  # idml predict
-    assert table[0].split() == ["file", "uncertainty", "top-1", "top-2", "top-3"]
+    assert table[0].split() == ["file", "uncertainty", "(msp)", "top-1", "top-2", "top-3"]
     assert len(table) == 26 and all(row.startswith("my_images/val/circle/") for row in table[1:])
     assert all(name in out for name in ("circle", "square", "triangle"))

@@ -63,7 +63,7 @@ def test_train_eval_predict_on_a_folder_of_pngs(images: Path, tmp_path: Path, ca
                            "--device", "cpu", "-j", "0"], capsys)  # --data_dir: the checkpoint's own
     assert code == 0, err
     report = json.loads(out)
-    assert report["images"] == 15 and report["top1_err"] == pytest.approx(state["best_err1"], abs=1e-9)
+    assert report["test_images"] == 15 and report["top1_err"] == pytest.approx(state["best_err1"], abs=1e-9)
 
     code, out, err = idml(["predict", "--checkpoint", str(tmp_path / "mine" / "model_best.pth.tar"),
                            str(images / "val"), "--format", "json", "--topk", "3", "--device", "cpu"], capsys)

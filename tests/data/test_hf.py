@@ -66,7 +66,7 @@ def test_train_and_eval_a_saved_dataset(saved: Path, tmp_path: Path, capsys) -> 
     code, out, err = idml(["eval", "--checkpoint", str(tmp_path / "hf" / "checkpoint.pth.tar"), "--json",
                            "--device", "cpu", "-j", "0"], capsys)  # keys and input size from the checkpoint
     assert code == 0, err
-    assert json.loads(out)["images"] == 9 and json.loads(out)["top1_err"] == pytest.approx(state["best_err1"])
+    assert json.loads(out)["test_images"] == 9 and json.loads(out)["top1_err"] == pytest.approx(state["best_err1"])
 
 
 def test_hf_images_equal_the_same_images_as_files(saved: Path, tmp_path: Path) -> None:
