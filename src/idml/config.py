@@ -189,7 +189,8 @@ class TrainConfig:
                                help="hold out this seeded, class-stratified share of the training set as the "
                                "validation set: the best epoch and the softmax temperature are chosen on it and "
                                "the test set is reported at the best-validation and the last epoch (cifar10, "
-                               "cifar100, digits; 0 = the official protocol: best chosen on the test set)")
+                               "cifar100, digits; a folder dataset without val/ holds it out of train/; 0 = the "
+                               "official protocol: best chosen on the test set)")
     classes: str | None = setting(None, "--classes", metavar="SPEC", shown_default="all",
                                   help="train on these classes only, e.g. 0-4 or 0,3,7 (labels renumbered in that "
                                   "order, names kept; cifar10, cifar100, digits)")
@@ -242,8 +243,8 @@ class TrainConfig:
             (self.label_noise == 0 or self.dataset.lower() in ("cifar10", "cifar100", "digits"),
              "--label_noise works on the in-memory datasets (cifar10, cifar100, digits), not imagenet"),
             (0 <= self.val_split < 1, f"--val_split must lie in [0, 1) (got {self.val_split})"),
-            (self.val_split == 0 or self.dataset.lower() in ("cifar10", "cifar100", "digits"),
-             f"--val_split works on the in-memory datasets (cifar10, cifar100, digits), not {self.dataset}"),
+            (self.val_split == 0 or self.dataset.lower() in ("cifar10", "cifar100", "digits", "folder"),
+             f"--val_split works on cifar10, cifar100, digits and folder datasets, not {self.dataset}"),
             (self.classes is None or self.dataset.lower() in ("cifar10", "cifar100", "digits"),
              f"--classes works on the in-memory datasets (cifar10, cifar100, digits), not {self.dataset}"),
             (self.ism_lambda > 0, f"--ism_lambda must be positive (got {self.ism_lambda})"),

@@ -251,3 +251,28 @@ def test_folder_runs_resume_exactly(images: Path, tmp_path: Path, capsys, monkey
     code, _, err = idml([*args, "--expname", "run", "--resume", "auto"], capsys)
     assert code == 0, err
     assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), load(tmp_path / "ref" / "checkpoint.pth.tar"))
+
+
+def test_a_folder_without_val_holds_out_a_stratified_share_that_eval_finds_again(images: Path, tmp_path: Path,
+                                                                                  capsys) -> None:
+    only_train = tmp_path / "only_train"
+    shutil.copytree(images / "train", only_train / "train")
+    code, _, err = idml(["train", "--dataset", "folder", "--data_dir", str(only_train), "--input_size", "48",
+                         "--epochs", "1", "--output_dir", str(tmp_path), "--expname", "nv", *SMALL_NET], capsys)
+    assert "pass --val_split 0.1" in one_error_line(err, code=code)
+
+    code, out, err = idml(["train", "--dataset", "folder", "--data_dir", str(only_train), "--input_size", "48",
+                           "--val_split", "0.25", "--epochs", "1", "--output_dir", str(tmp_path), "--expname", "vs",
+                           *SMALL_NET], capsys)
+    assert code == 0, err
+    assert "45 training and 15 validation images" in out  # 5 of the 20 images of each class held out
+    code, out, err = idml(["eval", "--checkpoint", str(tmp_path / "vs" / "model_best.pth.tar"), "--json",
+                           "--device", "cpu", "-j", "0"], capsys)
+    assert code == 0, err
+    state = load(tmp_path / "vs" / "model_best.pth.tar")
+    report = json.loads(out)
+    assert report["test_images"] == 15 and report["top1_err"] == pytest.approx(state["best_err1"], abs=1e-9)
+
+    code, _, err = idml(["train", "--dataset", "folder", "--data_dir", str(images), "--val_split", "0.25",
+                         "--epochs", "1", "--output_dir", str(tmp_path), "--expname", "both", *SMALL_NET], capsys)
+    assert "has one: drop --val_split" in one_error_line(err, code=code)

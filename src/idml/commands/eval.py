@@ -120,7 +120,10 @@ def data_request(args, trained: TrainedModel, dataset: str) -> DataRequest:
                            seed=int(saved.get("seed", 0) or 0),
                            val_split=float(saved.get("val_split") or 0.0) if own else 0.0,
                            classes=saved.get("classes") if own else None)
+    own = dataset == trained.dataset and args.data_dir in (None, saved.get("data_dir"))
     return DataRequest(dataset, args.data_dir or saved.get("data_dir") or "data", args.batch_size, args.workers,
+                       seed=int(saved.get("seed", 0) or 0),
+                       val_split=float(saved.get("val_split") or 0.0) if own else 0.0,
                        input_size=trained.input_size, mean=trained.mean, std=trained.std, need_train=False,
                        image_key=saved.get("image_key", "image"), label_key=saved.get("label_key", "label"))
 

@@ -46,7 +46,8 @@ from idml.data.catalog import dataset_info
 from idml.data.image_files import image_preparer, read_image
 from idml.data.imagenet import SeededImages
 from idml.data.loaders import InMemoryLoader
-from idml.errors import DataError
+from idml.data.splits import stratified_indices
+from idml.errors import ConfigError, DataError
 
 LAYOUT = "expected D/train/<class>/<images> and D/val/<class>/<images> (D = --data_dir)"
 #: Training images the mean and std are measured on when the data streams.
@@ -127,12 +128,30 @@ def scan_split(folder: Path) -> tuple[list[str], list[Path], list[int]]:
     return classes, files, labels
 
 
-def load_folder(data_dir: str | Path) -> UserData:
-    """Both splits of ``data_dir``; their class folders must agree, and there must be two or more."""
+def load_folder(data_dir: str | Path, val_split: float = 0.0, seed: int = 0) -> UserData:
+    """Both splits of ``data_dir``; their class folders must agree, and there must be two or more.
+
+    Without a ``val/`` folder, ``val_split`` > 0 holds out a seeded, class-stratified share of
+    ``train/`` as the validation split (the same files for the same seed, so ``idml eval``
+    finds them again from the checkpoint's settings).
+    """
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"--data_dir {root} is not a folder; {LAYOUT}")
     train_classes, train_files, train_labels = scan_split(root / "train")
+    if val_split > 0:
+        if (root / "val").exists():
+            raise ConfigError(f"--val_split holds out part of train/ when there is no val/ folder, but {root} "
+                              "has one: drop --val_split (val/ is the validation split) or remove val/")
+        check_classes(train_classes, str(root))
+        kept, held = stratified_indices(np.asarray(train_labels), val_split, seed)
+        pick = lambda items, idx: [items[i] for i in idx]  # noqa: E731 - two uses, one line each
+        return UserData(FileImages(pick(train_files, kept), pick(train_labels, kept)),
+                        FileImages(pick(train_files, held), pick(train_labels, held)), train_classes,
+                        f"folder {root} (validation: {val_split:g} of train/, seed {seed})")
+    if not (root / "val").exists() and (root / "train").is_dir():
+        raise DataError(f"missing folder {root / 'val'}; {LAYOUT}, or pass --val_split 0.1 to hold out a "
+                        "share of train/ as the validation split")
     val_classes, val_files, val_labels = scan_split(root / "val")
     if train_classes != val_classes:
         only_train = sorted(set(train_classes) - set(val_classes))[:3]
@@ -363,5 +382,5 @@ def user_bundle(data: UserData, req: DataRequest, device: torch.device) -> DataB
 
 def build_folder(req: DataRequest, device: torch.device) -> DataBundle:
     """``--dataset folder``: the images under ``req.data_dir``."""
-    return user_bundle(load_folder(req.data_dir), req, device)
+    return user_bundle(load_folder(req.data_dir, req.val_split, req.seed), req, device)
 
