@@ -199,6 +199,8 @@ def slot_result(slot: Slot) -> dict:
         "images_per_second_range": [round(slot.images_per_second(max(slot.step_seconds)), 2),
                                     round(slot.images_per_second(min(slot.step_seconds)), 2)],
         "images_per_cpu_second": round(slot.images_per_turn / max(statistics.median(slot.cpu_seconds), 1e-9), 2),
+        "step_seconds": [round(t, 4) for t in slot.step_seconds],  # per round, in round order
+        "cpu_seconds": [round(t, 4) for t in slot.cpu_seconds],
     }
 
 

@@ -231,6 +231,7 @@ def aa_check(original: Slot, copy: Slot) -> dict:
         "images_per_second": [round(original.images_per_second(), 2), round(copy.images_per_second(), 2)],
         "tolerance": AA_TOLERANCE,
         "passed": abs(ratio - 1.0) <= AA_TOLERANCE,
+        "step_seconds": [[round(t, 4) for t in original.step_seconds], [round(t, 4) for t in copy.step_seconds]],
     }
 
 
