@@ -4,8 +4,10 @@
 #   PyramidNet-110 (alpha 48, basic), CIFAR-shape, batch 128
 #   PyramidNet-200 (alpha 240, bottleneck), CIFAR-shape, batch 64
 #   ResNet-50, ImageNet-shape (224 px), batch 32 on the CPU, 256 on a GPU
+# Each variant runs in its own worker process, in shuffled rounds, with an A/A check (docs/benchmarks.md).
 # Environment: PYTHON (default: python), STEPS (timed steps per variant, default 10), EXTRA (more
-# `idml bench` flags for every model, e.g. "--compile" or "--variants fp32-eager,default,compile").
+# `idml bench` flags for every model, e.g. "--compile" or "--variants fp32-eager,default,compile"),
+# IDML_OFFICIAL_DIR (your checkout of the official code: then the official step is timed beside idml's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -29,3 +31,6 @@ bench pyramidnet110 --net_type pyramidnet --dataset cifar10 --depth 110 --alpha 
   --batch_size 128 "${cifar_mix[@]}"
 bench pyramidnet200 --net_type pyramidnet --dataset cifar10 --depth 200 --alpha 240 --batch_size 64 "${cifar_mix[@]}"
 bench resnet50 --net_type resnet --dataset imagenet --depth 50 --batch_size "$resnet_batch" --beta 1.0 --cutmix_prob 1.0
+if [[ -n "${IDML_OFFICIAL_DIR:-}" ]]; then
+  "$PYTHON" benchmarks/official_step.py --steps "$STEPS" --json | tee "$OUT/official-step-$stamp.json"
+fi

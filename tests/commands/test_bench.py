@@ -1,4 +1,4 @@
-"""idml bench: its JSON schema on a tiny model, variant selection and bad input."""
+"""idml bench: its JSON schema on a tiny model, variant and A/A selection, and bad input."""
 
 import json
 
@@ -13,25 +13,34 @@ TINY = ["--net_type", "resnet", "--dataset", "cifar10", "--depth", "8", "--no-bo
 
 
 def test_json_output_schema(capsys):
-    assert cli.main(["bench", *TINY, "--steps", "1", "--warmup", "1", "--json"]) == 0
+    assert cli.main(["bench", *TINY, "--steps", "2", "--warmup", "1", "--isolation", "none", "--json"]) == 0
     out = capsys.readouterr().out
     result = json.loads(out)  # exactly one JSON object and nothing else
-    assert set(result) == {"device", "torch", "threads", "config", "results"}
+    assert set(result) == {"device", "torch", "threads", "load_average", "config", "results", "ratios", "aa"}
     assert result["device"].startswith("cpu") and isinstance(result["torch"], str)
     assert isinstance(result["threads"], int) and result["threads"] >= 1
+    assert len(result["load_average"]) == 3
     assert result["config"]["depth"] == 8 and result["config"]["batch_size"] == 4
+    assert result["config"]["isolation"] == "none"
+    # the A/A copy is reported in "aa", not among the results
     assert [r["variant"] for r in result["results"]] == ["fp32-eager", "default", "default-linear", "data-only"]
     for r in result["results"]:
         assert isinstance(r["images_per_second"], float) and r["images_per_second"] > 0
         assert isinstance(r["peak_memory_mb"], float) and r["peak_memory_mb"] >= 0
     linear, ism = (next(r for r in result["results"] if r["variant"] == v) for v in ("default-linear", "default"))
     assert "linear head" in linear["settings"] and "ISM" in ism["settings"]
+    assert set(result["ratios"]) == {"default / fp32-eager", "default / default-linear", "data-only / default"}
+    aa = result["aa"]
+    assert aa["variant"] == "default" and aa["tolerance"] == 0.03
+    assert aa["passed"] == (abs(aa["ratio"] - 1) <= 0.03)
 
 
-def test_table_output_names_every_variant_and_ratio(capsys):
-    assert cli.main(["bench", *TINY, "--steps", "1", "--warmup", "0", "--variants", "fp32-eager,default"]) == 0
+def test_variants_in_worker_processes_table(capsys):
+    """The default isolation: each variant (and the A/A copy) in a spawned worker process."""
+    assert cli.main(["bench", *TINY, "--steps", "2", "--warmup", "1", "--variants", "fp32-eager,default"]) == 0
     out = capsys.readouterr().out
-    assert "fp32-eager" in out and "default / fp32-eager:" in out
+    assert "isolation process" in out and "default / fp32-eager:" in out
+    assert "A/A check (default twice):" in out and ("PASS" in out or "FAIL" in out)
 
 
 def test_variant_selection():
@@ -41,7 +50,21 @@ def test_variant_selection():
         bench.chosen_variants("data-only", "imagenet")
 
 
-@pytest.mark.parametrize("bad", [["--variants", "turbo"], ["--steps", "0"], ["--warmup", "-1"], ["--amp", "fp16"]])
+def test_aa_selection_and_slots():
+    names = ["fp32-eager", "default", "data-only"]
+    assert bench.chosen_aa("auto", names) == "default"
+    assert bench.chosen_aa("auto", ["fp32-eager", "data-only"]) == "fp32-eager"
+    assert bench.chosen_aa("none", names) is None
+    assert bench.chosen_aa("fp32-eager", names) == "fp32-eager"
+    with pytest.raises(ConfigError, match="not among the variants"):
+        bench.chosen_aa("bf16", names)
+    cfg, _ = bench.parse_bench_args(TINY)
+    labels = [s.label for s in bench.variant_slots(cfg, names, "default")]
+    assert labels == ["fp32-eager", "default", "default (A/A)", "data-only"]
+
+
+@pytest.mark.parametrize("bad", [["--variants", "turbo"], ["--steps", "0"], ["--warmup", "-1"], ["--amp", "fp16"],
+                                 ["--isolation", "threads"], ["--variants", "default", "--aa", "fp32-eager"]])
 def test_bad_input_is_one_line_and_exit_2(capsys, bad):
     assert cli.main(["bench", *TINY, *bad]) == 2
     err = capsys.readouterr().err

@@ -2,24 +2,36 @@
 
 Every variant trains with the trainer's own step (:meth:`idml.training.trainer.Trainer.train_step`: on-device
 augmentation, CutMix/Mixup, forward, loss, backward, SGD) on random images of the dataset's shape.
+Each variant runs in a worker process of its own (``--isolation process``, the default) and the
+variants take turns, one step each per round in a shuffled order (see
+:mod:`idml.commands.bench_rounds` for why: variants sharing a process slowed each other down).
 After a few warm-up steps per variant (where ``torch.compile`` compiles: reported separately as
-``first_step_seconds``) the variants take turns, one step each per round with the starting variant
-rotating, so that load from other processes and clock changes hit all of them alike. Throughput is
-the batch size over the median step time. Peak memory is measured afterwards, one step per variant
-(see :mod:`idml.training.memory`).
+``first_step_seconds``), throughput is the batch size over the median step time; ratios between
+variants are paired per round. An A/A check runs one variant twice and prints whether the two
+agree within 3%. Peak memory is measured afterwards, one step per variant (see :mod:`idml.training.memory`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
+from idml.commands.bench_rounds import (
+    ISOLATIONS,
+    Runner,
+    Slot,
+    aa_check,
+    aa_line,
+    measure_rounds,
+    memory_source,
+    paired_ratio,
+)
 from idml.commands.train import place_model
 from idml.config import OneLineParser, TrainConfig, add_train_arguments, config_from_args
 from idml.data import IN_MEMORY, DataBundle, DataRequest, imagenet_transforms, in_memory_bundle
@@ -28,8 +40,8 @@ from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from idml.data.loaders import InMemoryLoader
 from idml.errors import ConfigError
 from idml.training.compiling import CompiledWithFallback, maybe_compile
-from idml.training.memory import PeakMemory, training_state_bytes
-from idml.training.runtime import build_runtime, synchronize
+from idml.training.memory import training_state_bytes
+from idml.training.runtime import build_runtime
 from idml.training.trainer import Meter, Trainer, step_rng
 
 #: model variants: name -> the settings it trains with, derived from the command line's.
@@ -41,6 +53,7 @@ MODEL_VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "channels_last": lambda c: replace(c, amp="off", channels_last=True, compile=False, ism=True),
     "compile": lambda c: replace(c, amp="off", channels_last=False, compile=True, ism=True),
     "bf16": lambda c: replace(c, amp="bf16", channels_last=False, compile=False, ism=True),
+    "bf16-channels_last": lambda c: replace(c, amp="bf16", channels_last=True, compile=False, ism=True),
     "fp16": lambda c: replace(c, amp="fp16", channels_last=False, compile=False, ism=True),
 }
 DATA_ONLY = "data-only"
@@ -48,27 +61,6 @@ STANDARD = ("fp32-eager", "default", "default-linear", DATA_ONLY)
 #: batches per timed turn of ``data-only`` (one batch alone is too short to time reliably)
 DATA_BATCHES_PER_TURN = 8
 POOL_BATCHES = 4
-
-
-@dataclass
-class Variant:
-    name: str
-    trainer: Trainer
-    images_per_turn: int
-    run_turn: Callable[[int], None]
-    first_step_seconds: float = 0.0
-    step_seconds: list[float] = field(default_factory=list)
-    cpu_seconds: list[float] = field(default_factory=list)
-    peak_bytes: int = 0
-
-    @property
-    def settings(self) -> str:
-        if self.name == DATA_ONLY:
-            return "augmentation + mixing only, no model"
-        ism = "ISM" if self.trainer.cfg.ism else "linear head"
-        net = self.trainer.net
-        compiled = "compiled" if isinstance(net, CompiledWithFallback) and net.is_compiled else "eager"
-        return f"{self.trainer.rt.describe()}, {compiled}, {ism}"
 
 
 def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
@@ -80,11 +72,18 @@ def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     bench.add_argument("--variants", default=None,
                        help=f"comma-separated, from {', '.join([*MODEL_VARIANTS, DATA_ONLY])} "
                             f"(default: {', '.join(STANDARD)}; data-only for 32x32 datasets only)")
+    bench.add_argument("--aa", default="auto", metavar="VARIANT",
+                       help="run this variant twice and print the A/A check (auto: default; none: skip)")
+    bench.add_argument("--isolation", default="process", metavar="{process,none}",
+                       help="process: each variant in its own worker process (default); none: all in this "
+                            "process (faster to start, but variants can slow each other down)")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("--steps must be at least 1 and --warmup at least 0")
+    if args.isolation not in ISOLATIONS:
+        raise ConfigError(f"--isolation {args.isolation}: choose process or none")
     return cfg, args
 
 
@@ -129,124 +128,162 @@ def _pinned(t: torch.Tensor) -> torch.Tensor:
     return t.pin_memory() if t.device.type == "cpu" and torch.cuda.is_available() else t
 
 
-def build_variants(cfg: TrainConfig, names: list[str], data: DataBundle) -> list[Variant]:
+def _settings(name: str, trainer: Trainer) -> str:
+    if name == DATA_ONLY:
+        return "augmentation + mixing only, no model"
+    ism = "ISM" if trainer.cfg.ism else "linear head"
+    net = trainer.net
+    compiled = "compiled" if isinstance(net, CompiledWithFallback) and net.is_compiled else "eager"
+    return f"{trainer.rt.describe()}, {compiled}, {ism}"
+
+
+def variant_runner(cfg: TrainConfig, name: str) -> Runner:
+    """One variant's trainer on synthetic data, ready to run turns (built in its worker process)."""
+    data = synthetic_data(cfg, build_runtime(cfg.device, "off", False).device)
     batches = [(_pinned(images), _pinned(targets)) for images, targets in data.train]
-    variants: list[Variant] = []
+    vcfg = MODEL_VARIANTS[name](cfg) if name in MODEL_VARIANTS else replace(cfg, ism=True)
+    rt = build_runtime(vcfg.device, vcfg.amp, vcfg.channels_last, vcfg.deterministic)
+    torch.manual_seed(cfg.seed)
+    model = place_model(vcfg, rt, replace(vcfg.model_spec, num_classes=data.num_classes))
+    trainer = Trainer(vcfg, model, data, rt, net=maybe_compile(model, vcfg.compile), printer=lambda _msg: None)
+    trainer.net.train()
+    settings = _settings(name, trainer)
+    if name == DATA_ONLY:
+        def run_data(turn: int) -> None:
+            for k in range(DATA_BATCHES_PER_TURN):
+                images, targets = batches[(turn + k) % len(batches)]
+                trainer.prepare_batch(images, targets, step_rng(cfg.seed, 0, turn * 1000 + k, 0))
+        return Runner(cfg.batch_size * DATA_BATCHES_PER_TURN, settings, rt.device, run_data)
+    meter = Meter(rt.device)
+
+    def run_step(turn: int) -> None:
+        images, targets = (t.to(rt.device, non_blocking=True) for t in batches[turn % len(batches)])
+        trainer.train_step(images, targets, step_rng(cfg.seed, 0, turn, 0), meter)
+
+    return Runner(cfg.batch_size, settings, rt.device, run_step,
+                  lambda: training_state_bytes(trainer.model, trainer.optimizer))
+
+
+def aa_label(name: str) -> str:
+    return f"{name} (A/A)"
+
+
+def variant_slots(cfg: TrainConfig, names: list[str], aa: str | None) -> list[Slot]:
+    """One slot per variant, plus a second copy of ``aa`` for the A/A check (right after the original)."""
+    slots = []
     for name in names:
-        vcfg = MODEL_VARIANTS[name](cfg) if name in MODEL_VARIANTS else replace(cfg, ism=True)
-        rt = build_runtime(vcfg.device, vcfg.amp, vcfg.channels_last, vcfg.deterministic)
-        torch.manual_seed(cfg.seed)
-        model = place_model(vcfg, rt, replace(vcfg.model_spec, num_classes=data.num_classes))
-        trainer = Trainer(vcfg, model, data, rt, net=maybe_compile(model, vcfg.compile), printer=lambda _msg: None)
-        trainer.net.train()
-        meter = Meter(rt.device)
-        if name == DATA_ONLY:
-            def run_turn(turn: int, trainer: Trainer = trainer) -> None:
-                for k in range(DATA_BATCHES_PER_TURN):
-                    images, targets = batches[(turn + k) % len(batches)]
-                    trainer.prepare_batch(images, targets, step_rng(cfg.seed, 0, turn * 1000 + k, 0))
-            variants.append(Variant(name, trainer, cfg.batch_size * DATA_BATCHES_PER_TURN, run_turn))
-            continue
-
-        def run_turn(turn: int, trainer: Trainer = trainer, meter: Meter = meter) -> None:
-            images, targets = (t.to(trainer.rt.device, non_blocking=True) for t in batches[turn % len(batches)])
-            trainer.train_step(images, targets, step_rng(cfg.seed, 0, turn, 0), meter)
-        variants.append(Variant(name, trainer, cfg.batch_size, run_turn))
-    return variants
+        slots.append(Slot(name, variant_runner, (cfg, name)))
+        if name == aa:
+            slots.append(Slot(aa_label(name), variant_runner, (cfg, name)))
+    return slots
 
 
-def _timed(variant: Variant, turn: int) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds of one turn."""
-    device = variant.trainer.rt.device
-    synchronize(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    variant.run_turn(turn)
-    synchronize(device)
-    return time.perf_counter() - start, time.process_time() - cpu_start
+def chosen_aa(spec: str, names: list[str]) -> str | None:
+    """The variant the A/A check repeats: ``spec``, or with ``auto`` default (else the first model variant)."""
+    if spec == "none":
+        return None
+    models = [n for n in names if n != DATA_ONLY]
+    if spec == "auto":
+        return "default" if "default" in models else (models[0] if models else names[0])
+    if spec not in names:
+        raise ConfigError(f"--aa {spec} is not among the variants run ({', '.join(names)}): "
+                          "choose one of them, auto or none")
+    return spec
 
 
-def measure(variants: list[Variant], steps: int, warmup: int, memory: PeakMemory) -> None:
-    """Warm up each variant, time them in rotating round-robin order, then measure peak memory."""
-    for v in variants:
-        v.first_step_seconds = _timed(v, 0)[0]
-        for turn in range(1, warmup):
-            _timed(v, turn)
-    for turn in range(steps):
-        shift = turn % len(variants)
-        for v in variants[shift:] + variants[:shift]:
-            wall, cpu = _timed(v, warmup + turn)
-            v.step_seconds.append(wall)
-            v.cpu_seconds.append(cpu)
-    for v in variants:
-        memory.start()
-        v.run_turn(warmup + steps)
-        step_peak = memory.stop()
-        resident = 0 if v.name == DATA_ONLY else training_state_bytes(v.trainer.model, v.trainer.optimizer)
-        v.peak_bytes = resident + step_peak
+def slot_result(slot: Slot) -> dict:
+    return {
+        "variant": slot.label, "images_per_second": round(slot.images_per_second(), 2),
+        "peak_memory_mb": round(slot.peak_bytes / 2**20, 1), "settings": slot.settings,
+        "first_step_seconds": round(slot.first_step_seconds, 3),
+        "images_per_second_range": [round(slot.images_per_second(max(slot.step_seconds)), 2),
+                                    round(slot.images_per_second(min(slot.step_seconds)), 2)],
+        "images_per_cpu_second": round(slot.images_per_turn / max(statistics.median(slot.cpu_seconds), 1e-9), 2),
+        "step_seconds": [round(t, 4) for t in slot.step_seconds],  # per round, in round order
+        "cpu_seconds": [round(t, 4) for t in slot.cpu_seconds],
+    }
 
 
-def images_per_second(v: Variant, seconds: float | None = None) -> float:
-    return v.images_per_turn / (statistics.median(v.step_seconds) if seconds is None else seconds)
+RATIOS = (("default", "fp32-eager"), ("default", "default-linear"), ("default", "official"),
+          ("bf16-channels_last", "bf16"), ("channels_last", "fp32-eager"), (DATA_ONLY, "default"))
 
 
-def report(cfg: TrainConfig, args: argparse.Namespace, variants: list[Variant], memory: PeakMemory) -> dict:
-    device = variants[0].trainer.rt.device
+def report(slots: list[Slot], config: dict, device: torch.device, isolation: str, aa: str | None,
+           threads: int) -> dict:
+    """The JSON object ``idml bench --json`` prints (benchmarks/official_step.py prints one too)."""
     name = {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: "Apple MPS"}.get(
         device.type, lambda: "cpu")()
-    config = {
-        "net_type": cfg.net_type, "dataset": cfg.dataset, "depth": cfg.depth, "alpha": cfg.alpha,
-        "bottleneck": cfg.bottleneck, "batch_size": cfg.batch_size, "steps": args.steps,
-        "warmup": args.warmup, "beta": cfg.beta, "cutmix_prob": cfg.cutmix_prob,
-        "mixup_alpha": cfg.mixup_alpha, "mixup_prob": cfg.mixup_prob,
-        "throughput": "images per median step time; variants interleaved round-robin "
-                      "(images_per_cpu_second: per median process CPU time, all threads, less load-sensitive)",
-        "peak_memory": "parameters + gradients + buffers + optimizer state, plus " + memory.source,
+    by_label = {s.label: s for s in slots}
+    config |= {
+        "isolation": isolation,
+        "throughput": "images per median step time; " + (
+            "each variant in its own worker process, " if isolation == "process" else
+            "all variants in one process, ") + "one step per variant per round, in a shuffled order each round "
+        "(images_per_cpu_second: per median process CPU time, all threads, less load-sensitive)",
+        "ratios": "speed ratios are paired: the median over rounds of the ratio of the two step times of that round",
+        "peak_memory": "parameters + gradients + buffers + optimizer state, plus " + memory_source(device),
     }
-    results = [
-        {
-            "variant": v.name, "images_per_second": round(images_per_second(v), 2),
-            "peak_memory_mb": round(v.peak_bytes / 2**20, 1), "settings": v.settings,
-            "first_step_seconds": round(v.first_step_seconds, 3),
-            "images_per_second_range": [round(images_per_second(v, max(v.step_seconds)), 2),
-                                        round(images_per_second(v, min(v.step_seconds)), 2)],
-            "images_per_cpu_second": round(v.images_per_turn / max(statistics.median(v.cpu_seconds), 1e-9), 2),
-        }
-        for v in variants
-    ]
-    return {"device": f"{device.type}: {name}", "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "config": config, "results": results}
+    copy = by_label.get(aa_label(aa)) if aa else None
+    result = {
+        "device": f"{device.type}: {name}", "torch": torch.__version__, "threads": threads,
+        "load_average": [round(x, 2) for x in load_average()], "config": config,
+        "results": [slot_result(s) for s in slots if s is not copy],
+        "ratios": {f"{a} / {b}": round(paired_ratio(by_label[a], by_label[b]), 3)
+                   for a, b in RATIOS if a in by_label and b in by_label},
+    }
+    if copy is not None:
+        result["aa"] = aa_check(by_label[aa], copy)
+    return result
 
 
-RATIOS = (("default", "fp32-eager"), ("default", "default-linear"), (DATA_ONLY, "default"))
+def load_average() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
 
 
 def format_table(result: dict) -> str:
     cfg = result["config"]
     alpha = f"alpha {cfg['alpha']:g}, " if cfg["net_type"] == "pyramidnet" else ""
+    load = ", ".join(f"{x:.2f}" for x in result.get("load_average", []))
     lines = [
         f"idml bench: {cfg['net_type']}-{cfg['depth']} ({alpha}"
         f"{'bottleneck' if cfg['bottleneck'] else 'basic'}), {cfg['dataset']}, batch {cfg['batch_size']}; "
-        f"{result['device']}, {result['threads']} threads, torch {result['torch']}",
-        f"{'variant':<16}{'images/s':>10}{'range':>20}{'img/CPU-s':>11}{'peak MB':>9}{'1st step s':>12}  settings",
+        f"{result['device']}, {result['threads']} threads, torch {result['torch']}; isolation {cfg['isolation']}; "
+        f"load average at the end {load}",
+        f"{'variant':<20}{'images/s':>10}{'range':>20}{'img/CPU-s':>11}{'peak MB':>9}{'1st step s':>12}  settings",
     ]
     for r in result["results"]:
         low, high = r["images_per_second_range"]
-        lines.append(f"{r['variant']:<16}{r['images_per_second']:>10.1f}{f'{low:.1f}-{high:.1f}':>20}"
+        lines.append(f"{r['variant']:<20}{r['images_per_second']:>10.1f}{f'{low:.1f}-{high:.1f}':>20}"
                      f"{r['images_per_cpu_second']:>11.1f}{r['peak_memory_mb']:>9.0f}"
                      f"{r['first_step_seconds']:>12.2f}  {r['settings']}")
-    speed = {r["variant"]: r["images_per_second"] for r in result["results"]}
-    lines += [f"{a} / {b}: {speed[a] / speed[b]:.2f}" for a, b in RATIOS if a in speed and b in speed]
+    lines += [f"{pair}: {ratio:.2f} (paired)" for pair, ratio in result["ratios"].items()]
+    if "aa" in result:
+        lines.append(aa_line(result["aa"]))
     lines.append(f"peak memory: {cfg['peak_memory']}")
     return "\n".join(lines)
+
+
+def config_fields(cfg: TrainConfig, steps: int, warmup: int) -> dict:
+    return {
+        "net_type": cfg.net_type, "dataset": cfg.dataset, "depth": cfg.depth, "alpha": cfg.alpha,
+        "bottleneck": cfg.bottleneck, "batch_size": cfg.batch_size, "steps": steps,
+        "warmup": warmup, "beta": cfg.beta, "cutmix_prob": cfg.cutmix_prob,
+        "mixup_alpha": cfg.mixup_alpha, "mixup_prob": cfg.mixup_prob,
+    }
 
 
 def main(argv: list[str]) -> int:
     cfg, args = parse_bench_args(argv)
     names = chosen_variants(args.variants, cfg.dataset)
+    aa = chosen_aa(args.aa, names)
+    slots = variant_slots(cfg, names, aa)
+    config = config_fields(cfg, args.steps, args.warmup)
+    threads = torch.get_num_threads()
+    measure_rounds(slots, args.steps, args.warmup, isolation=args.isolation, threads=threads, seed=cfg.seed)
     device = build_runtime(cfg.device, "off", False).device
-    variants = build_variants(cfg, names, synthetic_data(cfg, device))
-    memory = PeakMemory(device)
-    measure(variants, args.steps, args.warmup, memory)
-    result = report(cfg, args, variants, memory)
+    result = report(slots, config, device, args.isolation, aa, threads)
     print(json.dumps(result) if args.json else format_table(result))
     return 0

@@ -23,6 +23,10 @@ FAST_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 BF16_CAPABILITY = (8, 0)
 #: cuBLAS needs this workspace setting for reproducible results under --deterministic
 CUBLAS_DETERMINISTIC = ":4096:8"
+#: oneDNN's primitive cache holds 1024 convolution/reorder kernels by default; one training step of
+#: PyramidNet-200 (bottleneck) needs about 1,400 in bfloat16 and re-created them every step
+#: (counted with ONEDNN_VERBOSE=profile_create). Used unless the user set the variable.
+ONEDNN_CACHE_CAPACITY = "8192"
 
 
 @cache
@@ -161,6 +165,8 @@ def build_runtime(device: str, amp: str, channels_last: bool | None, determinist
     (the precision check included) opens a context on GPU 0 from every rank of a multi-GPU job."""
     dev = resolve_device(device)
     set_determinism(dev, deterministic)
+    # read by oneDNN when it first builds a kernel, so it must be set before the model first runs
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     rank = int(os.environ.get("RANK", 0))

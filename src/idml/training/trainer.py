@@ -155,9 +155,12 @@ class Trainer:
         self.cfg, self.data, self.rt = cfg, data, runtime
         self.model = model
         self.net = model if net is None else net
+        # fused on CUDA; elsewhere foreach: a few multi-tensor calls per step instead of ~4 per
+        # parameter, with bit-identical results
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             nesterov=cfg.momentum > 0, fused=runtime.fused_optimizer or None,
+            foreach=None if runtime.fused_optimizer else True,
         )
         self.scaler = runtime.grad_scaler()
         self.schedule = Schedule(cfg.lr, cfg.dataset.lower(), cfg.epochs, cfg.sched, cfg.warmup_epochs)
