@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,17 +88,52 @@ def temp_files(folder: Path) -> list[Path]:
     return sorted(folder.glob(".*.tmp"))
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """``python train.py ARGS`` in this process: (exit code, stdout, stderr)."""
+def run_idml(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``idml ARGV`` in this process: (exit code, stdout, stderr)."""
     from idml.cli import main
 
     capsys.readouterr()
     try:
-        code = main(["train", *args])
+        code = main(argv)
     except SystemExit as exc:  # argparse's errors exit through the parser
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """``python train.py ARGS`` in this process: (exit code, stdout, stderr)."""
+    return run_idml(["train", *args], capsys)
+
+
+#: a verbose tiny run's per-step line: "Epoch: [epoch/2][step/20]"
+PROGRESS = re.compile(r"^Epoch: \[(\d+)/2\]\[(\d+)/20\]")
+
+
+def kill_after(proc: subprocess.Popen, epoch: int, step: int, delay: float) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after it printed step ``step`` of ``epoch``."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = PROGRESS.match(line)
+        if match and (int(match[1]), int(match[2])) >= (epoch, step):
+            time.sleep(delay)
+            proc.kill()
+            break
+    proc.communicate(timeout=120)
+
+
+def signal_at(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step: int) -> None:
+    """Deliver ``sig`` to this process while step ``step`` of ``epoch`` runs."""
+    import idml.training.trainer
+
+    original = idml.training.trainer.step_rng
+
+    def step_rng(seed: int, e: int, s: int, rank: int):
+        if (e, s) == (epoch, step):
+            os.kill(os.getpid(), sig)
+        return original(seed, e, s, rank)
+
+    monkeypatch.setattr(idml.training.trainer, "step_rng", step_rng)
 
 
 def learnable_cifar(root: Path, n_train: int = 160, n_test: int = 45) -> Path:

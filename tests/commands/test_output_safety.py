@@ -22,18 +22,11 @@ from idml.checkpoint import BEST_NAME, atomic_save
 from idml.cli import main as cli_main
 from idml.errors import printable
 from runs import REPO, load, one_thread, subprocess_env, train_args  # noqa: F401 - autouse fixture
+from runs import run_idml as cli
 
 HOSTILE_NAMES = ["new\nline.png", "carriage\rreturn.png", "esc\x1b[31mred.png", "tab\there.png"]
 
 
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = cli_main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from PIL import Image
 
 import fake_data
 from expect import one_error_line
-from idml.cli import main as idml_main
 from idml.data import DataRequest, build_data
 from idml.data.augment import RandomResizedCropFlip
 from idml.data.folder import channel_stats, train_storage_size
 from idml.models.resnet import CifarResNet
 from runs import load, one_thread  # noqa: F401 - autouse fixture
+from runs import run_idml as idml
 
 CPU = torch.device("cpu")
 SMALL_NET = ["--net_type", "resnet", "--depth", "8", "--no-bottleneck", "--device", "cpu", "--amp", "off",
@@ -32,14 +32,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fake_data.make_image_folder(tmp_path_factory.mktemp("imgs") / "pngs")
 
 
-def idml(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = idml_main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def request(root: Path, **kw) -> DataRequest:

@@ -13,9 +13,9 @@ from PIL import Image
 
 import fake_data
 from expect import one_error_line
-from idml.cli import main as idml_main
 from idml.data import DataRequest, build_data
 from runs import load, one_thread  # noqa: F401 - autouse fixture
+from runs import run_idml as idml
 
 datasets = pytest.importorskip("datasets")
 CPU = torch.device("cpu")
@@ -46,14 +46,6 @@ def saved(tmp_path: Path) -> Path:
     return path
 
 
-def idml(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = idml_main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_train_and_eval_a_saved_dataset(saved: Path, tmp_path: Path, capsys) -> None:

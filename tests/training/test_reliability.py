@@ -28,7 +28,16 @@ from idml.training.health import DIVERGED_WEIGHT, weights_problem
 from idml.training.resume import DATA_ORDER, RESUME_RULES
 from idml.training.run_folder import RunLock
 from idml.training.run_log import METRICS_NAME, EpochRecord, MetricsCSV, read_metrics
-from runs import assert_same_weights, load, one_thread, run_cli, subprocess_env, temp_files, train_args  # noqa: F401
+from runs import (  # noqa: F401 - one_thread: autouse fixture
+    assert_same_weights,
+    load,
+    one_thread,
+    run_cli,
+    signal_at,
+    subprocess_env,
+    temp_files,
+    train_args,
+)
 
 QUIET = ["--no-verbose"]
 
@@ -44,16 +53,6 @@ def files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
 
 
-def signal_at(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step: int) -> None:
-    """Deliver ``sig`` to this process while step ``step`` of ``epoch`` runs."""
-    original = idml.training.trainer.step_rng
-
-    def step_rng(seed: int, e: int, s: int, rank: int):
-        if (e, s) == (epoch, step):
-            os.kill(os.getpid(), sig)
-        return original(seed, e, s, rank)
-
-    monkeypatch.setattr(idml.training.trainer, "step_rng", step_rng)
 
 
 # -- 3. resuming another run's checkpoint into a folder --------------------------------------------

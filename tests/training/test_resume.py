@@ -3,29 +3,27 @@ ends with bitwise the same weights and optimiser state as an uninterrupted run o
 
 from __future__ import annotations
 
-import os
 import random
-import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import fake_data
-import idml.training.trainer
 from expect import one_error_line
 from idml.commands.train import main as train_main
 from idml.data import DataRequest, build_data
 from runs import (
     STEPS_PER_EPOCH,
     assert_same_weights,
+    kill_after,
     load,
     one_thread,  # noqa: F401 - autouse fixture
     run_cli,
     run_train_process,
+    signal_at,
     single_thread,
     start_train,
     temp_files,
@@ -34,7 +32,6 @@ from runs import (
 )
 
 EPOCHS = ["--epochs", "2"]
-PROGRESS = re.compile(r"^Epoch: \[(\d+)/2\]\[(\d+)/20\]")
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +48,6 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return load(out / "ref" / "checkpoint.pth.tar")
 
 
-def kill_after(proc: subprocess.Popen, epoch: int, step: int, delay: float) -> None:
-    """SIGKILL ``proc`` ``delay`` seconds after it printed step ``step`` of ``epoch``."""
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = PROGRESS.match(line)
-        if match and (int(match[1]), int(match[2])) >= (epoch, step):
-            time.sleep(delay)
-            proc.kill()
-            break
-    proc.communicate(timeout=120)
 
 
 @pytest.mark.slow
@@ -81,16 +68,6 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(data, reference, tmp_
     assert temp_files(tmp_path / "run") == []
 
 
-def signal_at(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step: int) -> None:
-    """Deliver ``sig`` to this process while step ``step`` of ``epoch`` runs."""
-    original = idml.training.trainer.step_rng
-
-    def step_rng(seed: int, e: int, s: int, rank: int):
-        if (e, s) == (epoch, step):
-            os.kill(os.getpid(), sig)
-        return original(seed, e, s, rank)
-
-    monkeypatch.setattr(idml.training.trainer, "step_rng", step_rng)
 
 
 @pytest.mark.parametrize(("sig", "epoch", "step"), [(signal.SIGTERM, 0, 5), (signal.SIGINT, 1, 0)])

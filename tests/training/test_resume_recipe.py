@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume import kill_after, signal_at
 
 from runs import (
     STEPS_PER_EPOCH,
     assert_same_weights,
+    kill_after,
     load,
     one_thread,  # noqa: F401 - autouse fixture
     run_cli,
     run_train_process,
+    signal_at,
     single_thread,
     start_train,
     tiny_cifar,
