@@ -122,6 +122,24 @@ def kill_after(proc: subprocess.Popen, epoch: int, step: int, delay: float) -> N
     proc.communicate(timeout=120)
 
 
+def sigkill_at_a_random_step_then_resume(args: list[str], run_dir: Path) -> None:
+    """Run ``idml train ARGS`` (which must save every step, 2 epochs), SIGKILL it at a random step
+    and moment, check where it stopped, then resume it to the end with ``--resume auto``."""
+    import random
+    import signal
+
+    rng = random.Random()
+    epoch, step, delay = rng.randint(0, 1), rng.randint(2, STEPS_PER_EPOCH - 4), rng.uniform(0, 0.05)
+    proc = start_train(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    kill_after(proc, epoch, step, delay)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = load(run_dir / "checkpoint.pth.tar")
+    assert (killed_at["epoch"], killed_at["step"]) < (2, 0), "killed too late to test a resume"
+    resumed = run_train_process([*args, "--resume", "auto", "--no-verbose"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at epoch {killed_at['epoch']}, step {killed_at['step']}" in resumed.stdout
+
+
 def signal_at(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step: int) -> None:
     """Deliver ``sig`` to this process while step ``step`` of ``epoch`` runs."""
     import idml.training.trainer

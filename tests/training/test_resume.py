@@ -3,9 +3,7 @@ ends with bitwise the same weights and optimiser state as an uninterrupted run o
 
 from __future__ import annotations
 
-import random
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,13 @@ from expect import one_error_line
 from idml.commands.train import main as train_main
 from idml.data import DataRequest, build_data
 from runs import (
-    STEPS_PER_EPOCH,
     assert_same_weights,
-    kill_after,
     load,
     one_thread,  # noqa: F401 - autouse fixture
     run_cli,
-    run_train_process,
+    sigkill_at_a_random_step_then_resume,
     signal_at,
     single_thread,
-    start_train,
     temp_files,
     tiny_cifar,
     train_args,
@@ -52,18 +47,8 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_is_bit_exact(data, reference, tmp_path: Path) -> None:
-    rng = random.Random()
-    epoch, step, delay = rng.randint(0, 1), rng.randint(2, STEPS_PER_EPOCH - 4), rng.uniform(0, 0.05)
-    args = train_args(data, tmp_path, "run", *EPOCHS, "--save_every_steps", "1")
-    proc = start_train(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    kill_after(proc, epoch, step, delay)
-    assert proc.returncode == -signal.SIGKILL
-    killed_at = load(tmp_path / "run" / "checkpoint.pth.tar")
-    assert (killed_at["epoch"], killed_at["step"]) < (2, 0), "killed too late to test a resume"
-
-    resumed = run_train_process([*args, "--resume", "auto", "--no-verbose"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"at epoch {killed_at['epoch']}, step {killed_at['step']}" in resumed.stdout
+    sigkill_at_a_random_step_then_resume(train_args(data, tmp_path, "run", *EPOCHS, "--save_every_steps", "1"),
+                                         tmp_path / "run")
     assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), reference)
     assert temp_files(tmp_path / "run") == []
 

@@ -4,25 +4,20 @@ ends bitwise equal to an uninterrupted one, its EMA included."""
 
 from __future__ import annotations
 
-import random
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from runs import (
-    STEPS_PER_EPOCH,
     assert_same_weights,
-    kill_after,
     load,
     one_thread,  # noqa: F401 - autouse fixture
     run_cli,
-    run_train_process,
+    sigkill_at_a_random_step_then_resume,
     signal_at,
     single_thread,
-    start_train,
     tiny_cifar,
     train_args,
 )
@@ -74,17 +69,8 @@ def test_stopped_inside_an_accumulation_group_resumes_exactly(data, reference, t
 
 @pytest.mark.slow
 def test_sigkill_with_ema_at_a_random_step_then_resume_is_bit_exact(data, reference, tmp_path: Path) -> None:
-    rng = random.Random()
-    epoch, step, delay = rng.randint(0, 1), rng.randint(2, STEPS_PER_EPOCH - 4), rng.uniform(0, 0.05)
-    args = train_args(data, tmp_path, "run", *RECIPE, "--save_every_steps", "1")
-    proc = start_train(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    kill_after(proc, epoch, step, delay)
-    assert proc.returncode == -signal.SIGKILL
-    killed_at = load(tmp_path / "run" / "checkpoint.pth.tar")
-    assert (killed_at["epoch"], killed_at["step"]) < (2, 0), "killed too late to test a resume"
-    resumed = run_train_process([*args, "--resume", "auto", "--no-verbose"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"at epoch {killed_at['epoch']}, step {killed_at['step']}" in resumed.stdout
+    sigkill_at_a_random_step_then_resume(train_args(data, tmp_path, "run", *RECIPE, "--save_every_steps", "1"),
+                                         tmp_path / "run")
     assert_same_run(load(tmp_path / "run" / "checkpoint.pth.tar"), reference)
 
 
