@@ -67,8 +67,8 @@ def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     parser = OneLineParser(prog="idml bench", description=__doc__.splitlines()[0])
     add_train_arguments(parser)
     bench = parser.add_argument_group("benchmark")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per variant (default: 10)")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default: 2)")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per variant (default: %(default)s)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default: %(default)s)")
     bench.add_argument("--variants", default=None,
                        help=f"comma-separated, from {', '.join([*MODEL_VARIANTS, DATA_ONLY])} "
                             f"(default: {', '.join(STANDARD)}; data-only for 32x32 datasets only)")

@@ -62,7 +62,7 @@ def parse_args(argv: list[str]):
                    "checkpoint's own)")
     p.add_argument("--ema", action="store_true",
                    help="evaluate the moving average of the weights of a --model_ema run instead of the weights")
-    p.add_argument("-b", "--batch_size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("-b", "--batch_size", type=int, default=256, help="images per forward pass (default: %(default)s)")
     p.add_argument("-j", "--workers", type=int, default=None,
                    help="data-loading processes, ImageNet (default: one per available CPU core, less one)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
@@ -78,7 +78,7 @@ def parse_args(argv: list[str]):
     p.add_argument("--blends", type=int, default=0, metavar="N",
                    help="also score N blends a*x_i + (1-a)*x_j of test images of two classes (Spearman's rho "
                    "of each score with min(a, 1-a)); default 0 = none")
-    p.add_argument("--blend_seed", type=int, default=0, metavar="S", help="seed of the blends (default: 0)")
+    p.add_argument("--blend_seed", type=int, default=0, metavar="S", help="seed of the blends (default: %(default)s)")
     p.add_argument("--fit_temperature", action="store_true",
                    help="fit the softmax temperature on the checkpoint's validation split now (needs a run "
                    "trained with --val_split; default: use the temperature saved in the checkpoint)")

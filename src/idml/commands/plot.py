@@ -12,7 +12,7 @@ from idml.training.run_log import METRICS_NAME, read_metrics
 def parse_args(argv: list[str]):
     p = OneLineParser(prog="idml plot", description="Plot the training curves of runs (their metrics.csv).")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by idml train (runs/<expname>)")
-    p.add_argument("--out", default="curves.png", metavar="FILE.png", help="image to write (default: curves.png)")
+    p.add_argument("--out", default="curves.png", metavar="FILE.png", help="image to write (default: %(default)s)")
     return p.parse_args(argv)
 
 

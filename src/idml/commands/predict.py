@@ -48,9 +48,9 @@ def parse_args(argv: list[str]):
     p.add_argument("--checkpoint", required=True, help="checkpoint written by idml train (e.g. model_best.pth.tar)")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files, or folders (their image files at any depth, sorted)")
-    p.add_argument("--topk", type=int, default=5, help="classes to list per image (default: 5, at most all)")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    p.add_argument("-b", "--batch_size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--topk", type=int, default=5, help="classes to list per image (default: %(default)s, at most all)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
+    p.add_argument("-b", "--batch_size", type=int, default=64, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="auto = CUDA when available, else Apple's MPS, else CPU")
     p.add_argument("--amp", choices=AMP_CHOICES, default=None,
