@@ -52,6 +52,16 @@ def train_args(data: Path, out: Path, expname: str, *extra: str) -> list[str]:
     return [*TINY, "--data_dir", str(data), "--output_dir", str(out), "--expname", expname, *extra]
 
 
+def uninterrupted_run(data: Path, out: Path, *extra: str) -> dict:
+    """The final checkpoint of a tiny run trained start to end in this process (the reference that
+    resumed runs must equal, bit for bit)."""
+    from idml.commands.train import main as train_main
+
+    with single_thread():
+        assert train_main(train_args(data, out, "ref", *extra, "--no-verbose")) == 0
+    return load(out / "ref" / "checkpoint.pth.tar")
+
+
 def subprocess_env() -> dict[str, str]:
     """The test's environment, single-threaded (2 shared cores: threads only contend) and unbuffered."""
     return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -11,7 +11,6 @@ import torch
 
 import fake_data
 from expect import one_error_line
-from idml.commands.train import main as train_main
 from idml.data import DataRequest, build_data
 from runs import (
     assert_same_weights,
@@ -20,10 +19,10 @@ from runs import (
     run_cli,
     sigkill_at_a_random_step_then_resume,
     signal_at,
-    single_thread,
     temp_files,
     tiny_cifar,
     train_args,
+    uninterrupted_run,
 )
 
 EPOCHS = ["--epochs", "2"]
@@ -37,10 +36,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The final checkpoint of an uninterrupted 2-epoch run."""
-    out = tmp_path_factory.mktemp("reference")
-    with single_thread():
-        assert train_main(train_args(data, out, "ref", *EPOCHS, "--no-verbose")) == 0
-    return load(out / "ref" / "checkpoint.pth.tar")
+    return uninterrupted_run(data, tmp_path_factory.mktemp("reference"), *EPOCHS)
 
 
 

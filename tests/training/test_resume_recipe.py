@@ -17,9 +17,9 @@ from runs import (
     run_cli,
     sigkill_at_a_random_step_then_resume,
     signal_at,
-    single_thread,
     tiny_cifar,
     train_args,
+    uninterrupted_run,
 )
 
 RECIPE = ["--epochs", "2", "--model_ema", "0.9", "--sched", "cosine", "--warmup_epochs", "0.5",
@@ -34,12 +34,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from idml.commands.train import main as train_main
-
-    out = tmp_path_factory.mktemp("reference")
-    with single_thread():
-        assert train_main(train_args(data, out, "ref", *RECIPE, "--no-verbose")) == 0
-    return load(out / "ref" / "checkpoint.pth.tar")
+    """The final checkpoint of an uninterrupted 2-epoch run."""
+    return uninterrupted_run(data, tmp_path_factory.mktemp("reference"), *RECIPE)
 
 
 def assert_same_run(a: dict, b: dict) -> None:
