@@ -114,8 +114,11 @@ class TrainConfig:
                        help="mixed precision: auto = bf16 where the hardware runs it fast (CUDA compute "
                        "capability >= 8.0, CPUs with AVX-512 BF16/AMX), fp16 on older GPUs and on MPS, else float32 "
                        "(the ISM always runs in float32)")
-    channels_last: bool | None = setting(None, "--channels_last", action="both", shown_default="on for CUDA",
-                                         help="channels-last memory format (off on the CPU)")
+    channels_last: bool | None = setting(None, "--channels_last", action="both", shown_default="auto",
+                                         help="channels-last memory format; auto: on for CUDA and for float32 on "
+                                         "the CPU; under bfloat16 on the CPU, off for networks with at least half "
+                                         "of their BatchNorm work on narrow odd widths (PyramidNet-110 alpha 48), "
+                                         "else on (see docs/speed.md)")
     compile: bool = setting(False, "--compile", action="on",
                             help="torch.compile the model (recommended on CUDA: see docs/gpu.md); where compilation "
                             "fails, one warning line and eager execution")

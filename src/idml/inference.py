@@ -11,6 +11,7 @@ unless ``--amp`` says otherwise.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ from idml.errors import IdmlError, one_line
 from idml.ism import IntrospectiveClassifier, uncertainty_score
 from idml.metrics import uncertainty_scores
 from idml.models import ModelSpec, build_from_spec
+from idml.models.layout import channels_last_under_bf16
 from idml.training.runtime import Runtime, build_runtime
 
 
@@ -129,10 +131,12 @@ def _check_weights_fit(expected: dict[str, Tensor], saved: dict[str, Tensor], pa
             raise fail(f"{name} holds NaN or infinite values")
 
 
-def inference_runtime(device: torch.device, amp: str | None, settings: dict) -> Runtime:
+def inference_runtime(device: torch.device, amp: str | None, settings: dict, spec: ModelSpec) -> Runtime:
     """The training run's device settings (``settings``: the checkpoint's config) on ``device``.
 
-    ``amp`` overrides the saved precision; a saved fp16 on a device without it becomes auto.
+    ``amp`` overrides the saved precision; a saved fp16 on a device without it becomes auto. Runs
+    record the memory format they trained in; for older checkpoints, which do not, it follows
+    training's default rule for ``spec`` on this device.
     """
     saved = settings.get("amp", "off")
     saved = saved if saved in ("auto", "bf16", "fp16", "off") else "off"
@@ -140,7 +144,8 @@ def inference_runtime(device: torch.device, amp: str | None, settings: dict) -> 
         amp = "auto" if saved == "fp16" and device.type not in ("cuda", "mps") else saved
     channels_last = settings.get("channels_last")
     return build_runtime(device.type, amp, channels_last if isinstance(channels_last, bool) else None,
-                         settings.get("deterministic") is True)
+                         settings.get("deterministic") is True,
+                         network_prefers_channels_last=functools.partial(channels_last_under_bf16, spec))
 
 
 def _weights(state: dict, path: Path, ema: bool) -> dict[str, Tensor]:
@@ -182,7 +187,7 @@ def load_trained_model(path: str | Path, device: torch.device, amp: str | None =
     except RuntimeError as exc:
         raise IdmlError(f"{path}: weights do not fit the saved model settings ({one_line(exc)[:200]})") from exc
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    runtime = inference_runtime(device, amp, config)
+    runtime = inference_runtime(device, amp, config, spec)
     model.to(runtime.device).eval()
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -15,9 +15,11 @@ from idml.training.runtime import resolve_amp
 CPU = torch.device("cpu")
 
 
-def save_checkpoint(path: Path, **config) -> Path:
+RESNET8 = ModelSpec("resnet", "cifar10", 8, 0.0, False, 10, True, 16, 5.0)
+
+
+def save_checkpoint(path: Path, spec: ModelSpec = RESNET8, **config) -> Path:
     torch.manual_seed(0)
-    spec = ModelSpec("resnet", "cifar10", 8, 0.0, False, 10, True, 16, 5.0)
     model = build_from_spec(spec)
     torch.save({"model": spec.to_dict(), "state_dict": model.state_dict(), "mean": [0.5] * 3, "std": [0.25] * 3,
                 "input_size": 32, "class_names": [str(c) for c in range(10)], "config": config}, path)
@@ -51,4 +53,13 @@ def test_the_training_precision_and_memory_format_are_used(tmp_path: Path) -> No
 def test_saved_settings_this_device_cannot_run(tmp_path: Path, config: dict, expected: str | None) -> None:
     trained = load_trained_model(save_checkpoint(tmp_path / "c.pth.tar", **config), CPU)
     assert trained.runtime.amp_dtype is (None if expected is None else resolve_amp(expected, CPU))
-    assert not trained.runtime.channels_last  # default: channels_last on CUDA only
+    # the default: channels_last on the CPU in float32, and under bfloat16 for this ResNet (widths 16, 32, 64)
+    assert trained.runtime.channels_last
+
+
+def test_a_narrow_pyramidnet_runs_in_nchw_under_bfloat16(tmp_path: Path) -> None:
+    """No memory format saved: the network decides, as in training (see idml.models.layout)."""
+    spec = ModelSpec("pyramidnet", "cifar10", 20, 12.0, False, 10, True, 16, 5.0)  # widths 17 to 28
+    path = save_checkpoint(tmp_path / "p.pth.tar", spec, amp="bf16")
+    assert not load_trained_model(path, CPU).runtime.channels_last
+    assert load_trained_model(path, CPU, amp="off").runtime.channels_last  # float32: channels_last

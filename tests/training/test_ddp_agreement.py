@@ -160,3 +160,28 @@ def test_resume_auto_refuses_different_epochs_and_accepts_the_same_checkpoint(
     assert proc.returncode == 0, proc.stderr
     assert "=> resuming runs/run/checkpoint.pth.tar at epoch 1, step 0" in proc.stdout
     assert load(tmp_path / "nodes" / "node0" / "runs" / "run" / "checkpoint.pth.tar")["epoch"] == 2
+
+
+# -- the memory format: nodes of different CPUs ----------------------------------------------------
+@pytest.mark.slow
+def test_ranks_that_would_choose_different_memory_formats_take_rank_0s(tmp_path: Path) -> None:
+    """``--amp auto`` reads each node's own CPU flags, and the default memory format follows the
+    precision: a bfloat16 node picks NCHW for this narrow PyramidNet, a float32 node channels_last.
+    DDP refuses parameters of different layouts, so every rank must take rank 0's choice."""
+    data = learnable_cifar(tmp_path / "data")
+    script = tmp_path / "mixed_cpus.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, runpy, sys
+        from idml.training import runtime
+        bf16_node = os.environ["RANK"] == "0"
+        runtime.cpu_has_fast_bf16 = lambda: bf16_node  # rank 0: an AVX-512 BF16 node; rank 1: AVX2 only
+        sys.argv = [{str(TRAIN_PY)!r}, *sys.argv[1:]]
+        runpy.run_path({str(TRAIN_PY)!r}, run_name="__main__")
+    """), encoding="utf-8")
+    args = train_args(data, tmp_path / "runs", "mixed", "--epochs", "1", "--no-verbose", "--amp", "auto",
+                      "--net_type", "pyramidnet", "--depth", "20", "--alpha", "12", "--no-bottleneck")
+    proc = run_torchrun(script, args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bfloat16 autocast, NCHW" in proc.stdout  # rank 0's choice, printed by rank 0
+    saved = load(tmp_path / "runs" / "mixed" / "checkpoint.pth.tar")["config"]
+    assert saved["channels_last"] is False  # the format the run trained in is recorded

@@ -146,6 +146,34 @@ def test_explicit_choices_and_the_scaler(cpuinfo):
     assert not Runtime(CPU, torch.bfloat16, False).grad_scaler().is_enabled()  # only fp16 scales
 
 
+# -- the default memory format ------------------------------------------------------------------------
+def never_asked() -> bool:
+    raise AssertionError("the network was traced although the memory format did not depend on it")
+
+
+@pytest.mark.parametrize(("device", "dtype", "network", "expected"), [
+    (CUDA, torch.bfloat16, never_asked, True),
+    (CUDA, None, never_asked, True),
+    (torch.device("mps"), torch.float16, never_asked, False),
+    (CPU, None, never_asked, True),  # float32 on the CPU: channels_last on AVX2 and AVX-512 alike
+    (CPU, torch.bfloat16, lambda: True, True),  # under bfloat16 the network decides
+    (CPU, torch.bfloat16, lambda: False, False),
+    (CPU, torch.bfloat16, None, True),  # no network given (e.g. only the precision was asked for)
+])
+def test_the_default_memory_format(device, dtype, network, expected):
+    assert runtime.default_channels_last(device, dtype, network) is expected
+
+
+@pytest.mark.parametrize("flags", ["", "avx512f avx512_bf16"])
+def test_a_given_memory_format_is_kept_and_the_default_follows_the_network(cpuinfo, flags):
+    cpuinfo(flags)
+    for given in (True, False):
+        assert build_runtime("cpu", "auto", given, network_prefers_channels_last=never_asked).channels_last is given
+    bf16 = flags != ""
+    assert build_runtime("cpu", "auto", None, network_prefers_channels_last=lambda: False).channels_last is not bf16
+    assert build_runtime("cpu", "auto", None, network_prefers_channels_last=lambda: True).channels_last
+
+
 def test_ism_runs_in_float32_under_bf16_autocast():
     torch.manual_seed(0)
     model = build_model("resnet", "cifar10", depth=8, bottleneck=False)

@@ -15,6 +15,7 @@ closes). Either way every surviving process stops with one line (:func:`peer_fai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
@@ -93,6 +94,20 @@ def peer_failures_reported(rt: Runtime, timeout_s: float) -> Iterator[None]:
 def control_group() -> dist.ProcessGroup | None:
     """The Gloo group for CPU control messages (None = the default group, already Gloo)."""
     return _control["group"]
+
+
+def agree_on_memory_format(rt: Runtime) -> Runtime:
+    """Every rank takes rank 0's memory format.
+
+    DDP needs each parameter in the same layout on every rank, and the default format depends on
+    the precision each node resolved for itself (``--amp auto`` reads its own CPU's flags), so nodes
+    of different CPUs could choose differently.
+    """
+    if not rt.distributed:
+        return rt
+    choice = [rt.channels_last]
+    dist.broadcast_object_list(choice, src=0, group=control_group())
+    return dataclasses.replace(rt, channels_last=bool(choice[0]))
 
 
 def convert_sync_bn(model: nn.Module, rt: Runtime, enabled: bool) -> nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -160,9 +161,30 @@ def set_determinism(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = deterministic
 
 
-def build_runtime(device: str, amp: str, channels_last: bool | None, deterministic: bool = False) -> Runtime:
+def default_channels_last(device: torch.device, amp_dtype: torch.dtype | None,
+                          network_prefers_channels_last: Callable[[], bool] | None) -> bool:
+    """``--channels_last`` when not given: the memory format measured faster (benchmarks/RESULTS.md).
+
+    CUDA: channels_last. CPU in float32 (``--amp off``, or ``auto`` without fast bfloat16):
+    channels_last (faster in every run measured, with AVX-512 code and with AVX2 code emulated on
+    the same CPU). CPU under bfloat16: what ``network_prefers_channels_last()`` says
+    (:func:`idml.models.layout.channels_last_under_bf16`), or channels_last when no network is
+    given. Apple MPS: NCHW (not measured).
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    return amp_dtype is None or network_prefers_channels_last is None or network_prefers_channels_last()
+
+
+def build_runtime(device: str, amp: str, channels_last: bool | None, deterministic: bool = False,
+                  network_prefers_channels_last: Callable[[], bool] | None = None) -> Runtime:
     """The runtime of this process. On CUDA the process's GPU is made current first, so that nothing
-    (the precision check included) opens a context on GPU 0 from every rank of a multi-GPU job."""
+    (the precision check included) opens a context on GPU 0 from every rank of a multi-GPU job.
+
+    ``network_prefers_channels_last`` decides the memory format under bfloat16 on the CPU when
+    ``channels_last`` is None (see :func:`default_channels_last`); it is only called then."""
     dev = resolve_device(device)
     set_determinism(dev, deterministic)
     # read by oneDNN when it first builds a kernel, so it must be set before the model first runs
@@ -171,5 +193,7 @@ def build_runtime(device: str, amp: str, channels_last: bool | None, determinist
         torch.cuda.set_device(dev)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
-    memory = dev.type == "cuda" if channels_last is None else channels_last
-    return Runtime(dev, resolve_amp(amp, dev), memory, rank, world)
+    amp_dtype = resolve_amp(amp, dev)
+    if channels_last is None:
+        channels_last = default_channels_last(dev, amp_dtype, network_prefers_channels_last)
+    return Runtime(dev, amp_dtype, channels_last, rank, world)

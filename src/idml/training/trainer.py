@@ -402,7 +402,9 @@ class Trainer:
             "test_at_last": self.test_at_last,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "config": self.cfg.to_dict(),
+            # the memory format this run used, which --channels_last left to the runtime when not given:
+            # idml eval and predict run the network as it trained (config.yaml keeps the settings as given)
+            "config": self.cfg.to_dict() | {"channels_last": self.rt.channels_last},
             "class_names": list(self.data.class_names),
             "mean": list(self.data.mean),
             "std": list(self.data.std),
