@@ -117,8 +117,8 @@ def official_runner(code: str, cfg: TrainConfig) -> Runner:
     return Runner(cfg.batch_size, settings, device, run_turn, lambda: training_state_bytes(model, optimizer))
 
 
-def parse(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The official checkout, the model size and the timing flags (shared with step_bounds.py)."""
     parser.add_argument("--official", default=os.environ.get(ENV), metavar="PATH",
                         help=f"your checkout of the official code (default: ${ENV})")
     parser.add_argument("--depth", type=int, default=110)
@@ -127,17 +127,25 @@ def parse(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     parser.add_argument("--bottleneck", action="store_true", help="bottleneck blocks (default: basic)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--json", action="store_true")
+
+
+def official_config(args: argparse.Namespace) -> TrainConfig:
+    """The official CIFAR IDML-CutMix command: CutMix beta 1.0 with probability 0.5, lr 0.25, 300 epochs."""
+    return TrainConfig(net_type="pyramidnet", dataset="cifar10", depth=args.depth, alpha=args.alpha,
+                       bottleneck=args.bottleneck, batch_size=args.batch_size, lr=0.25, epochs=300, beta=1.0,
+                       cutmix_prob=0.5, device=args.device)
+
+
+def parse(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_step_arguments(parser)
     parser.add_argument("--variants", default="default",
                         help="idml variants timed beside the official step (default: default)")
     parser.add_argument("--aa", default=OFFICIAL, help="the variant run twice for the A/A check (none: skip)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    # the official CIFAR IDML-CutMix command: CutMix beta 1.0 with probability 0.5, lr 0.25, 300 epochs
-    cfg = TrainConfig(net_type="pyramidnet", dataset="cifar10", depth=args.depth, alpha=args.alpha,
-                      bottleneck=args.bottleneck, batch_size=args.batch_size, lr=0.25, epochs=300, beta=1.0,
-                      cutmix_prob=0.5, device=args.device)
-    return cfg, args
+    return official_config(args), args
 
 
 def main(argv: list[str]) -> int:

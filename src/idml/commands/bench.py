@@ -32,7 +32,7 @@ from idml.commands.bench_rounds import (
     memory_source,
     paired_ratio,
 )
-from idml.commands.train import place_model
+from idml.commands.train import place_model, run_runtime
 from idml.config import OneLineParser, TrainConfig, add_train_arguments, config_from_args
 from idml.data import IN_MEMORY, DataBundle, DataRequest, imagenet_transforms, in_memory_bundle
 from idml.data.catalog import dataset_info
@@ -54,6 +54,9 @@ MODEL_VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "compile": lambda c: replace(c, amp="off", channels_last=False, compile=True, ism=True),
     "bf16": lambda c: replace(c, amp="bf16", channels_last=False, compile=False, ism=True),
     "bf16-channels_last": lambda c: replace(c, amp="bf16", channels_last=True, compile=False, ism=True),
+    # one change at a time from bf16 (opt-in): does torch.compile pay on a bfloat16 CPU or GPU?
+    "bf16-compile": lambda c: replace(c, amp="bf16", channels_last=False, compile=True, ism=True),
+    "bf16-channels_last-compile": lambda c: replace(c, amp="bf16", channels_last=True, compile=True, ism=True),
     "fp16": lambda c: replace(c, amp="fp16", channels_last=False, compile=False, ism=True),
 }
 DATA_ONLY = "data-only"
@@ -142,7 +145,7 @@ def variant_runner(cfg: TrainConfig, name: str) -> Runner:
     data = synthetic_data(cfg, build_runtime(cfg.device, "off", False).device)
     batches = [(_pinned(images), _pinned(targets)) for images, targets in data.train]
     vcfg = MODEL_VARIANTS[name](cfg) if name in MODEL_VARIANTS else replace(cfg, ism=True)
-    rt = build_runtime(vcfg.device, vcfg.amp, vcfg.channels_last, vcfg.deterministic)
+    rt = run_runtime(vcfg)
     torch.manual_seed(cfg.seed)
     model = place_model(vcfg, rt, replace(vcfg.model_spec, num_classes=data.num_classes))
     trainer = Trainer(vcfg, model, data, rt, net=maybe_compile(model, vcfg.compile), printer=lambda _msg: None)
@@ -205,7 +208,8 @@ def slot_result(slot: Slot) -> dict:
 
 
 RATIOS = (("default", "fp32-eager"), ("default", "default-linear"), ("default", "official"),
-          ("bf16-channels_last", "bf16"), ("channels_last", "fp32-eager"), (DATA_ONLY, "default"))
+          ("bf16-channels_last", "bf16"), ("channels_last", "fp32-eager"), ("bf16-compile", "bf16"),
+          ("bf16-channels_last-compile", "bf16"), (DATA_ONLY, "default"))
 
 
 def report(slots: list[Slot], config: dict, device: torch.device, isolation: str, aa: str | None,
