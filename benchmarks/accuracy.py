@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from idml.commands.train import run_train
 from idml.config import parse_train_args
-from idml.training.runtime import build_runtime
+from idml.device.runtime import build_runtime
+from idml.training.setup import run_train
 
 QUICK_START = ["--dataset", "digits", "--net_type", "resnet", "--depth", "20", "--no-bottleneck",
                "--epochs", "10", "--batch_size", "64", "--lr", "0.1", "--no-verbose"]

@@ -20,7 +20,7 @@ only that process) makes ``.cuda()`` return its tensor or module unchanged, make
 ``torch.cuda.FloatTensor`` allocate a CPU float tensor and restores ``np.int = int``.
 
 Every variant runs in a worker process of its own and the variants take turns (see
-``idml.commands.bench_rounds``); the A/A check (``--aa``, default: official) runs one of them twice.
+``idml.bench.rounds``); the A/A check (``--aa``, default: official) runs one of them twice.
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idml.commands import bench
-from idml.commands.bench_rounds import Runner, Slot, measure_rounds
+from idml.bench import options as bench_options
+from idml.bench import step as bench
+from idml.bench.rounds import Runner, Slot, measure_rounds
+from idml.commands import bench as bench_command
 from idml.config import TrainConfig
+from idml.device.memory import training_state_bytes
 from idml.errors import IdmlError
-from idml.training.memory import training_state_bytes
 
 ENV = "IDML_OFFICIAL_DIR"
 OFFICIAL = "official"
@@ -158,7 +160,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     try:
-        names = bench.chosen_variants(args.variants, cfg.dataset)
+        names = bench_options.chosen_variants(args.variants, cfg.dataset)
         aa = None if args.aa == "none" else args.aa
         if aa is not None and aa not in [OFFICIAL, *names]:
             raise IdmlError(f"--aa {aa} is not among the variants run ({OFFICIAL}, {', '.join(names)})")
@@ -173,7 +175,7 @@ def main(argv: list[str]) -> int:
         return 2
     config = bench.config_fields(cfg, args.steps, args.warmup) | {"official_code": str(code)}
     result = bench.report(slots, config, torch.device(cfg.device), "process", aa, threads)
-    print(json.dumps(result) if args.json else bench.format_table(result))
+    print(json.dumps(result) if args.json else bench_command.format_table(result))
     return 0
 
 

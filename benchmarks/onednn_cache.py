@@ -22,7 +22,8 @@ import os
 import sys
 import tempfile
 
-from idml.commands import bench
+from idml.bench import step as bench
+from idml.commands import bench as bench_command
 
 DEFAULT_FLAGS = ["--net_type", "pyramidnet", "--dataset", "cifar10", "--depth", "110", "--alpha", "48",
                  "--no-bottleneck", "--batch_size", "16", "--beta", "1.0", "--cutmix_prob", "0.5", "--device", "cpu"]
@@ -56,7 +57,7 @@ def main(argv: list[str]) -> int:
         print("onednn_cache.py: set ONEDNN_VERBOSE=profile_create (see the docstring)", file=sys.stderr)
         return 2
     names = argv[0].split(",") if argv else ["fp32-eager", "default", "default-linear"]
-    cfg, _ = bench.parse_bench_args(argv[1:] or DEFAULT_FLAGS)
+    cfg, _ = bench_command.parse_bench_args(argv[1:] or DEFAULT_FLAGS)
     runners = {name: bench.variant_runner(cfg, name) for name in names}
     capacity = os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024 (oneDNN's default)")
     print(f"# primitive cache capacity {capacity}; variants {', '.join(names)} in one process")

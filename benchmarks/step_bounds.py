@@ -26,8 +26,9 @@ import sys
 import torch
 from official_step import CODE_FOLDERS, ENV, OFFICIAL, add_step_arguments, find_code, official_config, official_runner
 
-from idml.commands import bench
-from idml.commands.bench_rounds import Runner, Slot, measure_rounds, paired_ratio
+from idml.bench import step as bench
+from idml.bench.rounds import Runner, Slot, measure_rounds, paired_ratio
+from idml.commands import bench as bench_command
 from idml.errors import IdmlError
 
 #: idml variants timed as they are and without BatchNorm
@@ -84,7 +85,7 @@ def main(argv: list[str]) -> int:
     reference = slots[0]
     result["ratios"] = {f"{s.label} / {reference.label}": round(paired_ratio(s, reference), 3)
                         for s in slots[1:]}
-    print(json.dumps(result) if args.json else bench.format_table(result))
+    print(json.dumps(result) if args.json else bench_command.format_table(result))
     return 0
 
 

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from onednn_cache import captured_stdout  # same folder
 
-from idml.commands import bench
+from idml.bench import options as bench_options
+from idml.bench import step as bench
+from idml.commands import bench as bench_command
 
 DEFAULT_FLAGS = ["--net_type", "pyramidnet", "--dataset", "cifar10", "--depth", "110", "--alpha", "48",
                  "--no-bottleneck", "--batch_size", "128", "--beta", "1.0", "--cutmix_prob", "0.5", "--device", "cpu"]
@@ -76,7 +78,7 @@ def profile_onednn(run, steps: int) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=list(bench.MODEL_VARIANTS))
+    parser.add_argument("variant", choices=list(bench_options.MODEL_VARIANTS))
     parser.add_argument("--steps", type=int, default=2, help="steps profiled (default: %(default)s)")
     parser.add_argument("--onednn", action="store_true", help="oneDNN kernel times instead of operators")
     args, flags = parser.parse_known_args(argv)
@@ -84,7 +86,7 @@ def main(argv: list[str]) -> int:
         # oneDNN reads ONEDNN_VERBOSE once, when it loads: set it for a fresh process
         env = dict(os.environ, ONEDNN_VERBOSE="1", **{CHILD: "1"})
         return subprocess.call([sys.executable, __file__, *argv], env=env)
-    cfg, _ = bench.parse_bench_args(DEFAULT_FLAGS + flags)  # the flags given override the defaults
+    cfg, _ = bench_command.parse_bench_args(DEFAULT_FLAGS + flags)  # the flags given override the defaults
     with captured_stdout(os.devnull) if args.onednn else contextlib.nullcontext():  # no warm-up kernels
         runner = bench.variant_runner(cfg, args.variant)
         for turn in range(WARMUP):

@@ -78,15 +78,13 @@ def commit() -> str:
 
 def evaluate(checkpoint: Path, blends: int, ood: str | None, val_split: float = 0.0) -> dict:
     """``idml eval --json`` of ``checkpoint`` (in this process), with the old grid's flat keys too."""
-    from argparse import Namespace
-
-    from idml.commands.eval import evaluate_checkpoint
+    from idml.evaluation import EvalRequest, evaluate
 
     # the temperature is fitted on the validation split here, as training fits it for the saved
     # model (so that --reevaluate applies the current fitting rule to kept checkpoints)
-    args = Namespace(checkpoint=checkpoint, dataset=None, data_dir="unused", batch_size=256, workers=0,
-                     device="cpu", ood=ood, blends=blends, blend_seed=0, fit_temperature=bool(val_split))
-    report, _, _ = evaluate_checkpoint(args)
+    request = EvalRequest(str(checkpoint), data_dir="unused", workers=0, device="cpu", ood=ood, blends=blends,
+                          fit_temperature=bool(val_split), notes=False)
+    report, _, _ = evaluate(request)
     by_score = report["mistakes"]["by_score"]
     before = report["calibration"]["before_scaling"]
     flat = {"images": report["test_images"], "top1_err": report["top1_err"], "top5_err": report["top5_err"],
@@ -102,8 +100,8 @@ def run_one(job: tuple[str, str, str, int, dict, Path, bool]) -> Path:
     import torch
 
     from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
-    from idml.commands.train import run_train
     from idml.config import TrainConfig
+    from idml.training.setup import run_train
 
     torch.set_num_threads(1)
     grid = GRIDS[grid_name]

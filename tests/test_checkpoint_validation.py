@@ -400,7 +400,8 @@ def test_inconsistent_checkpoint_gives_one_line_in_load_trained_model(state: dic
 
 
 def test_a_valid_checkpoint_predicts_what_was_saved(run: dict[str, Path], state: dict) -> None:
-    from idml.models import ModelSpec, build_from_spec
+    from idml.models.registry import build_from_spec
+    from idml.models.spec import ModelSpec
 
     trained = load_trained_model(run["checkpoint"], CPU)
     reference = build_from_spec(ModelSpec(**state["model"])).eval()
@@ -464,7 +465,8 @@ def test_torch_optimizer_state_dicts_pass(state: dict) -> None:
 def test_check_optimizer_fits_finds_a_momentum_buffer_of_another_shape(state: dict) -> None:
     """torch's load_state_dict accepts it; the first SGD step then dies with a traceback."""
     from idml.checkpoint import check_optimizer_fits
-    from idml.models import ModelSpec, build_from_spec
+    from idml.models.registry import build_from_spec
+    from idml.models.spec import ModelSpec
 
     params = list(build_from_spec(ModelSpec(**state["model"])).parameters())
     check_optimizer_fits(state["optimizer"], params, "c")  # the run's own state fits

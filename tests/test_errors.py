@@ -19,7 +19,8 @@ from expect import one_error_line
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from idml.cli import main as cli_main
 from idml.commands.train import main as train_main
-from idml.data import DataRequest, build_data
+from idml.data.build import build_data
+from idml.data.types import DataRequest
 from idml.errors import DataError
 from runs import one_thread, run_cli, run_train_process, single_thread, train_args  # noqa: F401 - autouse fixture
 
@@ -86,8 +87,8 @@ def corrupt_one_image(root: Path) -> None:
 @pytest.mark.parametrize(("make", "workers", "expected"), [
     (lambda root: None, "0", r"missing folder .*imagenet-1k/train; expected .*https://image-net.org/"),
     (empty_class_folders, "0", r"Found no valid file .*; expected <data_dir>/imagenet-1k/train/<class>"),
-    (corrupt_one_image, "0", r"cannot read image .*n01443537_\d\.JPEG .*--skip_bad_images"),
-    (corrupt_one_image, "2", r"cannot read image .*n01443537_\d\.JPEG .*--skip_bad_images"),
+    (corrupt_one_image, "0", r"cannot read image .*n01443537_\d\.JPEG: .*--skip_bad_images"),
+    (corrupt_one_image, "2", r"cannot read image .*n01443537_\d\.JPEG: .*--skip_bad_images"),
 ], ids=["missing", "no images", "corrupt image", "corrupt image in a worker"])
 def test_bad_imagenet_folder(make, workers: str, expected: str, tmp_path: Path, capsys) -> None:
     make(tmp_path)

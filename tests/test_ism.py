@@ -243,14 +243,14 @@ class TwoHeaded(nn.Module):
 
 def tiny_trainer(tmp_path, model: nn.Module, num_classes: int = 4) -> Trainer:
     from idml.config import TrainConfig
-    from idml.data import DataBundle
-    from idml.training.runtime import Runtime
+    from idml.data.types import DataBundle
+    from idml.device.runtime import Runtime
 
     labels = torch.arange(8) % num_classes
     images = labels.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).float()
     loader = InMemoryLoader(images, labels, batch_size=8, train=True)  # one step
     val = InMemoryLoader(images, labels, batch_size=4, train=False)
-    data = DataBundle(loader, val, [str(i) for i in range(num_classes)], (0.0,) * 3, (1.0,) * 3, 4,
+    data = DataBundle(loader, val, val, [str(i) for i in range(num_classes)], (0.0,) * 3, (1.0,) * 3, 4,
                       train_transform=lambda x, rng: x, eval_transform=lambda x: x)
     cfg = TrainConfig(dataset="cifar10", epochs=1, verbose=False, output_dir=str(tmp_path), lr=0.1)
     return Trainer(cfg, model, data, Runtime(torch.device("cpu"), None, False), printer=lambda _m: None)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import idml.training.trainer as trainer_module
+from idml.device.memory import PeakMemory
 from idml.ism import common_scale, introspective_logits
-from idml.training.memory import PeakMemory
 from idml.training.trainer import Meter
 
 

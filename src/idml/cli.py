@@ -12,8 +12,7 @@ import signal
 import sys
 
 from idml.config import OneLineParser
-from idml.errors import ConfigError, IdmlError, RunStopped, one_line, printable
-from idml.training.distributed import AgreedError, exit_without_interruption
+from idml.errors import AgreedError, ConfigError, IdmlError, RunStopped, exit_without_interruption, one_line, printable
 
 #: subcommand -> (module implementing ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

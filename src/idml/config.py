@@ -25,12 +25,12 @@ from idml.data.catalog import (
     canonical_name,
     dataset_info,
     dataset_problem,
+    datasets_that_can,
+    parse_classes,
     user_dataset,
 )
-from idml.data.splits import parse_classes
-from idml.errors import ConfigError, one_line
-from idml.mixing import MixConfig
-from idml.models import ModelSpec, net_type_problem
+from idml.errors import ConfigError, listing, one_line
+from idml.models.spec import ModelSpec, canonical_net_type, net_type_problem
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -48,6 +48,30 @@ SCHED_CHOICES = ("step", "cosine")
 EXPNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
 IDML = "flags idml adds"
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """CutMix with Beta(beta, beta) area when beta > 0, chosen with probability ``cutmix_prob``;
+    otherwise Mixup with Beta(mixup_alpha, mixup_alpha) with probability ``mixup_prob``
+    (:func:`idml.mixing.mix_batch`)."""
+
+    beta: float = 0.0
+    cutmix_prob: float = 0.0
+    mixup_alpha: float = 0.0
+    mixup_prob: float = 0.0
+
+    @property
+    def cutmix_share(self) -> float:
+        return self.cutmix_prob if self.beta > 0 else 0.0
+
+    @property
+    def mixup_share(self) -> float:
+        return self.mixup_prob if self.mixup_alpha > 0 else 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.cutmix_share > 0 or self.mixup_share > 0
 
 
 def setting(default: Any, *flags: str, help: str, group: str = IDML, action: str | None = None,
@@ -200,6 +224,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        if dataset_problem(self.dataset) is None:  # names spelled one way from here on
+            self.dataset = canonical_name(self.dataset)
+        if net_type_problem(self.net_type) is None:
+            self.net_type = canonical_net_type(self.net_type)
         self.validate()
 
     def _check_types(self) -> None:
@@ -222,7 +250,7 @@ class TrainConfig:
         """Refuse impossible values with a message that names the flag and the fix."""
         checks = [
             (dataset_problem(self.dataset) is None, dataset_problem(self.dataset) or ""),
-            net_type_problem(self.net_type),
+            (net_type_problem(self.net_type) is None, net_type_problem(self.net_type) or ""),
             (1 <= self.batch_size <= MAX_BATCH, f"--batch_size must lie in [1, {MAX_BATCH}] (got {self.batch_size})"),
             (self.lr > 0, f"--lr must be positive (got {self.lr})"),
             (self.momentum >= 0, f"--momentum must be >= 0 (got {self.momentum})"),
@@ -243,13 +271,15 @@ class TrainConfig:
              f"--dist_timeout must lie in (0, {MAX_DIST_TIMEOUT}] seconds (got {self.dist_timeout})"),
             (self.epochs >= 0, f"--epochs must be >= 0 (got {self.epochs})"),
             (0 <= self.label_noise < 1, f"--label_noise must lie in [0, 1) (got {self.label_noise})"),
-            (self.label_noise == 0 or self.dataset.lower() in ("cifar10", "cifar100", "digits"),
-             "--label_noise works on the in-memory datasets (cifar10, cifar100, digits), not imagenet"),
+            (self.label_noise == 0 or self._can("in_memory"),
+             f"--label_noise works on the in-memory datasets ({listing(datasets_that_can('in_memory'))}), "
+             f"not {self.dataset}"),
             (0 <= self.val_split < 1, f"--val_split must lie in [0, 1) (got {self.val_split})"),
-            (self.val_split == 0 or self.dataset.lower() in ("cifar10", "cifar100", "digits", "folder"),
-             f"--val_split works on cifar10, cifar100, digits and folder datasets, not {self.dataset}"),
-            (self.classes is None or self.dataset.lower() in ("cifar10", "cifar100", "digits"),
-             f"--classes works on the in-memory datasets (cifar10, cifar100, digits), not {self.dataset}"),
+            (self.val_split == 0 or self._can("val_split"),
+             f"--val_split works on {listing(datasets_that_can('val_split'))} datasets, not {self.dataset}"),
+            (self.classes is None or self._can("in_memory"),
+             f"--classes works on the in-memory datasets ({listing(datasets_that_can('in_memory'))}), "
+             f"not {self.dataset}"),
             (self.ism_lambda > 0, f"--ism_lambda must be positive (got {self.ism_lambda})"),
             (self.uncertainty_dim is None or 1 <= self.uncertainty_dim <= MAX_UNCERTAINTY_DIM,
              f"--uncertainty_dim must lie in [1, {MAX_UNCERTAINTY_DIM}] (got {self.uncertainty_dim})"),
@@ -265,8 +295,12 @@ class TrainConfig:
         for ok, message in checks + self._recipe_checks():
             if not ok:
                 raise ConfigError(message)
-        if self.classes is not None and self.dataset.lower() in ("cifar10", "cifar100", "digits"):
+        if self.classes is not None:
             parse_classes(self.classes, dataset_info(self.dataset).num_classes)
+
+    def _can(self, capability: str) -> bool:
+        """Whether this run's dataset has a catalog capability (a known dataset is checked first)."""
+        return dataset_problem(self.dataset) is None and capability in dataset_info(self.dataset).can
 
     def _recipe_checks(self) -> list[tuple[bool, str]]:
         """The checks of the own-data and modern-recipe settings."""
@@ -297,7 +331,7 @@ class TrainConfig:
     def model_spec(self) -> ModelSpec:
         size = dataset_info(self.dataset, self.input_size).input_size if user_dataset(self.dataset) else None
         return ModelSpec(
-            self.net_type.lower(), canonical_name(self.dataset), self.depth, self.alpha, self.bottleneck,
+            self.net_type, self.dataset, self.depth, self.alpha, self.bottleneck,
             None, self.ism, self.uncertainty_dim, self.ism_lambda, size,
         )
 
@@ -401,25 +435,6 @@ def _allowed_types(name: str) -> tuple[type, ...]:
     """The types a setting accepts, from its annotation (``int | None`` -> (int, NoneType))."""
     hint = typing.get_type_hints(TrainConfig)[name]
     return tuple(typing.get_origin(k) or k for k in typing.get_args(hint) or (hint,))
-
-
-def preflight(cfg: TrainConfig) -> None:
-    """Checks that depend on this machine, not on the settings alone: optional packages that a
-    setting needs, and a backbone name that the installed timm or torchvision must know."""
-    from idml.models.external import name_problem
-    from idml.training.run_log import MISSING_TENSORBOARD, tensorboard_available
-
-    if cfg.tensorboard and not tensorboard_available():
-        raise ConfigError(MISSING_TENSORBOARD)
-    if cfg.dataset.lower().startswith("hf:"):
-        from idml.data.hf import MISSING, hf_available
-
-        if not hf_available():
-            raise ConfigError(MISSING)
-    if ":" in cfg.net_type:
-        problem = name_problem(cfg.net_type)
-        if problem:
-            raise ConfigError(problem)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,5 +1,9 @@
 """User-facing errors: the CLI prints their message on one line and exits with status 2."""
 
+import os
+import signal
+import threading
+
 #: How the usual control characters are shown (the others as \xNN or \uNNNN).
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -14,6 +18,10 @@ class ConfigError(IdmlError, ValueError):
 
 class DataError(IdmlError):
     """Missing, corrupt or malformed data."""
+
+
+class AgreedError(IdmlError):
+    """One rank's failure, raised on every rank so that none waits for the others; rank 0 prints it."""
 
 
 class NonFiniteLossError(IdmlError):
@@ -46,6 +54,11 @@ def one_line(exc: BaseException) -> str:
     return printable(message if sep else lines[-1])
 
 
+def listing(words: list[str]) -> str:
+    """``["a", "b", "c"]`` as "a, b and c" (for messages)."""
+    return " and ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+
+
 def printable(text: str) -> str:
     """``text`` with its control and invisible characters escaped, so that it prints on one line.
 
@@ -68,3 +81,13 @@ def printable(text: str) -> str:
         else:
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
     return "".join(out)
+
+
+def exit_without_interruption() -> None:
+    """A DDP worker on its way out with an error ignores SIGTERM from now on.
+
+    torchrun sends SIGTERM to every worker as soon as one has exited; the others are already
+    exiting with the same error and should end with their own status (2), not be killed.
+    """
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -4,15 +4,14 @@
 the network, ``state_dict`` fills it (or, with ``ema``, the moving average of a ``--model_ema``
 run), and ``class_names``, ``mean``, ``std`` and ``input_size``
 say how to read images and name the predictions. The network runs with the device settings its
-training used (autocast dtype, memory format, cuDNN autotuning; see :mod:`idml.training.runtime`),
+training used (autocast dtype, memory format, cuDNN autotuning; see :mod:`idml.device.runtime`),
 unless ``--amp`` says otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -21,13 +20,17 @@ import torch
 from torch import Tensor
 
 from idml.checkpoint import load_checkpoint, require_fields
+from idml.data.augment import Normalize
 from idml.data.catalog import dataset_info
-from idml.errors import IdmlError, one_line
+from idml.data.image_files import image_preparer, read_image
+from idml.device.runtime import Runtime, build_runtime
+from idml.errors import ConfigError, IdmlError, one_line
 from idml.ism import IntrospectiveClassifier, uncertainty_score
-from idml.metrics import uncertainty_scores
-from idml.models import ModelSpec, build_from_spec
+from idml.metrics import check_finite_outputs, softmax, uncertainty_scores
 from idml.models.layout import channels_last_under_bf16
-from idml.training.runtime import Runtime, build_runtime
+from idml.models.registry import build_from_spec
+from idml.models.spec import ModelSpec
+from idml.scores import DEFAULT_SCORE, SCORES
 
 
 @dataclass
@@ -71,7 +74,7 @@ class Outputs:
     ism_exponent: np.ndarray | None = None
 
     def scores(self) -> dict[str, np.ndarray]:
-        """Every uncertainty score of :data:`idml.metrics.SCORES` these outputs allow."""
+        """Every uncertainty score of :data:`idml.scores.SCORES` these outputs allow."""
         feature_sq = self.feature_sq if self.feature_sq is not None else np.full(len(self.logits), np.nan)
         return uncertainty_scores(self.logits, feature_sq=feature_sq, introspective=self.introspective,
                                   u_sq=self.uncertainty, ism_exponent=self.ism_exponent)
@@ -188,9 +191,7 @@ def load_trained_model(path: str | Path, device: torch.device, amp: str | None =
         raise IdmlError(f"{path}: weights do not fit the saved model settings ({one_line(exc)[:200]})") from exc
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     runtime = inference_runtime(device, amp, config, spec)
-    model.to(runtime.device).eval()
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
+    runtime.place(model).eval()
     num_classes = model.head.fc.out_features
     names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
     temperature = state.get("temperature")  # type and range checked by load_checkpoint
@@ -216,14 +217,13 @@ def run_model(trained: TrainedModel, batches: Iterable[Tensor]) -> Outputs:
     The backbone and the head are called one after the other (what the model's forward does) so
     that the pooled features are at hand too.
     """
-    model, rt = trained.model, trained.runtime
+    model = trained.model
+    rt = trained.runtime or Runtime(trained.device, None, False)
     parts: dict[str, list[Tensor]] = {"logits": [], "uncertainty": [], "feature_sq": [], "introspective": [],
                                       "ism_exponent": []}
     for images in batches:
-        images = images.to(trained.device)
-        if rt is not None and rt.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with rt.autocast() if rt is not None else contextlib.nullcontext():
+        images = rt.formatted(rt.to_device(images))
+        with rt.autocast():
             features = torch.flatten(model.backbone(images), 1).float()
             out = model.head(features)
         parts["logits"].append(out.logits.float())
@@ -236,3 +236,46 @@ def run_model(trained: TrainedModel, batches: Iterable[Tensor]) -> Outputs:
     arrays = {name: torch.cat(chunks).cpu().numpy().astype(np.float64) if chunks else None
               for name, chunks in parts.items()}
     return Outputs(**arrays)
+
+
+# -- classifying image files ----------------------------------------------------------------------
+@dataclass
+class Prediction:
+    """One image's top-k classes, their temperature-scaled probabilities, and its uncertainty score."""
+
+    file: str
+    uncertainty: float | None
+    classes: list[str]
+    probabilities: list[float]
+
+
+def check_score(trained: TrainedModel, score: str) -> None:
+    """Refuse an uncertainty score that needs the ISM head for a model trained without it."""
+    if SCORES[score][1] and not trained.has_ism:
+        raise ConfigError(f"--score {score} needs a model trained with the ISM head (this one was trained with "
+                          f"--no-ism); pick one of {', '.join(n for n, (_, ism) in SCORES.items() if not ism)}")
+
+
+def predict_files(trained: TrainedModel, files: list[Path], topk: int, batch_size: int,
+                  score: str = DEFAULT_SCORE, checkpoint: str = "the checkpoint") -> Iterator[Prediction]:
+    """Classify ``files`` ``batch_size`` at a time, each prepared as the model's validation images.
+
+    Probabilities are the softmax of the plain logits divided by the checkpoint's temperature
+    (fitted on the validation split of a ``--val_split`` run; 1 without one); ``score`` is computed
+    as ``idml eval`` measures it. Files are decoded one batch at a time, so memory stays that of
+    one batch however many files there are.
+    """
+    prepare = image_preparer(trained.dataset, trained.input_size)
+    normalize = Normalize(trained.mean, trained.std, trained.device)
+    topk = min(topk, len(trained.class_names))
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        images = torch.stack([prepare(read_image(path)) for path in chunk])
+        outputs = run_model(trained, [normalize(images.to(trained.device))])
+        check_finite_outputs(outputs.logits, outputs.uncertainty, checkpoint)
+        probs = softmax(outputs.logits / (trained.temperature or 1.0))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
+        scores = outputs.scores()[score]
+        for i, path in enumerate(chunk):
+            yield Prediction(str(path), float(scores[i]), [trained.class_names[c] for c in order[i]],
+                             [float(q) for q in probs[i, order[i]]])

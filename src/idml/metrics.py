@@ -97,26 +97,11 @@ def misclassification_auroc(score: np.ndarray, wrong: np.ndarray) -> float | Non
 
 # -- uncertainty scores: larger = more uncertain ---------------------------------------------------
 
-#: Every score ``idml eval`` measures, in report order, with what it is. ``ism`` scores need a model
-#: trained with the ISM head. All are oriented so that a larger value means "less sure".
-SCORES: dict[str, tuple[str, bool]] = {
-    "msp": ("1 - max softmax probability", False),
-    "entropy": ("entropy of the softmax, nats", False),
-    "max_logit": ("- max logit", False),
-    "energy": ("- logsumexp of the logits (free energy)", False),
-    "neg_f_norm": ("- ||f||, the pooled feature norm (a probe of the mechanism, not a proposal)", False),
-    "u_norm2": ("||u||^2, the squared norm of the uncertainty embedding", True),
-    "u_over_f": ("||u||^2 / ||f||^2, the uncertainty norm relative to the feature norm", True),
-    "ism_exponent": ("||u||^2 / (lambda ||f - p_y||^2) at the predicted class y: the ISM exponent", True),
-    "ism_msp": ("1 - max softmax of the introspective logits", True),
-}
-
-
 def uncertainty_scores(
     logits: np.ndarray, *, feature_sq: np.ndarray, introspective: np.ndarray | None = None,
     u_sq: np.ndarray | None = None, ism_exponent: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every score of :data:`SCORES` that the model's outputs allow, one value per image.
+    """Every score of :data:`idml.scores.SCORES` that the model's outputs allow, one value per image.
 
     ``logits`` are the plain logits, ``feature_sq`` the squared norms ||f||^2 of the pooled features;
     the ISM quantities (introspective logits, ||u||^2, the exponent at the predicted class) are None

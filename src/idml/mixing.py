@@ -7,7 +7,6 @@ probability ``cutmix_prob`` and recomputes lam from the clipped box. We keep tho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from idml.config import MixConfig
 from idml.data.augment import draws_to_device
 
 
@@ -25,29 +25,6 @@ class MixedBatch(NamedTuple):
     targets_a: Tensor
     targets_b: Tensor
     lam: float
-
-
-@dataclass(frozen=True)
-class MixConfig:
-    """CutMix with Beta(beta, beta) area when beta > 0, chosen with probability ``cutmix_prob``;
-    otherwise Mixup with Beta(mixup_alpha, mixup_alpha) with probability ``mixup_prob``."""
-
-    beta: float = 0.0
-    cutmix_prob: float = 0.0
-    mixup_alpha: float = 0.0
-    mixup_prob: float = 0.0
-
-    @property
-    def cutmix_share(self) -> float:
-        return self.cutmix_prob if self.beta > 0 else 0.0
-
-    @property
-    def mixup_share(self) -> float:
-        return self.mixup_prob if self.mixup_alpha > 0 else 0.0
-
-    @property
-    def active(self) -> bool:
-        return self.cutmix_share > 0 or self.mixup_share > 0
 
 
 def random_permutation(n: int, rng: np.random.Generator, device: torch.device) -> Tensor:

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from idml import cli
-from idml.commands import bench
+from idml.bench import options as bench_options
+from idml.bench import step as bench
+from idml.commands import bench as bench_command
 from idml.errors import ConfigError
 
 TINY = ["--net_type", "resnet", "--dataset", "cifar10", "--depth", "8", "--no-bottleneck",
@@ -45,21 +47,21 @@ def test_variants_in_worker_processes_table(capsys):
 
 
 def test_variant_selection():
-    assert bench.chosen_variants(None, "imagenet") == ["fp32-eager", "default", "default-linear"]
-    assert bench.chosen_variants("compile, default,compile", "digits") == ["compile", "default"]
+    assert bench_options.chosen_variants(None, "imagenet") == ["fp32-eager", "default", "default-linear"]
+    assert bench_options.chosen_variants("compile, default,compile", "digits") == ["compile", "default"]
     with pytest.raises(ConfigError, match="in-memory dataset"):
-        bench.chosen_variants("data-only", "imagenet")
+        bench_options.chosen_variants("data-only", "imagenet")
 
 
 def test_aa_selection_and_slots():
     names = ["fp32-eager", "default", "data-only"]
-    assert bench.chosen_aa("auto", names) == "default"
-    assert bench.chosen_aa("auto", ["fp32-eager", "data-only"]) == "fp32-eager"
-    assert bench.chosen_aa("none", names) is None
-    assert bench.chosen_aa("fp32-eager", names) == "fp32-eager"
+    assert bench_options.chosen_aa("auto", names) == "default"
+    assert bench_options.chosen_aa("auto", ["fp32-eager", "data-only"]) == "fp32-eager"
+    assert bench_options.chosen_aa("none", names) is None
+    assert bench_options.chosen_aa("fp32-eager", names) == "fp32-eager"
     with pytest.raises(ConfigError, match="not among the variants"):
-        bench.chosen_aa("bf16", names)
-    cfg, _ = bench.parse_bench_args(TINY)
+        bench_options.chosen_aa("bf16", names)
+    cfg, _ = bench_command.parse_bench_args(TINY)
     labels = [s.label for s in bench.variant_slots(cfg, names, "default")]
     assert labels == ["fp32-eager", "default", "default (A/A)", "data-only"]
 
@@ -72,13 +74,13 @@ def test_bad_input_is_one_line_and_exit_2(capsys, bad):
     assert err.startswith("idml bench: error:") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("name", [n for n in bench.MODEL_VARIANTS if not n.startswith("default")])
+@pytest.mark.parametrize("name", [n for n in bench_options.MODEL_VARIANTS if not n.startswith("default")])
 def test_each_opt_in_variant_runs_what_its_name_says(name):
     """``bf16-channels_last-compile`` is bfloat16, channels_last and compiled; unnamed parts are off."""
     from idml.config import TrainConfig
 
     given = TrainConfig(amp="fp16", channels_last=True, compile=True, ism=False)  # all different from the names
-    cfg = bench.MODEL_VARIANTS[name](given)
+    cfg = bench_options.MODEL_VARIANTS[name](given)
     parts = set(name.split("-"))
     assert cfg.amp == ("bf16" if "bf16" in parts else "fp16" if "fp16" in parts else "off")
     assert cfg.channels_last is ("channels_last" in parts)
@@ -90,5 +92,6 @@ def test_the_default_variants_keep_the_given_settings():
     from idml.config import TrainConfig
 
     given = TrainConfig(amp="bf16", channels_last=None, compile=True)
-    assert bench.MODEL_VARIANTS["default"](given) == TrainConfig(amp="bf16", channels_last=None, compile=True, ism=True)
-    assert not bench.MODEL_VARIANTS["default-linear"](given).ism
+    variant = bench_options.MODEL_VARIANTS["default"](given)
+    assert variant == TrainConfig(amp="bf16", channels_last=None, compile=True, ism=True)
+    assert not bench_options.MODEL_VARIANTS["default-linear"](given).ism

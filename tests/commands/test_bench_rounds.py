@@ -5,8 +5,10 @@ from dataclasses import replace
 import pytest
 
 from expect import one_line_message
-from idml.commands import bench
-from idml.commands.bench_rounds import Slot, aa_check, aa_line, measure_rounds, paired_ratio, round_orders
+from idml.bench import step as bench
+from idml.bench.rounds import Slot, aa_check, measure_rounds, paired_ratio, round_orders
+from idml.commands import bench as bench_command
+from idml.commands.bench import aa_line
 from idml.errors import IdmlError
 
 TINY = ["--net_type", "resnet", "--dataset", "cifar10", "--depth", "8", "--no-bottleneck",
@@ -45,7 +47,7 @@ def test_aa_check_passes_within_three_percent_and_fails_beyond():
 
 
 def test_in_process_rounds_fill_every_slot():
-    cfg, _ = bench.parse_bench_args(TINY)
+    cfg, _ = bench_command.parse_bench_args(TINY)
     slots = bench.variant_slots(cfg, ["default", "data-only"], "default")
     measure_rounds(slots, steps=3, warmup=1, isolation="none", threads=1)
     for s in slots:
@@ -53,7 +55,7 @@ def test_in_process_rounds_fill_every_slot():
 
 
 def test_a_failing_worker_is_one_line():
-    cfg, _ = bench.parse_bench_args(TINY)
+    cfg, _ = bench_command.parse_bench_args(TINY)
     broken = Slot("broken", bench.variant_runner, (replace(cfg, depth=7), "default"))
     with pytest.raises(IdmlError) as info:
         measure_rounds([broken], steps=1, warmup=0, isolation="process", threads=1)

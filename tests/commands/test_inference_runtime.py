@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from idml.device.runtime import resolve_amp
 from idml.inference import load_trained_model, run_model
-from idml.models import ModelSpec, build_from_spec
-from idml.training.runtime import resolve_amp
+from idml.models.registry import build_from_spec
+from idml.models.spec import ModelSpec
 
 CPU = torch.device("cpu")
 

@@ -21,7 +21,8 @@ from idml.config import parse_train_args
 from idml.data.augment import Normalize
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
 from idml.metrics import detection_metrics, softmax, topk_error
-from idml.models import ModelSpec, build_from_spec
+from idml.models.registry import build_from_spec
+from idml.models.spec import ModelSpec
 from idml.training.run_log import read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -71,7 +72,7 @@ def manual_outputs(checkpoint, data_dir):
     state = load_checkpoint(checkpoint)
     model = build_from_spec(ModelSpec(**state["model"]))
     model.load_state_dict(state["state_dict"])
-    images, targets = load_cifar("cifar10", data_dir)["val"]
+    images, targets = load_cifar("cifar10", data_dir)["test"]
     with torch.no_grad():
         out = model.eval()(Normalize(CIFAR_MEAN, CIFAR_STD, torch.device("cpu"))(images))
     return out.logits.double().numpy(), out.uncertainty.pow(2).sum(1).double().numpy(), targets.numpy(), images

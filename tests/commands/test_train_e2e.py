@@ -22,9 +22,11 @@ import torch
 
 import fake_data
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
-from idml.data import DataRequest, build_data
+from idml.data.build import build_data
+from idml.data.types import DataRequest
 from idml.inference import load_trained_model, run_model
-from idml.models import ModelSpec, build_from_spec
+from idml.models.registry import build_from_spec
+from idml.models.spec import ModelSpec
 from runs import REPO, TRAIN_PY, load, subprocess_env
 
 CHECKPOINT_KEYS = {"epoch", "arch", "model", "state_dict", "best_err1", "best_err5", "optimizer"}
@@ -82,7 +84,7 @@ def top1_error(checkpoint: Path, dataset: str, data_dir: Path, batch_size: int) 
     trained = load_trained_model(checkpoint, torch.device("cpu"))
     data = build_data(DataRequest(dataset, data_dir, batch_size=batch_size), torch.device("cpu"))
     wrong = total = 0
-    for images, labels in data.val:
+    for images, labels in data.test:
         logits = run_model(trained, [data.eval_transform(images)]).logits
         wrong += int((logits.argmax(1) != labels.numpy()).sum())
         total += len(labels)

@@ -18,7 +18,8 @@ from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 from idml.cli import main as cli_main
 from idml.data.augment import Normalize
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
-from idml.models import ModelSpec, build_from_spec
+from idml.models.registry import build_from_spec
+from idml.models.spec import ModelSpec
 from idml.training.run_log import read_metrics
 
 TRAIN = ["train", "--dataset", "digits", "--classes", "0-4", "--val_split", "0.1", "--net_type", "resnet",
@@ -78,7 +79,7 @@ def test_eval_ood_json_agrees_with_an_independent_computation(run, tmp_path):
     assert report["schema"] == "idml-eval/1" and report["ood"]["spec"] == "digits:5-9"
     assert (tmp_path / "e.png").stat().st_size > 1000
     # independent: scikit-learn's own digits, test images = every fifth, classes 0-4 in / 5-9 out
-    test = load_digits_data()["val"]
+    test = load_digits_data()["test"]
     seen = test[1] < 5
     logits_in, u_in = manual_outputs(checkpoint, test[0][seen])
     logits_out, u_out = manual_outputs(checkpoint, test[0][~seen])
@@ -125,7 +126,7 @@ def test_predict_default_score_temperature_and_score_flag(run, tmp_path):
     status, out, err = run_cli(["predict", "--checkpoint", checkpoint, str(tmp_path / "d.png"), "--format", "json"])
     assert status == 0, err
     record = json.loads(out)[0]
-    from idml.commands.predict import DEFAULT_SCORE
+    from idml.scores import DEFAULT_SCORE
 
     assert record["score"] == DEFAULT_SCORE
     status, out, _ = run_cli(["predict", "--checkpoint", checkpoint, str(tmp_path / "d.png"), "--format", "json",

@@ -8,8 +8,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 import fake_data
-from idml.data import DataRequest, build_data
 from idml.data.augment import Normalize, RandomCropFlip
+from idml.data.build import build_data
+from idml.data.types import DataRequest
 
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
@@ -69,7 +70,7 @@ def test_cifar_bundle_uses_official_constants_and_flip(tmp_path) -> None:
     fake_data.make_cifar10(tmp_path, n_train=10, n_test=5)
     data = build_data(DataRequest("cifar10", tmp_path, batch_size=10), torch.device("cpu"))
     assert data.mean == pytest.approx(CIFAR_MEAN) and data.std == pytest.approx(CIFAR_STD)
-    images, _ = next(iter(data.val))
+    images, _ = next(iter(data.test))
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(data.eval_transform(images), (images.float() / 255 - mean) / std)

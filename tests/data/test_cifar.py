@@ -60,7 +60,7 @@ def test_cifar10_contents(tmp_path: Path, py2: bool) -> None:
     expected = np.concatenate([b["data"] for b in train]).reshape(-1, 3, 32, 32)
     assert np.array_equal(images.numpy(), expected)
     assert labels.tolist() == [label for b in train for label in b["labels"]]
-    val_images, val_labels = data["val"]
+    val_images, val_labels = data["test"]
     assert val_images.shape == (3, 3, 32, 32) and val_labels.tolist() == batches["test_batch"]["labels"]
     assert data["class_names"] == CIFAR10_NAMES
 
@@ -70,7 +70,7 @@ def test_cifar100_contents_and_fine_labels(tmp_path: Path, py2: bool) -> None:
     fake_data.make_cifar100(tmp_path, n_train=30, n_test=10, py2=py2)
     data = load_cifar("cifar100", tmp_path)
     images, labels = data["train"]
-    assert images.shape == (30, 3, 32, 32) and data["val"][0].shape == (10, 3, 32, 32)
+    assert images.shape == (30, 3, 32, 32) and data["test"][0].shape == (10, 3, 32, 32)
     assert labels.tolist() == [i % 100 for i in range(30)]  # the fine labels, not the coarse ones
     assert data["class_names"] == [f"fine_{i}" for i in range(100)]
 

@@ -12,7 +12,7 @@ from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
 def test_split_sizes_and_format() -> None:
     data = load_digits_data()
     train_images, train_labels = data["train"]
-    val_images, val_labels = data["val"]
+    val_images, val_labels = data["test"]
     assert train_images.shape == (1437, 3, 32, 32) and val_images.shape == (360, 3, 32, 32)
     assert train_images.dtype == val_images.dtype == torch.uint8
     assert train_labels.dtype == torch.int64 and train_labels.shape == (1437,) and val_labels.shape == (360,)
@@ -25,10 +25,10 @@ def test_split_rule_is_every_fifth_image() -> None:
     bunch = load_digits()
     data = load_digits_data()
     is_test = np.arange(len(bunch.target)) % 5 == 0
-    assert data["val"][1].tolist() == bunch.target[is_test].tolist()
+    assert data["test"][1].tolist() == bunch.target[is_test].tolist()
     assert data["train"][1].tolist() == bunch.target[~is_test].tolist()
     # the upsampled image keeps the digit: its 8x8 average pooling follows the original closely
-    pooled = torch.nn.functional.avg_pool2d(data["val"][0][:, :1].float(), 4).squeeze(1)
+    pooled = torch.nn.functional.avg_pool2d(data["test"][0][:, :1].float(), 4).squeeze(1)
     original = torch.from_numpy(bunch.images[is_test]).float() * 255 / 16
     assert (pooled - original).abs().mean() < 20
     correlation = np.corrcoef(pooled.flatten().numpy(), original.flatten().numpy())[0, 1]
@@ -37,7 +37,7 @@ def test_split_rule_is_every_fifth_image() -> None:
 
 def test_split_is_fixed() -> None:
     first, second = load_digits_data(), load_digits_data()
-    for split in ("train", "val"):
+    for split in ("train", "test"):
         assert all(torch.equal(a, b) for a, b in zip(first[split], second[split], strict=True))
 
 

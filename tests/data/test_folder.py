@@ -14,9 +14,10 @@ from PIL import Image
 
 import fake_data
 from expect import one_error_line
-from idml.data import DataRequest, build_data
 from idml.data.augment import RandomResizedCropFlip
-from idml.data.folder import channel_stats, train_storage_size
+from idml.data.build import build_data
+from idml.data.types import DataRequest
+from idml.data.user import channel_stats, train_storage_size
 from idml.models.resnet import CifarResNet
 from runs import load, one_thread  # noqa: F401 - autouse fixture
 from runs import run_idml as idml
@@ -153,7 +154,7 @@ def test_hidden_files_and_other_files_are_ignored(images: Path, tmp_path: Path) 
 # -- sizes, families, memory ------------------------------------------------------------------------
 def test_input_size_picks_the_network_family(tmp_path: Path) -> None:
     from idml.config import parse_train_args
-    from idml.models import build_from_spec
+    from idml.models.registry import build_from_spec
 
     small = parse_train_args(["--dataset", "folder", "--input_size", "64", "--net_type", "resnet", "--depth", "8",
                               "--no-bottleneck"]).model_spec
@@ -182,15 +183,15 @@ def test_memory_budget_chooses_streaming(images: Path) -> None:
     assert x.dtype == torch.uint8 and x.shape == (8, 3, 48, 48) and y.dtype == torch.int64  # normalised on the device
     in_memory = build_data(request(images, input_size=48), CPU)
     assert in_memory.mean == pytest.approx(streamed.mean, abs=1e-6)  # the same 60 images (sample > 60)
-    v_stream = torch.cat([streamed.eval_transform(x) for x, _ in streamed.val])
-    v_memory = torch.cat([in_memory.eval_transform(x) for x, _ in in_memory.val])
+    v_stream = torch.cat([streamed.eval_transform(x) for x, _ in streamed.test])
+    v_memory = torch.cat([in_memory.eval_transform(x) for x, _ in in_memory.test])
     assert torch.equal(v_stream, v_memory)  # the same validation images, the same normalisation
 
 
 def test_large_inputs_are_kept_at_r_and_cropped_on_the_device(images: Path) -> None:
     data = build_data(request(images, input_size=72), CPU)
     side = train_storage_size(72)
-    assert side == 82 and data.train.images.shape[-1] == side and data.val.images.shape[-1] == 72
+    assert side == 82 and data.train.images.shape[-1] == side and data.test.images.shape[-1] == 72
     x, _ = next(iter(data.train))
     out = data.train_transform(x, np.random.default_rng(0))
     assert out.shape == (8, 3, 72, 72) and out.dtype == torch.float32

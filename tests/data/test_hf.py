@@ -13,7 +13,8 @@ from PIL import Image
 
 import fake_data
 from expect import one_error_line
-from idml.data import DataRequest, build_data
+from idml.data.build import build_data
+from idml.data.types import DataRequest
 from runs import load, one_thread  # noqa: F401 - autouse fixture
 from runs import run_idml as idml
 
@@ -74,8 +75,8 @@ def test_hf_images_equal_the_same_images_as_files(saved: Path, tmp_path: Path) -
     hf = build_data(DataRequest(f"hf:{saved}", "unused", **req), CPU)
     files = build_data(DataRequest("folder", folder, **req), CPU)
     assert hf.class_names == files.class_names and hf.mean == pytest.approx(files.mean)
-    order = lambda data: data.val.labels.argsort(stable=True)  # noqa: E731 - files are sorted by class
-    assert torch.equal(hf.val.images[order(hf)], files.val.images)
+    order = lambda data: data.test.labels.argsort(stable=True)  # noqa: E731 - files are sorted by class
+    assert torch.equal(hf.test.images[order(hf)], files.test.images)
 
 
 def test_imagefolder_and_parquet_directories(tmp_path: Path) -> None:
@@ -91,7 +92,7 @@ def test_imagefolder_and_parquet_directories(tmp_path: Path) -> None:
     split(6, 1).to_parquet(str(parquet / "test.parquet"))
     data = build_data(DataRequest(f"hf:{parquet}", "unused", batch_size=4, workers=0, image_key="picture",
                                   label_key="kind"), CPU)
-    assert len(data.val.labels) == 6 and len(data.class_names) == 3
+    assert len(data.test.labels) == 6 and len(data.class_names) == 3
 
 
 @pytest.mark.parametrize(("args", "fragments"), [

@@ -15,10 +15,11 @@ from torchvision.transforms.v2 import functional as F
 
 import fake_data
 from expect import one_line_message as assert_one_line_error
-from idml.data import DataRequest, build_data, default_workers, imagenet_transforms
 from idml.data.augment import ColorLighting
+from idml.data.build import build_data, imagenet_transforms
 from idml.data.imagenet import PCA_EIGVAL, PCA_EIGVEC, load_imagenet
-from idml.data.loaders import ResumableSampler
+from idml.data.loaders import ResumableSampler, default_workers
+from idml.data.types import DataRequest
 from idml.errors import DataError
 
 WNIDS = ("n01440764", "n01443537", "n01484850")
@@ -30,8 +31,8 @@ CPU = torch.device("cpu")
 def test_classes_come_from_the_folders(imagenet_dir: Path) -> None:
     data = load_imagenet(imagenet_dir)
     assert data["class_names"] == list(WNIDS)
-    assert len(data["train"]) == 3 * 4 and len(data["val"]) == 3 * 2
-    assert sorted({label for _, label in data["val"].samples}) == [0, 1, 2]
+    assert len(data["train"]) == 3 * 4 and len(data["test"]) == 3 * 2
+    assert sorted({label for _, label in data["test"].samples}) == [0, 1, 2]
 
 
 def test_any_number_of_classes(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def expected_normalised(colour: tuple[int, int, int]) -> torch.Tensor:
 def test_val_transform_resizes_crops_and_normalises(tmp_path: Path) -> None:
     colour = (200, 100, 50)
     solid_jpeg_folder(tmp_path, colour)
-    image, label = load_imagenet(tmp_path)["val"][0]
+    image, label = load_imagenet(tmp_path)["test"][0]
     assert image.shape == (3, 224, 224) and image.dtype == torch.uint8 and label == 0  # the workers ship uint8
     _, normalise = imagenet_transforms(CPU)
     expected = expected_normalised(colour).view(1, 3, 1, 1).expand(1, 3, 224, 224)
@@ -150,7 +151,7 @@ def test_build_data_batches(imagenet_dir: Path) -> None:
     assert data.num_classes == 3 and data.input_size == 224
     images, labels = next(iter(data.train))
     assert images.shape == (4, 3, 224, 224) and labels.dtype == torch.int64
-    val_labels = np.concatenate([labels.numpy() for _, labels in data.val])
+    val_labels = np.concatenate([labels.numpy() for _, labels in data.test])
     assert val_labels.tolist() == [0, 0, 1, 1, 2, 2]  # every validation image once, in order
 
 

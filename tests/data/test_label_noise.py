@@ -1,8 +1,9 @@
 import torch
 
 from idml.config import parse_train_args
-from idml.data import DataRequest, build_data
+from idml.data.build import build_data
 from idml.data.noise import symmetric_label_noise
+from idml.data.types import DataRequest
 from idml.errors import ConfigError
 
 
@@ -27,7 +28,7 @@ def test_same_seed_same_noise_other_seed_other_noise() -> None:
 def test_only_training_labels_are_corrupted() -> None:
     clean = build_data(DataRequest("digits", "unused", 64), torch.device("cpu"))
     noisy = build_data(DataRequest("digits", "unused", 64, label_noise=0.2), torch.device("cpu"))
-    assert torch.equal(noisy.val.labels, clean.val.labels)
+    assert torch.equal(noisy.test.labels, clean.test.labels)
     assert (noisy.train.labels != clean.train.labels).sum().item() == round(0.2 * 1437)
 
 

@@ -6,9 +6,11 @@ import torch
 
 from expect import one_line_message
 from idml.config import parse_train_args
-from idml.data import DataRequest, build_data, load_in_memory
 from idml.data.blends import blend_pairs
-from idml.data.splits import keep_classes, parse_classes, select_classes, split_validation, stratified_indices
+from idml.data.build import build_data, load_in_memory
+from idml.data.catalog import parse_classes
+from idml.data.splits import keep_classes, select_classes, split_validation, stratified_indices
+from idml.data.types import DataRequest
 from idml.errors import ConfigError, DataError
 
 CPU = torch.device("cpu")
@@ -42,7 +44,7 @@ def test_select_classes_keeps_names_and_both_splits():
     data = load_in_memory(DataRequest("digits", "unused", 64))
     subset = select_classes(data, [5, 6, 9])
     assert subset["class_names"] == ["5", "6", "9"]
-    for split in ("train", "val"):
+    for split in ("train", "test"):
         images, labels = subset[split]
         original = data[split][1]
         assert set(labels.tolist()) == {0, 1, 2}
@@ -71,13 +73,13 @@ def test_split_too_small_for_a_class_is_one_line():
 def test_split_validation_on_digits():
     data = load_in_memory(DataRequest("digits", "unused", 64))
     split = split_validation(data, 0.1, seed=0)
-    assert torch.equal(split["test"][1], data["val"][1])  # the official test split is untouched
+    assert torch.equal(split["test"][1], data["test"][1])  # the official test split is untouched
     n_train = len(data["train"][1])
-    assert len(split["train"][1]) + len(split["val"][1]) == n_train
-    assert abs(len(split["val"][1]) - 0.1 * n_train) <= 1
+    assert len(split["train"][1]) + len(split["held_out"][1]) == n_train
+    assert abs(len(split["held_out"][1]) - 0.1 * n_train) <= 1
     # no training image is also a validation image (the digits images are all distinct here)
     flat_train = {tuple(x.flatten().tolist()) for x in split["train"][0][:, 0, ::4, ::4]}
-    assert not any(tuple(x.flatten().tolist()) in flat_train for x in split["val"][0][:, 0, ::4, ::4][:30])
+    assert not any(tuple(x.flatten().tolist()) in flat_train for x in split["held_out"][0][:, 0, ::4, ::4][:30])
     assert split_validation(data, 0.0, seed=0) is data
 
 
@@ -85,13 +87,13 @@ def test_build_data_with_classes_split_and_noise():
     bundle = build_data(DataRequest("digits", "unused", 64, seed=1, val_split=0.2, classes="0-4",
                                     label_noise=0.3), CPU)
     assert bundle.class_names == ["0", "1", "2", "3", "4"]
-    assert bundle.test is not None and bundle.test_set is bundle.test
+    assert bundle.held_out and bundle.selection is not bundle.test
     clean = build_data(DataRequest("digits", "unused", 64, seed=1, val_split=0.2, classes="0-4"), CPU)
-    assert torch.equal(bundle.val.labels, clean.val.labels)  # validation labels stay clean
+    assert torch.equal(bundle.selection.labels, clean.selection.labels)  # validation labels stay clean
     assert (bundle.train.labels != clean.train.labels).float().mean().item() == pytest.approx(0.3, abs=0.01)
     assert set(bundle.test.labels.tolist()) == set(range(5))
     plain = build_data(DataRequest("digits", "unused", 64), CPU)
-    assert plain.test is None and plain.test_set is plain.val
+    assert not plain.held_out and plain.selection is plain.test
 
 
 @pytest.mark.parametrize(("flags", "fragment"), [

@@ -16,6 +16,7 @@ from idml.cli import main as cli_main
 from idml.config import parse_train_args
 from idml.errors import ConfigError
 from idml.models.external import SOURCES, Source
+from idml.models.spec import EXTERNAL_SOURCES, ExternalSource
 from idml.training.run_log import read_metrics
 
 
@@ -51,9 +52,9 @@ def test_bad_external_backbones_are_config_errors(net_type, message):
 
 def test_backbone_that_cannot_take_the_input_size_is_refused(monkeypatch):
     """Like a ViT fixed at 224x224 on CIFAR: refused with one line before training."""
-    fixed_size = Source("torch", lambda name: nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 8)),
-                        lambda: ["fixed224"], "")
+    fixed_size = Source(lambda name: nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 8)), lambda: ["fixed224"])
     monkeypatch.setitem(SOURCES, "fake", fixed_size)
+    monkeypatch.setitem(EXTERNAL_SOURCES, "fake", ExternalSource("torch", ""))
     with pytest.raises(ConfigError, match="fake:fixed224 cannot run on 32x32 images"):
         idml.build_model("fake:fixed224", "cifar10", depth=0)
     assert idml.build_model("fake:fixed224", "imagenet", depth=0).backbone.num_features == 8

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from idml.models import build_model
 from idml.models.pyramidnet import add_zero_padded
+from idml.models.registry import build_model
 
 
 def _reference(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:

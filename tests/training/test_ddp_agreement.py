@@ -172,7 +172,7 @@ def test_ranks_that_would_choose_different_memory_formats_take_rank_0s(tmp_path:
     script = tmp_path / "mixed_cpus.py"
     script.write_text(textwrap.dedent(f"""
         import os, runpy, sys
-        from idml.training import runtime
+        from idml.device import runtime
         bf16_node = os.environ["RANK"] == "0"
         runtime.cpu_has_fast_bf16 = lambda: bf16_node  # rank 0: an AVX-512 BF16 node; rank 1: AVX2 only
         sys.argv = [{str(TRAIN_PY)!r}, *sys.argv[1:]]

@@ -17,7 +17,8 @@ import fake_data
 from idml.data.augment import Normalize
 from idml.data.cifar import load_cifar
 from idml.data.loaders import InMemoryLoader, ResumableSampler
-from idml.models import ModelSpec, build_from_spec
+from idml.models.registry import build_from_spec
+from idml.models.spec import ModelSpec
 from runs import (
     TRAIN_PY,
     assert_same_weights,
@@ -81,7 +82,7 @@ def evaluate_alone(checkpoint: dict, data: Path) -> tuple[float, float, float]:
     model = build_from_spec(ModelSpec(**checkpoint["model"]))
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
-    images, labels = load_cifar("cifar10", data)["val"]
+    images, labels = load_cifar("cifar10", data)["test"]
     with torch.no_grad():
         logits = model(Normalize(checkpoint["mean"], checkpoint["std"], torch.device("cpu"))(images)).logits
     top5 = logits.topk(5, dim=1).indices

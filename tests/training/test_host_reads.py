@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from idml.commands.train import build_trainer
 from idml.config import parse_train_args
+from idml.device.runtime import Runtime
 from idml.training.host_reads import DeferredLines
-from idml.training.runtime import Runtime
+from idml.training.setup import build_trainer
 from runs import STEPS_PER_EPOCH, one_thread, tiny_cifar, train_args  # noqa: F401 - autouse fixture
 
 CPU = torch.device("cpu")

@@ -17,14 +17,14 @@ from torch import nn
 from expect import one_line_message
 from idml.checkpoint import atomic_save
 from idml.config import TrainConfig
-from idml.data import DataBundle
 from idml.data.loaders import InMemoryLoader
+from idml.data.types import DataBundle
+from idml.device.runtime import Runtime
 from idml.errors import ConfigError, IdmlError
 from idml.ism import IntrospectiveClassifier, ISMHead
 from idml.mixing import MixedBatch, mixed_cross_entropy
-from idml.models import build_model
+from idml.models.registry import build_model
 from idml.training.init_from import init_from
-from idml.training.runtime import Runtime
 from idml.training.schedule import Schedule, accumulation, learning_rate
 from idml.training.trainer import Meter, Trainer
 from runs import load, one_thread, run_cli, tiny_cifar, train_args  # noqa: F401 - autouse fixture
@@ -51,7 +51,7 @@ def bundle(n: int, batch_size: int, classes: int = 3, seed: int = 0) -> DataBund
     loader = InMemoryLoader(images, labels, batch_size, train=True)
     val = InMemoryLoader(images, labels, batch_size, train=False)
     as_float = lambda x, rng=None: x.float() / 255  # noqa: E731
-    return DataBundle(loader, val, [str(c) for c in range(classes)], (0.0,) * 3, (1.0,) * 3, 8, as_float, as_float)
+    return DataBundle(loader, val, val, [str(c) for c in range(classes)], (0.0,) * 3, (1.0,) * 3, 8, as_float, as_float)
 
 
 def trainer(tmp_path: Path, model: nn.Module, data: DataBundle | None = None, runtime: Runtime = RUNTIME,

@@ -312,9 +312,9 @@ def test_resuming_a_finished_run_says_so_and_names_no_file(data, tmp_path, capsy
 
 # -- 10. DDP: a peer that dies or goes silent ------------------------------------------------------
 def test_a_collective_failure_becomes_one_line_naming_the_timeout() -> None:
+    from idml.device.runtime import build_runtime
     from idml.errors import IdmlError
     from idml.training.distributed import peer_failures_reported
-    from idml.training.runtime import build_runtime
 
     rt = build_runtime("cpu", "off", None)
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:1: "

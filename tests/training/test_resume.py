@@ -11,7 +11,8 @@ import torch
 
 import fake_data
 from expect import one_error_line
-from idml.data import DataRequest, build_data
+from idml.data.build import build_data
+from idml.data.types import DataRequest
 from runs import (
     assert_same_weights,
     load,

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 import idml.config
 import idml.training.run_log
+from idml.training import setup
 from idml.cli import main as cli_main
 from idml.errors import ConfigError
 from idml.training.run_log import COLUMNS, METRICS_NAME, RunLog, read_metrics, tensorboard_available
@@ -81,10 +82,10 @@ def test_tensorboard_event_files(tmp_path):
 
 
 def test_missing_tensorboard_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(idml.training.run_log, "tensorboard_available", lambda: False)
+    monkeypatch.setattr(setup, "tensorboard_available", lambda: False)
     cfg = idml.config.parse_train_args(["--tensorboard"])  # the settings alone are valid...
     with pytest.raises(ConfigError, match="pip install 'idml\\[tensorboard\\]'"):
-        idml.config.preflight(cfg)  # ...but this machine cannot honour them
+        setup.preflight(cfg)  # ...but this machine cannot honour them
     assert cli_main(["train", "--tensorboard", "--dataset", "digits", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tensorboard" in err

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from idml import build_model
+from idml.device import runtime
+from idml.device.runtime import Runtime, build_runtime, resolve_amp, resolve_device, sum_dtype, synchronize
 from idml.errors import ConfigError
-from idml.training import runtime
-from idml.training.runtime import Runtime, build_runtime, resolve_amp, resolve_device, sum_dtype, synchronize
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

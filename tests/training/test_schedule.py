@@ -43,7 +43,7 @@ def test_trainer_sets_the_schedule_on_the_optimizer(tmp_path) -> None:
     import torch
 
     from idml.config import TrainConfig
-    from idml.training.runtime import Runtime
+    from idml.device.runtime import Runtime
     from idml.training.trainer import Trainer
 
     cfg = TrainConfig(dataset="cifar10", epochs=4, lr=LR, output_dir=str(tmp_path))

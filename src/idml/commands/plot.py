@@ -6,7 +6,7 @@ from pathlib import Path
 
 from idml.config import OneLineParser
 from idml.errors import IdmlError
-from idml.training.run_log import METRICS_NAME, read_metrics
+from idml.training.run_log import read_run
 
 
 def parse_args(argv: list[str]):
@@ -22,23 +22,12 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
     return [name if names.count(name) == 1 else str(d) for name, d in zip(names, run_dirs, strict=True)]
 
 
-def load_run(run_dir: Path) -> dict[str, list[float]]:
-    """A run's metrics.csv as columns; one-line errors for a missing or empty file."""
-    path = run_dir / METRICS_NAME
-    if not path.is_file():
-        raise IdmlError(f"{run_dir} has no {METRICS_NAME}: give a run folder written by idml train (runs/<expname>)")
-    rows = read_metrics(path)
-    if not rows:
-        raise IdmlError(f"{path} holds no finished epoch yet")
-    return {key: [row[key] for row in rows] for key in rows[0]}
-
-
 def main(argv: list[str]) -> int:
-    from idml.commands.figures import save_figure, training_curves_figure
-
     args = parse_args(argv)
+    from idml.figures import save_figure, training_curves_figure
+
     run_dirs = [Path(r) for r in args.runs]
-    runs = {label: load_run(d) for label, d in zip(run_labels(run_dirs), run_dirs, strict=True)}
+    runs = {label: read_run(d) for label, d in zip(run_labels(run_dirs), run_dirs, strict=True)}
     if len(runs) < len(run_dirs):
         raise IdmlError("the same run folder was given twice")
     print(f"plot: {save_figure(training_curves_figure(runs), args.out)}")

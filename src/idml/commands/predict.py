@@ -1,14 +1,9 @@
 """``idml predict``: the top-k classes of image files, with each image's uncertainty score.
 
-Probabilities are the softmax of the plain logits divided by the checkpoint's temperature (fitted
-on the validation split of a ``--val_split`` run; 1 without one). The uncertainty column is one
-score of :data:`idml.metrics.SCORES`, computed as ``idml eval`` measures it (larger = less sure):
-by default :data:`DEFAULT_SCORE`, the score that measured best in experiments/RESULTS.md (see
-docs/uncertainty.md); ``--score NAME`` picks another, e.g. ``u_norm2`` (||u||^2), which did not
-flag mistakes or unseen classes in those measurements.
-
-Every file is read before anything is printed, so a bad file stops the command with one line
-naming it and no partial output.
+Parses the command line, classifies the files (:func:`idml.inference.predict_files`) and prints a
+table, CSV or JSON. The uncertainty column is one score of :data:`idml.scores.SCORES` (larger =
+less sure): by default :data:`idml.scores.DEFAULT_SCORE`, the score that measured best in
+experiments/RESULTS.md (see docs/uncertainty.md); ``--score NAME`` picks another.
 """
 
 from __future__ import annotations
@@ -16,31 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from idml.config import AMP_CHOICES, DEVICE_CHOICES, OneLineParser
-from idml.data.augment import Normalize
-from idml.data.image_files import image_files, image_preparer, read_image
 from idml.errors import ConfigError, printable
-from idml.inference import TrainedModel, load_trained_model, run_model
-from idml.metrics import SCORES, check_finite_outputs, softmax
-from idml.training.runtime import resolve_device
+from idml.scores import DEFAULT_SCORE, SCORE_NAMES
+
+if TYPE_CHECKING:
+    from idml.inference import Prediction
 
 FORMATS = ("table", "csv", "json")
-#: The uncertainty column by default: the best-measured score of experiments/RESULTS.md.
-DEFAULT_SCORE = "msp"
-
-
-@dataclass
-class Prediction:
-    file: str
-    uncertainty: float | None
-    classes: list[str]
-    probabilities: list[float]
 
 
 def parse_args(argv: list[str]):
@@ -57,38 +37,13 @@ def parse_args(argv: list[str]):
                    help="mixed precision (default: the checkpoint's training setting, as in its validation)")
     p.add_argument("--ema", action="store_true",
                    help="use the moving average of the weights of a --model_ema run instead of the weights")
-    p.add_argument("--score", choices=list(SCORES), default=DEFAULT_SCORE, metavar="NAME",
-                   help=f"uncertainty score to print (default: {DEFAULT_SCORE}; one of {', '.join(SCORES)}; see "
-                   "docs/uncertainty.md)")
+    p.add_argument("--score", choices=SCORE_NAMES, default=DEFAULT_SCORE, metavar="NAME",
+                   help=f"uncertainty score to print (default: {DEFAULT_SCORE}; one of {', '.join(SCORE_NAMES)}; "
+                   "see docs/uncertainty.md)")
     args = p.parse_args(argv)
     if args.topk < 1 or args.batch_size < 1:
         raise ConfigError("--topk and --batch_size must be at least 1")
     return args
-
-
-def load_images(files: list[Path], trained: TrainedModel) -> torch.Tensor:
-    """All files decoded and prepared as the model's validation images (uint8, N x 3 x H x W)."""
-    prepare = image_preparer(trained.dataset, trained.input_size)
-    return torch.stack([prepare(read_image(path)) for path in files])
-
-
-def check_score(trained: TrainedModel, score: str) -> None:
-    if SCORES[score][1] and not trained.has_ism:
-        raise ConfigError(f"--score {score} needs a model trained with the ISM head (this one was trained with "
-                          f"--no-ism); pick one of {', '.join(n for n, (_, ism) in SCORES.items() if not ism)}")
-
-
-def predict(trained: TrainedModel, images: torch.Tensor, topk: int, batch_size: int,
-            checkpoint: str = "the checkpoint", score: str = DEFAULT_SCORE) -> list[tuple]:
-    """(top-k class indices, their temperature-scaled probabilities, ``score``) per image."""
-    normalize = Normalize(trained.mean, trained.std, trained.device)
-    batches = (normalize(chunk.to(trained.device)) for chunk in images.split(batch_size))
-    outputs = run_model(trained, batches)
-    check_finite_outputs(outputs.logits, outputs.uncertainty, checkpoint)
-    probs = softmax(outputs.logits / (trained.temperature or 1.0))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
-    scores = outputs.scores()[score]
-    return [(order[i], probs[i, order[i]], scores[i]) for i in range(len(probs))]
 
 
 def format_table(preds: list[Prediction], score: str = DEFAULT_SCORE) -> str:
@@ -129,16 +84,13 @@ FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    from idml.data.image_files import image_files
+    from idml.device.runtime import resolve_device
+    from idml.inference import check_score, load_trained_model, predict_files
+
     files = image_files(args.images)
     trained = load_trained_model(args.checkpoint, resolve_device(args.device), amp=args.amp, ema=args.ema)
     check_score(trained, args.score)
-    images = load_images(files, trained)
-    topk = min(args.topk, len(trained.class_names))
-    preds = [
-        Prediction(str(path), None if score is None else float(score),
-                   [trained.class_names[i] for i in idx], [float(q) for q in probs])
-        for path, (idx, probs, score) in zip(
-            files, predict(trained, images, topk, args.batch_size, args.checkpoint, args.score), strict=True)
-    ]
+    preds = list(predict_files(trained, files, args.topk, args.batch_size, args.score, args.checkpoint))
     print(FORMATTERS[args.format](preds, args.score))
     return 0

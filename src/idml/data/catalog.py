@@ -9,9 +9,16 @@ padded-crop augmentation), larger is "large" (ImageNet stems, RandomResizedCrop)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from idml.errors import ConfigError
+
+#: What a dataset can do beyond training and evaluation (:attr:`DatasetInfo.can`):
+#: ``in_memory``: held in memory as tensors, whole (so ``--classes``, ``--label_noise``, and
+#: ``idml eval --blends`` / ``--ood`` work on it); ``val_split``: ``--val_split`` can hold out a
+#: share of its training images as the validation split.
+CAPABILITIES = ("in_memory", "val_split")
 
 
 @dataclass(frozen=True)
@@ -22,13 +29,16 @@ class DatasetInfo:
     #: "cifar" = CIFAR-style networks and augmentation, "imagenet" = ImageNet stems and augmentation.
     family: str
     input_size: int
+    #: the :data:`CAPABILITIES` it has
+    can: frozenset[str] = frozenset()
 
 
+_IN_MEMORY = frozenset({"in_memory", "val_split"})
 DATASETS = {
-    "cifar10": DatasetInfo("cifar10", 10, "cifar", 32),
-    "cifar100": DatasetInfo("cifar100", 100, "cifar", 32),
+    "cifar10": DatasetInfo("cifar10", 10, "cifar", 32, _IN_MEMORY),
+    "cifar100": DatasetInfo("cifar100", 100, "cifar", 32, _IN_MEMORY),
     "imagenet": DatasetInfo("imagenet", 1000, "imagenet", 224),
-    "digits": DatasetInfo("digits", 10, "cifar", 32),
+    "digits": DatasetInfo("digits", 10, "cifar", 32, _IN_MEMORY),
 }
 
 #: Uncertainty-embedding width K of the official models, by input family.
@@ -38,6 +48,9 @@ DEFAULT_UNCERTAINTY_DIM = {"cifar": 128, "imagenet": 512}
 SMALL_INPUT_MAX = 64
 #: ``--input_size`` of a user dataset when none is given.
 DEFAULT_INPUT_SIZE = 32
+#: Most class indices a ``--classes`` spec may expand to when the dataset's classes are unknown
+#: (a spec like 0-1000000000 is refused before a list of that length is built).
+MAX_CLASS_INDICES = 100_000
 
 
 @dataclass(frozen=True)
@@ -47,11 +60,14 @@ class UserDataset:
     kind: str
     #: how the ``--dataset`` value is spelled, for messages
     form: str
+    #: the :data:`CAPABILITIES` it has
+    can: frozenset[str] = frozenset()
 
 
 #: ``--dataset`` value (``folder``) or prefix before a colon (``hf:<path>``) -> kind of user data.
 USER_DATASETS = {
-    "folder": UserDataset("folder", "folder (with --data_dir D holding train/<class>/ and val/<class>/)"),
+    "folder": UserDataset("folder", "folder (with --data_dir D holding train/<class>/ and val/<class>/)",
+                          frozenset({"val_split"})),
     "hf": UserDataset("hf", "hf:<path> (a Hugging Face dataset saved on disk)"),
 }
 
@@ -94,10 +110,46 @@ def dataset_problem(name: str) -> str | None:
 
 def dataset_info(name: str, input_size: int | None = None) -> DatasetInfo:
     """Facts about ``name``; for a user dataset, those of ``input_size`` (default 32) inputs."""
-    if user_dataset(name) is not None:
+    user = user_dataset(name)
+    if user is not None:
         size = input_size or DEFAULT_INPUT_SIZE
-        return DatasetInfo(canonical_name(name), 0, input_family(size), size)
+        return DatasetInfo(canonical_name(name), 0, input_family(size), size, user.can)
     try:
         return DATASETS[name.lower()]
     except KeyError as exc:
         raise ConfigError(dataset_problem(name)) from exc
+
+
+def datasets_that_can(capability: str) -> list[str]:
+    """The ``--dataset`` values with ``capability`` (for messages: "works on cifar10, ...")."""
+    return [name for name, info in DATASETS.items() if capability in info.can] + [
+        kind for kind, user in USER_DATASETS.items() if capability in user.can]
+
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def parse_classes(spec: str, num_classes: int | None = None, flag: str = "--classes") -> list[int]:
+    """Class indices from ``"0-4"``, ``"0,3,7"`` or ``"0-2,5"`` (in the order written, no repeats).
+
+    ``num_classes`` (when known) bounds the indices; every mistake is a one-line ConfigError.
+    """
+    classes: list[int] = []
+    for part in str(spec).replace(" ", "").split(","):
+        match = _RANGE.match(part)
+        if not match:
+            raise ConfigError(f"{flag} {spec!r}: write class indices as ranges and lists, e.g. 0-4 or 0,3,7")
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        if last < first:
+            raise ConfigError(f"{flag} {spec!r}: the range {part} runs backwards (write {last}-{first})")
+        if num_classes is not None and last >= num_classes:
+            raise ConfigError(f"{flag} {spec!r}: class {last} does not exist (the dataset has classes "
+                              f"0-{num_classes - 1})")
+        classes.extend(range(first, last + 1))
+        if len(classes) > max(num_classes or 0, MAX_CLASS_INDICES):
+            raise ConfigError(f"{flag} {spec!r} names more classes than any dataset holds")
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"{flag} {spec!r} names a class twice")
+    if num_classes is not None and len(classes) < 2:
+        raise ConfigError(f"{flag} {spec!r}: a classifier needs at least 2 classes")
+    return classes

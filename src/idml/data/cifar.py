@@ -173,4 +173,4 @@ def load_cifar(name: str, data_dir: str | Path) -> dict:
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
         splits[split] = (torch.from_numpy(images), torch.from_numpy(labels))
-    return {"train": splits["train"], "val": splits["test"], "class_names": _class_names(folder, layout)}
+    return {"train": splits["train"], "test": splits["test"], "class_names": _class_names(folder, layout)}

@@ -37,6 +37,6 @@ def load_digits_data() -> dict:
     is_test = torch.arange(len(labels)) % TEST_EVERY == 0
     return {
         "train": (images[~is_test], labels[~is_test]),
-        "val": (images[is_test], labels[is_test]),
+        "test": (images[is_test], labels[is_test]),
         "class_names": [str(d) for d in range(10)],
     }

@@ -12,7 +12,7 @@ Nothing is downloaded: ``HF_DATASETS_OFFLINE=1`` is set before ``datasets`` is i
 training split is ``train``; the validation split the first of ``validation``, ``val``, ``test``.
 ``--image_key`` names the image column, ``--label_key`` the label column; a ``ClassLabel`` label
 names the classes (integer labels are named 0, 1, ...). From there on the images are treated
-exactly like a folder dataset's (:mod:`idml.data.folder`: input size, augmentation, statistics,
+exactly like a folder dataset's (:mod:`idml.data.user`: input size, augmentation, statistics,
 in memory or streamed).
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from idml.data import DataBundle, DataRequest
-from idml.data.folder import UserData, user_bundle
+from idml.data.types import DataBundle, DataRequest
+from idml.data.user import UserData, user_bundle
 from idml.errors import ConfigError, DataError, one_line
 
 MISSING = "--dataset hf:<path> needs the datasets package: pip install 'idml[hf]'"
@@ -63,7 +63,7 @@ def open_dataset(path: Path) -> Any:
 
 
 class HFImages:
-    """One split of a Hugging Face dataset as an image source (see ``folder.ImageSource``)."""
+    """One split of a Hugging Face dataset as an image source (see :class:`idml.data.user.ImageSource`)."""
 
     def __init__(self, table: Any, image_key: str, labels: list[int], name: str) -> None:
         self.table, self.image_key, self.labels, self.name = table, image_key, labels, name

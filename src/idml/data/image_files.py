@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 
 from idml.data.catalog import dataset_info
 from idml.data.digits import upsample_digits
-from idml.errors import DataError
+from idml.errors import DataError, one_line
 
 Preparer = Callable[[Image.Image], Tensor]
 #: The 8x8 digits hold 0..16 "ink" counts per 4x4 block of a 32x32 bitmap.
@@ -55,15 +55,30 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def read_image(path: Path) -> Image.Image:
-    """Decode ``path`` fully; a file that is not a readable image is a one-line error naming it."""
+def read_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` fully: the one place where idml opens an image file.
+
+    A file that is not a readable image is a one-line :class:`DataError` naming it. Pillow's
+    decoders raise many kinds of exception on damaged input (OSError, SyntaxError, ValueError,
+    DecompressionBombError, and others on fuzzed files), so every ``Exception`` is translated.
+    """
     try:
         with Image.open(path) as img:
             img.load()
             return img.copy()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        reason = "not an image PIL can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
-        raise DataError(f"cannot read image {path}: {reason}") from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(f"cannot read image {path}: not an image PIL can read") from exc
+    except Exception as exc:
+        raise DataError(f"cannot read image {path}: {one_line(exc)}") from exc
+
+
+def read_training_image(path: str | Path) -> Image.Image:
+    """An RGB image of a training set; the error says how to go on without it."""
+    try:
+        return read_image(path).convert("RGB")
+    except DataError as exc:
+        raise DataError(f"{exc}; replace or delete it, or pass --skip_bad_images to skip unreadable "
+                        "images") from exc
 
 
 def _resize(size: int) -> Preparer:

@@ -1,14 +1,33 @@
-"""Batch iterators with a per-epoch, seeded order that can be sharded over DDP ranks."""
+"""Batch iterators with a per-epoch, seeded order that can be sharded over DDP ranks.
+
+Two kinds: :class:`InMemoryLoader` over tensors already on the training device, and DataLoaders
+over datasets decoded in worker processes (:func:`stream_loaders`), whose samples are augmented
+under a seed of their own (:class:`SeededImages`), so that both resume exactly.
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+import multiprocessing
+import os
+import sys
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
+
+from idml.errors import DataError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from idml.data.types import DataRequest
+
+#: most worker processes chosen automatically per training process (each holds the file list)
+MAX_AUTO_WORKERS = 16
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> Tensor:
@@ -87,7 +106,7 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     """Wraps a ``DistributedSampler``: yields (epoch, index) and can start inside an epoch.
 
     The epoch travels with each index to the DataLoader's workers, where it seeds that sample's
-    augmentation (see ``data.imagenet.SeededImages``); skipping whole batches keeps the batch
+    augmentation (see :class:`SeededImages`); skipping whole batches keeps the batch
     boundaries of an uninterrupted epoch. A final batch of a single image is left out, as the
     in-memory loader does (BatchNorm over a batch of one fails in some backbones' heads).
     """
@@ -110,3 +129,88 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         return max(self._usable() - self.skip, 0)
+
+
+class SeededImages(Dataset):
+    """A dataset of images whose augmentation is a function of (seed, epoch, sample index).
+
+    ``images`` is a map-style dataset with a ``samples`` list of (name, label) pairs (a
+    torchvision ``ImageFolder``, or :class:`idml.data.user.StreamedImages`). Each sample's
+    transform runs under its own torch seed, so the draws do not depend on which worker process
+    decodes it, how many workers there are, or where a resumed run restarted. Keys are
+    ``(epoch, index)`` pairs (see :class:`ResumableSampler`) or plain indices. With ``skip_bad``, an
+    unreadable image yields None (dropped by :func:`collate_readable`) and a one-line warning
+    with the running count.
+    """
+
+    def __init__(self, images: Dataset, seed: int, skip_bad: bool) -> None:
+        self.images, self.seed, self.skip_bad = images, seed, skip_bad
+        self.skipped = multiprocessing.Value("i", 0)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int] | None:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs ~0.3 ms
+                return self.images[index]
+        except DataError:
+            if not self.skip_bad:
+                raise
+            with self.skipped.get_lock():
+                self.skipped.value += 1
+                count = self.skipped.value
+            path = self.images.samples[index][0]
+            print(f"idml: warning: skipped unreadable image {path} ({count} so far)", file=sys.stderr, flush=True)
+            return None
+
+
+def collate_readable(batch: list) -> Any:
+    """``default_collate`` of the samples that could be read."""
+    readable = [sample for sample in batch if sample is not None]
+    if not readable:
+        raise DataError("every image of a batch was unreadable (--skip_bad_images); check the data folder")
+    return default_collate(readable)
+
+
+def default_workers() -> int:
+    """``-j`` when not given: the CPU cores this process may use (``os.sched_getaffinity``), shared by
+    the processes torchrun started on this machine, less one for the training process itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
+    return max(1, min(cores // local_processes - 1, MAX_AUTO_WORKERS))
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose ``set_epoch`` reaches its sampler (reshuffles like the in-memory loader)."""
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch, start_step)
+
+
+def stream_loaders(train_set: SeededImages, test_set: SeededImages, req: DataRequest, device: torch.device,
+                   drop_single: bool = False) -> tuple[EpochDataLoader, EpochDataLoader]:
+    """DataLoaders over datasets decoded in worker processes (resumable, sharded over ranks).
+
+    ``drop_single``: leave out a last training batch of one image (BatchNorm cannot train on it).
+    """
+    workers = default_workers() if req.workers is None else req.workers
+    common = {
+        "batch_size": req.batch_size,
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": workers > 0,
+        "collate_fn": collate_readable,
+    }
+    shuffled = DistributedSampler(
+        train_set, num_replicas=req.world_size, rank=req.rank, shuffle=True, seed=req.seed, drop_last=True
+    )
+    drop_last = drop_single and len(shuffled) % req.batch_size == 1
+    train = EpochDataLoader(train_set, sampler=ResumableSampler(shuffled, req.batch_size), drop_last=drop_last,
+                            **common)
+    test = EpochDataLoader(test_set, sampler=ShardSampler(len(test_set), req.rank, req.world_size), **common)
+    return train, test

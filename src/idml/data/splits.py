@@ -6,45 +6,18 @@ a seeded, class-stratified share of the training set gives an honest selection s
 for fitting a softmax temperature. Training on a class subset leaves the other classes as
 out-of-distribution images the network has never seen (``idml eval --ood digits:5-9``).
 
-The data dicts here are the in-memory loaders' format: ``"train"`` and ``"val"`` (the official test
-split) as (uint8 images, int64 labels) tensor pairs, plus ``"class_names"``; ``split_validation``
-adds ``"test"``.
+The data dicts here are the in-memory loaders' format: the official ``"train"`` and ``"test"``
+splits as (uint8 images, int64 labels) tensor pairs, plus ``"class_names"``; ``split_validation``
+adds ``"held_out"``, taken from ``"train"``.
 """
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 
-from idml.errors import ConfigError, DataError
-
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
-
-
-def parse_classes(spec: str, num_classes: int | None = None, flag: str = "--classes") -> list[int]:
-    """Class indices from ``"0-4"``, ``"0,3,7"`` or ``"0-2,5"`` (in the order written, no repeats).
-
-    ``num_classes`` (when known) bounds the indices; every mistake is a one-line ConfigError.
-    """
-    classes: list[int] = []
-    for part in str(spec).replace(" ", "").split(","):
-        match = _RANGE.match(part)
-        if not match:
-            raise ConfigError(f"{flag} {spec!r}: write class indices as ranges and lists, e.g. 0-4 or 0,3,7")
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        if last < first:
-            raise ConfigError(f"{flag} {spec!r}: the range {part} runs backwards (write {last}-{first})")
-        classes.extend(range(first, last + 1))
-    if len(set(classes)) != len(classes):
-        raise ConfigError(f"{flag} {spec!r} names a class twice")
-    if num_classes is not None and max(classes) >= num_classes:
-        raise ConfigError(f"{flag} {spec!r}: class {max(classes)} does not exist (the dataset has classes "
-                          f"0-{num_classes - 1})")
-    if num_classes is not None and len(classes) < 2:
-        raise ConfigError(f"{flag} {spec!r}: a classifier needs at least 2 classes")
-    return classes
+from idml.errors import DataError
 
 
 def keep_classes(images: torch.Tensor, labels: torch.Tensor, classes: list[int],
@@ -63,7 +36,7 @@ def select_classes(data: dict, classes: list[int]) -> dict:
     return {
         **data,
         "train": keep_classes(*data["train"], classes, len(names)),
-        "val": keep_classes(*data["val"], classes, len(names)),
+        "test": keep_classes(*data["test"], classes, len(names)),
         "class_names": [names[c] for c in classes],
     }
 
@@ -73,8 +46,6 @@ def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[
 
     scikit-learn's ``train_test_split(stratify=...)`` keeps the class proportions of both parts.
     """
-    from sklearn.model_selection import train_test_split  # imported here: config imports this module
-
     index = np.arange(len(labels))
     try:
         kept, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=labels, shuffle=True)
@@ -85,8 +56,8 @@ def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[
 
 
 def split_validation(data: dict, fraction: float, seed: int) -> dict:
-    """Move a seeded, class-stratified ``fraction`` of the training set to ``"val"``; the official
-    test split becomes ``"test"``. ``fraction == 0`` returns ``data`` unchanged (no ``"test"``)."""
+    """Move a seeded, class-stratified ``fraction`` of the training set to ``"held_out"``.
+    ``fraction == 0`` returns ``data`` unchanged (no ``"held_out"``)."""
     if fraction <= 0:
         return data
     images, labels = data["train"]
@@ -95,6 +66,5 @@ def split_validation(data: dict, fraction: float, seed: int) -> dict:
     return {
         **data,
         "train": (images[kept_t], labels[kept_t]),
-        "val": (images[held_t], labels[held_t]),
-        "test": data["val"],
+        "held_out": (images[held_t], labels[held_t]),
     }

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from idml.errors import ConfigError, one_line
+from idml.models.spec import EXTERNAL_SOURCES, form_problem
 
 
 def _strip_torchvision_classifier(net: nn.Module, name: str) -> nn.Module:
@@ -63,30 +64,18 @@ def _timm_names() -> list[str]:
 
 @dataclass(frozen=True)
 class Source:
-    """A library of networks: how to build one without its classifier, and which names exist."""
+    """How to build a library's network without its classifier, and which names it knows."""
 
-    package: str
     build: Callable[[str], nn.Module]
     names: Callable[[], list[str]]
-    install: str
 
 
-#: ``<prefix>:<name>`` -> where the network comes from.
+#: ``<prefix>:<name>`` -> how to build it; the prefixes, packages and install hints are
+#: :data:`idml.models.spec.EXTERNAL_SOURCES`.
 SOURCES: dict[str, Source] = {
-    "torchvision": Source("torchvision", _torchvision_features, _torchvision_names, "pip install torchvision"),
-    "timm": Source("timm", _timm_features, _timm_names, "pip install 'idml[timm]'"),
+    "torchvision": Source(_torchvision_features, _torchvision_names),
+    "timm": Source(_timm_features, _timm_names),
 }
-
-
-def form_problem(net_type: str) -> str | None:
-    """Why ``<prefix>:<name>`` is not a well-formed external backbone name, or None."""
-    prefix, _, name = net_type.partition(":")
-    if prefix.lower() not in SOURCES:
-        forms = " or ".join(f"{p}:<name>" for p in SOURCES)
-        return f"unknown backbone source {prefix!r} in --net_type {net_type!r}: use {forms}"
-    if not name:
-        return f"--net_type {net_type!r} names no model after the colon"
-    return None
 
 
 def name_problem(net_type: str) -> str | None:
@@ -96,12 +85,12 @@ def name_problem(net_type: str) -> str | None:
     if problem:
         return problem
     prefix, _, name = net_type.partition(":")
-    source = SOURCES[prefix.lower()]
-    if importlib.util.find_spec(source.package) is None:
-        return f"--net_type {net_type} needs the {source.package} package: {source.install}"
-    if name not in source.names():
-        return (f"{source.package} has no model {name!r} (--net_type {net_type}); "
-                f"list them with python -c 'import {source.package}; print({source.package}.list_models())'")
+    facts = EXTERNAL_SOURCES[prefix.lower()]
+    if importlib.util.find_spec(facts.package) is None:
+        return f"--net_type {net_type} needs the {facts.package} package: {facts.install}"
+    if name not in SOURCES[prefix.lower()].names():
+        return (f"{facts.package} has no model {name!r} (--net_type {net_type}); "
+                f"list them with python -c 'import {facts.package}; print({facts.package}.list_models())'")
     return None
 
 

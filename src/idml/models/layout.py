@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from idml.data.catalog import dataset_info
-from idml.models import ModelSpec, build_backbone
+from idml.models.registry import build_backbone
+from idml.models.spec import ModelSpec
 
 #: BatchNorm layers narrower than this, with a channel count that is not a multiple of 16, count as slow
 NARROW_CHANNELS = 32

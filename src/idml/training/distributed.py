@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TypeVar
@@ -28,15 +25,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from idml.errors import ConfigError, IdmlError, one_line
-from idml.training.runtime import Runtime
+from idml.device.runtime import Runtime
+from idml.errors import AgreedError, ConfigError, IdmlError, exit_without_interruption, one_line
 
 T = TypeVar("T")
 _control: dict[str, dist.ProcessGroup | None] = {"group": None}
-
-
-class AgreedError(IdmlError):
-    """One rank's failure, raised on every rank so that none waits for the others; rank 0 prints it."""
 
 
 def init_distributed(rt: Runtime, timeout_s: float = 600.0) -> None:
@@ -176,16 +169,6 @@ def share_failure(failure: Exception | None, rt: Runtime) -> None:
         raise failure
     rank, text = failed[0]
     raise AgreedError(f"rank {rank}: {text}")
-
-
-def exit_without_interruption() -> None:
-    """A DDP worker on its way out with an error ignores SIGTERM from now on.
-
-    torchrun sends SIGTERM to every worker as soon as one has exited; the others are already
-    exiting with the same error and should end with their own status (2), not be killed.
-    """
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def run_agreed(action: Callable[[], T], rt: Runtime) -> T:

@@ -35,10 +35,10 @@ from torch import Tensor
 
 from idml.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from idml.config import TrainConfig
+from idml.device.runtime import Runtime
 from idml.errors import ConfigError, IdmlError
 from idml.training.distributed import control_group
 from idml.training.health import weights_problem
-from idml.training.runtime import Runtime
 
 
 @dataclass

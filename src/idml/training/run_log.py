@@ -111,6 +111,17 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
         raise IdmlError(f"{path} holds a malformed row ({exc})") from exc
 
 
+def read_run(run_dir: Path) -> dict[str, list[float]]:
+    """A run's metrics.csv as columns; one-line errors for a missing or empty file."""
+    path = run_dir / METRICS_NAME
+    if not path.is_file():
+        raise IdmlError(f"{run_dir} has no {METRICS_NAME}: give a run folder written by idml train (runs/<expname>)")
+    rows = read_metrics(path)
+    if not rows:
+        raise IdmlError(f"{path} holds no finished epoch yet")
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
 def _formatted(row: dict) -> dict[str, str]:
     """A row as text: the epoch as an integer, other numbers to 6 significant digits, None empty."""
     return {k: str(v) if k == "epoch" else "" if v is None else f"{v:.6g}" for k, v in row.items()}

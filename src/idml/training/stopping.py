@@ -35,9 +35,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from idml.device.runtime import Runtime
 from idml.errors import IdmlError
 from idml.training.distributed import control_group, share_failure
-from idml.training.runtime import Runtime
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

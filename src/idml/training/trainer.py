@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save, check_optimizer_fits
 from idml.config import TrainConfig
-from idml.data import DataBundle
+from idml.data.types import DataBundle
+from idml.device.runtime import Runtime, sum_dtype
 from idml.errors import IdmlError, NonFiniteLossError, RunStopped, one_line
 from idml.metrics import fit_temperature
 from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
@@ -40,7 +41,6 @@ from idml.training.health import weights_problem
 from idml.training.host_reads import DeferredLines
 from idml.training.resume import ResumePoint, own_rank_state, progress_fields, restore_rng, resume_point
 from idml.training.run_log import RunLog
-from idml.training.runtime import Runtime, sum_dtype
 from idml.training.schedule import Accumulation, Schedule, accumulation, learning_rate  # noqa: F401 - re-export
 from idml.training.stopping import StopControl, StopRequest
 
@@ -183,22 +183,13 @@ class Trainer:
         self.written: list[Path] = []  # the files this run wrote (to report only those)
 
     # -- one step -----------------------------------------------------------------------------
-    def _to_device(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        return images.to(self.rt.device, non_blocking=True), targets.to(self.rt.device, non_blocking=True)
-
-    def _memory_format(self, images: Tensor) -> Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.rt.channels_last else images
-
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.rt.device.type, dtype=self.rt.amp_dtype, enabled=self.rt.amp_dtype is not None)
-
     def prepare_batch(self, images: Tensor, targets: Tensor, rng: np.random.Generator) -> MixedBatch:
         """The input pipeline of a step on the device: augmentation, memory format, CutMix/Mixup.
 
         ``data.train_transform`` is :class:`idml.data.augment.TrainAugment` for the in-memory
         datasets (crop, flip, normalise); ImageNet batches arrive augmented by the loader's workers.
         """
-        images = self._memory_format(self.data.train_transform(images, rng))
+        images = self.rt.formatted(self.data.train_transform(images, rng))
         return mix_batch(images, targets, self.cfg.mix, rng)
 
     def _grad_sync(self, part: Accumulation) -> contextlib.AbstractContextManager:
@@ -210,7 +201,7 @@ class Trainer:
         """One batch: forward, loss, backward; the optimiser steps after the last batch of its group."""
         batch = self.prepare_batch(images, targets, rng)
         with self._grad_sync(part):
-            with self._autocast():
+            with self.rt.autocast():
                 out = self.net(batch.images)
             loss = mixed_cross_entropy(out.train_logits, batch, self.cfg.label_smoothing)
             if part.first:
@@ -303,7 +294,7 @@ class Trainer:
                 self.save_position(epoch, step, meter)
                 raise self._stopped(item.signum)
             data_time = time.perf_counter() - last
-            images, targets = self._to_device(*item)
+            images, targets = (self.rt.to_device(t) for t in item)
             if self.schedule.per_step:
                 lr = self.set_lr(epoch, step, steps)
             part = accumulation(step, steps, cfg.grad_accum_steps)
@@ -329,14 +320,14 @@ class Trainer:
         return EpochResult(*avg, images_seen, time.perf_counter() - start)
 
     @torch.inference_mode()
-    def validate(self, epoch: int, ema: bool = False, split: str = "val",
+    def validate(self, epoch: int, ema: bool = False, split: str = "selection",
                  keep: list[tuple[Tensor, Tensor]] | None = None) -> EpochResult:
         """Top-1/top-5 error of the plain logits over a whole evaluation split (all ranks), with the
         trained weights or (``ema``) their moving average.
 
-        ``split="val"`` is the selection set: the test split under the official protocol, the held-out
-        share of the training set with --val_split; ``"test"`` is the test split of a --val_split run.
-        ``keep`` (a list) receives this rank's (logits, targets) batches, for fitting the temperature.
+        ``split`` names a split of :class:`idml.data.types.DataBundle`: ``"selection"`` (what the
+        best epoch is chosen on) or ``"test"``. ``keep`` (a list) receives this rank's (logits,
+        targets) batches, for fitting the temperature.
         """
         if ema and self.ema is not None:
             model, label = self.ema.module, "EMA "
@@ -344,8 +335,8 @@ class Trainer:
             model, label = (self.model if self.rt.distributed else self.net), ""
         broadcast_buffers(self.ema.module if label else self.model, self.rt)
         model.eval()
-        loader = self.data.val if split == "val" else self.data.test
-        held_out = self.data.test is not None and split == "val"
+        loader = self.data.selection if split == "selection" else self.data.test
+        held_out = self.data.held_out and split == "selection"
         title, loss_name = ((f"Val {label}(held-out share of train)", "Val Loss") if held_out
                             else (f"Test {label}(on val set)", "Test Loss"))
         meter = Meter(self.rt.device)
@@ -354,9 +345,9 @@ class Trainer:
         batches = self.log.progress(self.stopping.batches(loader, stoppable=False),
                                     f"{title.split()[0]} {label}{epoch}/{self.cfg.epochs}", steps)
         for step, (images, targets) in enumerate(batches):
-            images, targets = self._to_device(images, targets)
-            with self._autocast():
-                logits = model(self._memory_format(self.data.eval_transform(images))).logits
+            images, targets = self.rt.to_device(images), self.rt.to_device(targets)
+            with self.rt.autocast():
+                logits = model(self.rt.formatted(self.data.eval_transform(images))).logits
             loss = nn.functional.cross_entropy(logits.float(), targets)
             meter.update(loss, logits, targets)
             if keep is not None:
@@ -525,7 +516,7 @@ class Trainer:
     def fit(self) -> tuple[float, float]:
         """Train from ``self.start`` to ``cfg.epochs``; returns the best (top-1, top-5) error of the
         selection set (the test split under the official protocol, else the validation split)."""
-        held_out = self.data.test is not None
+        held_out = self.data.held_out
         with self.stopping.handling_signals():
             for epoch in range(self.start.epoch, self.cfg.epochs):
                 train = self.train_epoch(epoch)
@@ -558,7 +549,7 @@ class Trainer:
 
     def print_best(self, prefix: str) -> None:
         """The official line; with --val_split, the test errors at the best and last epochs too."""
-        if self.data.test is None:
+        if not self.data.held_out:
             self.print(f"{prefix} accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}{self._best_note()}")
             return
         self.print(f"{prefix} validation accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}"

@@ -126,9 +126,24 @@ class Runtime:
         return self.world_size > 1
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward pass (a no-op in float32)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` on this device, in this run's memory format."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on this device, copied without waiting where it can be (pinned memory to a GPU)."""
+        return tensor.to(self.device, non_blocking=True)
+
+    def formatted(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images (N x C x H x W, on this device) in this run's memory format: what the
+        network receives, after augmentation and normalisation."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     @property
     def fused_optimizer(self) -> bool:

@@ -5,7 +5,7 @@ one measured is oneDNN's primitive cache (1024 entries by default): a PyramidNet
 step needs about 640 convolution and reorder primitives per precision, so a float32 and a
 bfloat16 variant in one process evict each other's, and every step then re-creates ~640 of
 them (counted with ``ONEDNN_VERBOSE=profile_create``). Raising the capacity removes that (see
-:func:`idml.training.runtime.build_runtime`), but allocator state, cached weight casts and
+:func:`idml.device.runtime.build_runtime`), but allocator state, cached weight casts and
 thread pools are shared too; a process per variant shares none of it, so no variant's result
 depends on which others run.
 
@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from idml.bench.options import ISOLATIONS
+from idml.device.memory import PeakMemory
+from idml.device.runtime import synchronize
 from idml.errors import IdmlError, one_line
-from idml.training.memory import PeakMemory
-from idml.training.runtime import synchronize
 
 #: the A/A check passes when the paired ratio of a variant against itself is within 3% of 1.00
 AA_TOLERANCE = 0.03
-ISOLATIONS = ("process", "none")
 
 
 @dataclass
@@ -86,7 +86,7 @@ def timed_turn(runner: Runner, turn: int) -> tuple[float, float]:
 
 
 def peak_of_turn(runner: Runner, turn: int) -> int:
-    """Resident training state plus the peak memory of one more turn (see :mod:`idml.training.memory`)."""
+    """Resident training state plus the peak memory of one more turn (see :mod:`idml.device.memory`)."""
     memory = PeakMemory(runner.device)
     memory.start()
     runner.run_turn(turn)
@@ -233,10 +233,3 @@ def aa_check(original: Slot, copy: Slot) -> dict:
         "passed": abs(ratio - 1.0) <= AA_TOLERANCE,
         "step_seconds": [[round(t, 4) for t in original.step_seconds], [round(t, 4) for t in copy.step_seconds]],
     }
-
-
-def aa_line(aa: dict) -> str:
-    verdict = "PASS" if aa["passed"] else "FAIL"
-    return (f"A/A check ({aa['variant']} twice): {aa['ratio']:.3f} "
-            f"({aa['images_per_second'][0]:.1f} vs {aa['images_per_second'][1]:.1f} images/s): {verdict} "
-            f"(within {aa['tolerance']:.0%} of 1.00 passes)")

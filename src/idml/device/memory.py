@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import resource
 from collections.abc import Iterable
 from functools import cache
@@ -110,3 +111,13 @@ def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimize
     params = list(model.parameters())
     state = [v for s in optimizer.state.values() for v in s.values()]
     return tensor_bytes([*params, *(p.grad for p in params), *model.buffers(), *state])
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device``: the GPU's, or this machine's RAM (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None

@@ -6,6 +6,7 @@ with one line saying how to install it.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,20 +14,27 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from idml.errors import IdmlError, one_line
-from idml.metrics import ReliabilityBins
+from idml.metrics import ReliabilityBins, reliability_bins, risk_coverage, softmax
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from idml.inference import Outputs
+
 MISSING_MATPLOTLIB = "plots need matplotlib: pip install 'idml[plot]' (or pip install matplotlib)"
+
+
+def require_matplotlib() -> None:
+    """Stop with one line, before any work, when matplotlib is not installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise IdmlError(MISSING_MATPLOTLIB)
 
 
 def _pyplot():
     """matplotlib.pyplot on the file-only Agg backend (works without a display)."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise IdmlError(MISSING_MATPLOTLIB) from exc
+    require_matplotlib()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -154,3 +162,16 @@ def training_curves_figure(runs: Mapping[str, Mapping[str, Sequence[float]]]) ->
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _style_legend(fig, list(runs), colours)
     return fig
+
+
+def evaluation_plot(path: str | Path, outputs: Outputs, targets: np.ndarray, report: dict, title: str) -> Path:
+    """``idml eval --plot``: the figure of :func:`evaluation_figure` for an evaluation report."""
+    probs = softmax(outputs.logits)
+    wrong = probs.argmax(axis=1) != targets
+    bins = reliability_bins(probs.max(axis=1), ~wrong)
+    curves = {name: risk_coverage(score, wrong) for name, score in outputs.scores().items()}
+    by_score = report["mistakes"]["by_score"]
+    aurocs = (by_score.get("u_norm2", {}).get("auroc"), by_score["msp"]["auroc"])
+    ece = report["calibration"]["before_scaling"]["ece"]
+    fig = evaluation_figure(bins, ece, outputs.uncertainty, wrong, aurocs, title, curves)
+    return save_figure(fig, path)

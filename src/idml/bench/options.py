@@ -1,0 +1,59 @@
+"""The choices of an ``idml bench`` run, without torch (so that ``idml bench --help`` and a refused
+flag are quick): which variants of a training step exist and run, and how they are isolated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from idml.config import TrainConfig
+from idml.data.catalog import dataset_info, datasets_that_can
+from idml.errors import ConfigError, listing
+
+#: model variants: name -> the settings it trains with, derived from the command line's.
+MODEL_VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
+    "fp32-eager": lambda c: replace(c, amp="off", channels_last=False, compile=False, ism=True),
+    "default": lambda c: replace(c, ism=True),
+    "default-linear": lambda c: replace(c, ism=False),
+    # one change at a time from fp32-eager (opt-in with --variants), to see what each brings
+    "channels_last": lambda c: replace(c, amp="off", channels_last=True, compile=False, ism=True),
+    "compile": lambda c: replace(c, amp="off", channels_last=False, compile=True, ism=True),
+    "bf16": lambda c: replace(c, amp="bf16", channels_last=False, compile=False, ism=True),
+    "bf16-channels_last": lambda c: replace(c, amp="bf16", channels_last=True, compile=False, ism=True),
+    # one change at a time from bf16 (opt-in): does torch.compile pay on a bfloat16 CPU or GPU?
+    "bf16-compile": lambda c: replace(c, amp="bf16", channels_last=False, compile=True, ism=True),
+    "bf16-channels_last-compile": lambda c: replace(c, amp="bf16", channels_last=True, compile=True, ism=True),
+    "fp16": lambda c: replace(c, amp="fp16", channels_last=False, compile=False, ism=True),
+}
+DATA_ONLY = "data-only"
+STANDARD = ("fp32-eager", "default", "default-linear", DATA_ONLY)
+#: how the variants are kept apart: a worker process each, or all in this process
+ISOLATIONS = ("process", "none")
+
+
+def chosen_variants(spec: str | None, dataset: str) -> list[str]:
+    in_memory = "in_memory" in dataset_info(dataset).can
+    if spec is None:
+        return [v for v in STANDARD if v != DATA_ONLY or in_memory]
+    names = [v.strip() for v in spec.split(",") if v.strip()]
+    known = [*MODEL_VARIANTS, DATA_ONLY]
+    unknown = [v for v in names if v not in known]
+    if unknown or not names:
+        raise ConfigError(f"unknown --variants {', '.join(unknown) or spec!r}: choose from {', '.join(known)}")
+    if DATA_ONLY in names and not in_memory:
+        raise ConfigError("the data-only variant needs an in-memory dataset "
+                          f"({listing(datasets_that_can('in_memory'))})")
+    return list(dict.fromkeys(names))
+
+
+def chosen_aa(spec: str, names: list[str]) -> str | None:
+    """The variant the A/A check repeats: ``spec``, or with ``auto`` default (else the first model variant)."""
+    if spec == "none":
+        return None
+    models = [n for n in names if n != DATA_ONLY]
+    if spec == "auto":
+        return "default" if "default" in models else (models[0] if models else names[0])
+    if spec not in names:
+        raise ConfigError(f"--aa {spec} is not among the variants run ({', '.join(names)}): "
+                          "choose one of them, auto or none")
+    return spec

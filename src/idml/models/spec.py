@@ -1,0 +1,85 @@
+"""What names a network: :class:`ModelSpec` and the checks of ``--net_type``, without importing torch.
+
+The settings (:mod:`idml.config`) and the checkpoints (:mod:`idml.checkpoint`) describe networks
+with these; :mod:`idml.models.registry` builds them. Keeping this module free of torch lets a
+command refuse a bad flag, or print its help, before the heavy imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+#: The networks idml builds itself (the official code's two).
+BUILTIN_NET_TYPES = ("pyramidnet", "resnet")
+
+
+@dataclass(frozen=True)
+class ExternalSource:
+    """A library of networks usable as ``--net_type <prefix>:<name>``."""
+
+    package: str
+    install: str
+
+
+#: ``<prefix>:<name>`` -> the library the network comes from (:mod:`idml.models.external` builds it).
+EXTERNAL_SOURCES: dict[str, ExternalSource] = {
+    "torchvision": ExternalSource("torchvision", "pip install torchvision"),
+    "timm": ExternalSource("timm", "pip install 'idml[timm]'"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model; stored in every checkpoint as its ``model`` field."""
+
+    net_type: str
+    dataset: str
+    depth: int
+    alpha: float = 300.0
+    bottleneck: bool = True
+    num_classes: int | None = None
+    ism: bool = True
+    uncertainty_dim: int | None = None
+    ism_lambda: float = 5.0
+    #: square input size of a user dataset (folder, hf:<path>); None for the catalog datasets
+    input_size: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def external(self) -> bool:
+        """A network from another library (``torchvision:<name>``, ``timm:<name>``)."""
+        return ":" in self.net_type
+
+
+def canonical_net_type(net_type: str) -> str:
+    """How a network is named in settings and checkpoints: idml's own in lower case, another
+    library's as ``<prefix in lower case>:<name as given>`` (model names are case-sensitive)."""
+    prefix, colon, name = net_type.partition(":")
+    return f"{prefix.lower()}:{name}" if colon else net_type.lower()
+
+
+def form_problem(net_type: str) -> str | None:
+    """Why ``<prefix>:<name>`` is not a well-formed external backbone name, or None."""
+    prefix, _, name = net_type.partition(":")
+    if prefix.lower() not in EXTERNAL_SOURCES:
+        forms = " or ".join(f"{p}:<name>" for p in EXTERNAL_SOURCES)
+        return f"unknown backbone source {prefix!r} in --net_type {net_type!r}: use {forms}"
+    if not name:
+        return f"--net_type {net_type!r} names no model after the colon"
+    return None
+
+
+def net_type_problem(net_type: str) -> str | None:
+    """Why ``--net_type`` names no network: neither a built-in name nor ``<library>:<name>``.
+
+    Only the form is checked here; whether the library is installed and knows the name is the
+    run's preflight check (:func:`idml.models.external.name_problem`).
+    """
+    if ":" in net_type:
+        return form_problem(net_type)
+    if net_type.lower() in BUILTIN_NET_TYPES:
+        return None
+    choices = ", ".join([*BUILTIN_NET_TYPES, *(f"{prefix}:<name>" for prefix in EXTERNAL_SOURCES)])
+    return f"unknown --net_type {net_type!r}: choose one of {choices}"

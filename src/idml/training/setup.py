@@ -1,0 +1,247 @@
+"""Assemble a training run from its settings: check them against this machine, read the data and
+any checkpoint, build the model on its device, prepare the run folder, then train.
+
+Everything bad input can break is read and checked before the run folder is touched
+(:func:`load_inputs`), so a failing start or resume never overwrites anything. ``idml train``
+(:mod:`idml.commands.train`) parses the command line and calls :func:`run_train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, remove_stale_temp_files
+from idml.config import TrainConfig
+from idml.data.build import build_data
+from idml.data.hf import MISSING as MISSING_DATASETS
+from idml.data.hf import hf_available
+from idml.data.types import DataBundle, DataRequest
+from idml.device.memory import device_memory_bytes
+from idml.device.runtime import Runtime, build_runtime
+from idml.errors import ConfigError, IdmlError, one_line
+from idml.models.external import name_problem
+from idml.models.layout import channels_last_under_bf16
+from idml.models.registry import build_from_spec
+from idml.models.spec import ModelSpec
+from idml.training.compiling import maybe_compile
+from idml.training.distributed import (
+    agree_on_memory_format,
+    convert_sync_bn,
+    init_distributed,
+    peer_failures_reported,
+    run_agreed,
+    shutdown_distributed,
+    wrap_ddp,
+)
+from idml.training.init_from import apply_init_from
+from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path
+from idml.training.run_folder import RunLock, belongs_to
+from idml.training.run_log import METRICS_NAME, MISSING_TENSORBOARD, tensorboard_available
+from idml.training.trainer import Trainer
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Checks that depend on this machine, not on the settings alone: optional packages that a
+    setting needs, and a backbone name that the installed timm or torchvision must know."""
+    if cfg.tensorboard and not tensorboard_available():
+        raise ConfigError(MISSING_TENSORBOARD)
+    if cfg.dataset.startswith("hf:") and not hf_available():
+        raise ConfigError(MISSING_DATASETS)
+    if ":" in cfg.net_type:
+        problem = name_problem(cfg.net_type)
+        if problem:
+            raise ConfigError(problem)
+
+
+def archive_earlier_run(run_dir: Path) -> Path | None:
+    """Move a finished or interrupted run out of the way of a fresh one, to ``<run_dir>.<n>``.
+
+    The official code silently overwrote it (the official README's CIFAR commands all share
+    ``--expname PyraNet200``); idml keeps those commands working without losing anything.
+    """
+    if not any((run_dir / name).exists() for name in (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME)):
+        return None
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.{n}").exists():
+        n += 1
+    target = run_dir.with_name(f"{run_dir.name}.{n}")
+    run_dir.rename(target)
+    return target
+
+
+def prepare_run_dir(cfg: TrainConfig, resumed_from: Path | None, printer: Callable[[str], None]) -> RunLock:
+    """Lock ``<output_dir>/<expname>`` for this run, move aside an earlier run that this one does
+    not continue, and record the resolved settings as ``config.yaml``.
+
+    This run continues the folder's run only when it resumes from one of the folder's own files;
+    a fresh run, or one resumed from another folder's checkpoint, gets the folder to itself.
+    The lock is taken before anything is moved or written, and is returned held.
+    """
+    run_dir = cfg.run_dir
+    lock = None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir)
+        if resumed_from is None or not belongs_to(resumed_from, run_dir):
+            moved = archive_earlier_run(run_dir)
+            if moved is not None:
+                how = "continue it with --resume auto" if resumed_from is None else f"this run continues {resumed_from}"
+                printer(f"=> {run_dir} held an earlier run: moved it to {moved} ({how})")
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock, earlier = RunLock(run_dir), lock
+                earlier.release()
+        remove_stale_temp_files(run_dir)
+        for stale in run_dir.glob(f".{METRICS_NAME}.*.tmp"):  # a kill while metrics.csv was rewritten
+            stale.unlink(missing_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        return lock
+    except BaseException as exc:
+        if lock is not None:
+            lock.release()
+        if isinstance(exc, OSError):
+            raise IdmlError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --output_dir") from exc
+        raise
+
+
+def check_model_settings(cfg: TrainConfig, rt: Runtime) -> None:
+    """Build the network on the meta device (no memory, no initialisation): an impossible depth
+    fails at once, instead of after the data (all of ImageNet's file names, say) has been read,
+    and so does a network whose weights, gradients and momentum alone exceed the device's memory
+    (a huge --alpha or --uncertainty_dim), instead of failing to allocate later."""
+    try:
+        with torch.device("meta"):
+            spec = cfg.model_spec
+            model = build_from_spec(replace(spec, num_classes=spec.num_classes or 2))  # user data: classes unread
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as exc:
+        raise ConfigError(f"these model settings give an impossible network ({one_line(exc)[:200]}); "
+                          "lower --depth, --alpha or --uncertainty_dim") from exc
+    n_params = sum(p.numel() for p in model.parameters())
+    needed, available = 3 * 4 * n_params, device_memory_bytes(rt.device)
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"the model has {n_params:,} parameters: their weights, gradients and momentum alone need "
+            f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of {rt.device.type}; lower "
+            "--depth, --alpha or --uncertainty_dim"
+        )
+
+
+def run_runtime(cfg: TrainConfig) -> Runtime:
+    """This run's device and precision, and the memory format measured faster for its network."""
+    return build_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.deterministic,
+                         network_prefers_channels_last=functools.partial(channels_last_under_bf16, cfg.model_spec))
+
+
+def place_model(cfg: TrainConfig, rt: Runtime, spec: ModelSpec) -> nn.Module:
+    """The network on the run's device, in its memory format (SyncBatchNorm under DDP if asked)."""
+    return rt.place(convert_sync_bn(build_from_spec(spec).to(rt.device), rt, cfg.sync_bn))
+
+
+@dataclass
+class RunInputs:
+    """What a run is built from, read and checked before anything is written."""
+
+    data: DataBundle
+    model: nn.Module
+    resume_path: Path | None
+    resume_state: dict | None
+    #: what --init_from loaded (a line to print), or ""
+    init_note: str = ""
+
+
+def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
+    """Data, model and (on resume) its checkpoint: everything that bad input can break is checked
+    before the run folder is touched, so a failing start or resume never overwrites anything."""
+    check_model_settings(cfg, rt)
+    resume_path = resolve_resume_path(cfg)
+    torch.manual_seed(cfg.seed)
+    req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,
+                      cfg.skip_bad_images, cfg.label_noise, val_split=cfg.val_split, classes=cfg.classes,
+                      **user_data_fields(cfg))
+    data = build_data(req, rt.device)
+    spec = replace(cfg.model_spec, num_classes=data.num_classes)
+    state = load_resume_state(resume_path, spec.to_dict()) if resume_path else None
+    model = place_model(cfg, rt, spec)
+    init_note = ""
+    if cfg.init_from and state is None:
+        init_note = apply_init_from(model, cfg.init_from)
+    elif cfg.init_from:
+        init_note = f"=> --init_from {cfg.init_from} not applied: the run resumes from its checkpoint"
+    return RunInputs(data, model, resume_path, state, init_note)
+
+
+def user_data_fields(cfg: TrainConfig) -> dict:
+    """The settings of --dataset folder and hf:<path> that the data request carries."""
+    return {"input_size": cfg.input_size, "mean": None if cfg.mean is None else tuple(cfg.mean),
+            "std": None if cfg.std is None else tuple(cfg.std), "image_key": cfg.image_key,
+            "label_key": cfg.label_key, "memory_mb": cfg.data_memory_mb}
+
+
+def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | None = None) -> Trainer:
+    """The trainer of this run, resumed if asked, with its run folder prepared (agreed by all ranks).
+
+    Rank 0 locks the run folder; the lock is held until ``hold`` closes (without ``hold``, as in
+    tests that only build a trainer, it is released at once)."""
+    inputs = run_agreed(lambda: load_inputs(cfg, rt), rt)
+    agree_on_resume(inputs.resume_path, inputs.resume_state, rt)
+    net = wrap_ddp(maybe_compile(inputs.model, cfg.compile), rt)
+    trainer = Trainer(cfg, inputs.model, inputs.data, rt, net=net)
+    for line in (inputs.data.note and f"=> data: {inputs.data.note}", inputs.init_note):
+        if line:
+            trainer.print(line)
+    if inputs.resume_state is not None and inputs.resume_path is not None:
+        path, state = inputs.resume_path, inputs.resume_state
+        notes = run_agreed(lambda: trainer.load_state(state, path), rt)
+        trainer.print(f"=> resuming {path} at epoch {trainer.start.epoch}, step {trainer.start.step}")
+        for note in notes:
+            trainer.print(f"=> note: {note}")
+    lock = run_agreed(lambda: prepare_run_dir(cfg, inputs.resume_path, trainer.print) if rt.is_main else None, rt)
+    if lock is not None and hold is not None:
+        hold.callback(lock.release)
+    elif lock is not None:
+        lock.release()
+    return trainer
+
+
+def report_files(trainer: Trainer, cfg: TrainConfig) -> None:
+    """Name the files this run wrote, or say that a resumed run had nothing left to train."""
+    if trainer.start.epoch >= cfg.epochs and not trainer.written:
+        if cfg.epochs > 0:
+            trainer.print(f"=> nothing to train: the checkpoint already finished {trainer.start.epoch} of "
+                          f"--epochs {cfg.epochs} (raise --epochs to train on)")
+        return
+    names = {CHECKPOINT_NAME: "checkpoint", BEST_NAME: "best model"}
+    written = dict.fromkeys(trainer.written)  # in order, once each
+    if written:
+        trainer.print("=> " + "  ".join(f"{names.get(p.name, 'file')}: {p}" for p in sorted(written, key=str)))
+
+
+def run_train(cfg: TrainConfig) -> tuple[float, float]:
+    preflight(cfg)
+    rt = run_runtime(cfg)
+    init_distributed(rt, cfg.dist_timeout)
+    rt = agree_on_memory_format(rt)
+    try:
+        with contextlib.ExitStack() as hold, peer_failures_reported(rt, cfg.dist_timeout):
+            trainer = build_trainer(cfg, rt, hold)
+            return train(trainer, cfg, rt)
+    finally:
+        shutdown_distributed()
+
+
+def train(trainer: Trainer, cfg: TrainConfig, rt: Runtime) -> tuple[float, float]:
+    """Fit the built trainer, with the console lines of the official code around it."""
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    trainer.print(f"=> creating model '{cfg.net_type}' (depth {cfg.depth}, ISM {'on' if cfg.ism else 'off'})")
+    trainer.print(f"the number of model parameters: {n_params}")
+    trainer.print(f"=> training on {rt.describe()}; {len(trainer.data.class_names)} classes")
+    result = trainer.fit()
+    report_files(trainer, cfg)
+    return result
