@@ -43,7 +43,7 @@ def one_run(amp: str, seed: int, out_dir: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--amp", nargs="+", default=["off", "auto", "bf16"])
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")

@@ -35,7 +35,7 @@ def seconds(channels: int, memory_format: torch.memory_format, dtype: torch.dtyp
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=16, help="height = width (default: %(default)s)")

@@ -33,7 +33,7 @@ def cost_ms(head: ISMHead, features: torch.Tensor, bf16: bool, iterations: int =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--classes", type=int, default=10)

@@ -141,7 +141,7 @@ def official_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def parse(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     add_step_arguments(parser)
     parser.add_argument("--variants", default="default",
                         help="idml variants timed beside the official step (default: default)")

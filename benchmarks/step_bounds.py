@@ -60,7 +60,7 @@ def slots_for(cfg, code) -> list[Slot]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     add_step_arguments(parser)
     args = parser.parse_args(argv)
     cfg = official_config(args)

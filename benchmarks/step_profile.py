@@ -77,7 +77,7 @@ def profile_onednn(run, steps: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("variant", choices=list(bench_options.MODEL_VARIANTS))
     parser.add_argument("--steps", type=int, default=2, help="steps profiled (default: %(default)s)")
     parser.add_argument("--onednn", action="store_true", help="oneDNN kernel times instead of operators")

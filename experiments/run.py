@@ -99,7 +99,8 @@ def run_one(job: tuple[str, str, str, int, dict, Path, bool]) -> Path:
     grid_name, setting, variant, seed, overrides, results, reevaluate = job
     import torch
 
-    from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
+    from idml.checkpoint.io import load_checkpoint
+    from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME
     from idml.config import TrainConfig
     from idml.training.setup import run_train
 
@@ -120,13 +121,14 @@ def run_one(job: tuple[str, str, str, int, dict, Path, bool]) -> Path:
         seconds = round(time.perf_counter() - start, 1)
     elif out.is_file():
         seconds = json.loads(out.read_text()).get("train_seconds")
-    state = load_checkpoint(run_dir / name)
+    ckpt = load_checkpoint(run_dir / name)
     metrics = evaluate(run_dir / name, **grid["eval"][setting], val_split=settings.get("val_split", 0.0))
     metrics["checkpoint"] = str((run_dir / name).relative_to(HERE.parent)) if run_dir.is_relative_to(HERE.parent) \
         else str(run_dir / name)
     record = {"grid": grid_name, "setting": setting, "variant": variant, "seed": seed, "settings": settings,
-              **metrics, "evaluated": name, "best_top1_err_during_training": state.get("best_err1"),
-              "test_at_best": state.get("test_at_best"), "test_at_last": state.get("test_at_last"),
+              **metrics, "evaluated": name, "best_top1_err_during_training": ckpt.best_err1,
+              "test_at_best": ckpt.test_at_best, "test_at_last": ckpt.test_at_last,
+
               "train_seconds": seconds, "commit": commit(), "date": time.strftime("%Y-%m-%d")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".tmp")
@@ -136,7 +138,7 @@ def run_one(job: tuple[str, str, str, int, dict, Path, bool]) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--grid", choices=list(GRIDS), default="uncertainty",
                         help="which experiment (default: uncertainty)")
     parser.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per cell (default {SEEDS})")

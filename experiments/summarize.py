@@ -295,7 +295,7 @@ def uncertainty_summary(cells: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--grid", choices=list(GRIDS), default="uncertainty")
     parser.add_argument("--results", type=Path)
     parser.add_argument("--figure", type=Path, help="robustness grid: also draw the top-1 errors to this PNG")

@@ -77,7 +77,16 @@ def run_train_process(args: list[str], timeout: float = 120) -> subprocess.Compl
 
 
 def load(path: Path) -> dict:
+    """A checkpoint file as the plain dict torch.save wrote (not checked: tests tamper with it)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_state(state: dict, path: Path) -> Path:
+    """Write a (possibly tampered) checkpoint dict as idml writes its files."""
+    from idml.files import atomic_write
+
+    return atomic_write(path, lambda fh: torch.save(state, fh))
+
 
 
 def assert_same_weights(a: dict, b: dict) -> None:

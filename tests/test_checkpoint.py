@@ -8,24 +8,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from idml.checkpoint import atomic_save, load_checkpoint
+from idml.checkpoint.io import load_checkpoint, save_checkpoint
+from idml.checkpoint.schema import Checkpoint
 from idml.errors import IdmlError
+from idml.files import atomic_write
+
+MODEL = {"net_type": "resnet", "dataset": "cifar10", "depth": 1}
 
 
 def test_permissions_follow_the_umask(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint.pth.tar"
-    atomic_save({"model": {}, "state_dict": {}}, path)
+    path = save_checkpoint(Checkpoint(model=MODEL, state_dict={}), tmp_path / "checkpoint.pth.tar")
     plain = tmp_path / "plain"
     plain.write_bytes(b"")
     assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint.pth.tar"
-    atomic_save({"model": {"depth": 1}, "state_dict": {"w": torch.ones(2)}}, path)
+    path = save_checkpoint(Checkpoint(model=MODEL, state_dict={"w": torch.ones(2)}), tmp_path / "checkpoint.pth.tar")
     with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for an unpicklable object
-        atomic_save({"model": {}, "state_dict": {}, "bad": lambda: None}, path)
-    assert load_checkpoint(path)["model"] == {"depth": 1}
+        atomic_write(path, lambda fh: torch.save({"bad": lambda: None}, fh))
+
+    assert torch.equal(load_checkpoint(path).state_dict["w"], torch.ones(2))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pth.tar"]  # no temporary file left behind
 
 

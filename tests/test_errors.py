@@ -16,7 +16,7 @@ import torch
 
 import fake_data
 from expect import one_error_line
-from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
+from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME
 from idml.cli import main as cli_main
 from idml.commands.train import main as train_main
 from idml.data.build import build_data
@@ -116,17 +116,18 @@ BAD_FLAGS = {
     "unknown net_type": (["--net_type", "vgg"], "unknown --net_type 'vgg'"),
     "unknown dataset": (["--dataset", "mnist"], "unknown --dataset 'mnist'"),
     "impossible depth": (["--depth", "7"], "depth"),
-    "lr zero": (["--lr", "0"], "--lr must be positive"),
-    "lr negative": (["--lr", "-0.1"], "--lr must be positive"),
-    "lr nan": (["--lr", "nan"], "lr must be a finite number"),
-    "lr inf": (["--lr", "inf"], "lr must be a finite number"),
+    "lr zero": (["--lr", "0"], r"--lr must be a positive number \(got 0.0\)"),
+    "lr negative": (["--lr", "-0.1"], r"--lr must be a positive number \(got -0.1\)"),
+    "lr nan": (["--lr", "nan"], r"--lr must be a positive number \(got nan\)"),
+    "lr inf": (["--lr", "inf"], r"--lr must be a positive number \(got inf\)"),
     "lr not a number": (["--lr", "fast"], "invalid float value"),
-    "batch size zero": (["--batch_size", "0"], r"--batch_size must lie in \[1, "),
-    "cutmix_prob above 1": (["--cutmix_prob", "1.5"], r"--cutmix_prob must lie in \[0, 1\]"),
-    "cutmix_prob below 0": (["--cutmix_prob", "-0.1"], r"--cutmix_prob must lie in \[0, 1\]"),
-    "beta negative": (["--beta", "-1"], "--beta must be >= 0"),
-    "epochs negative": (["--epochs", "-1"], "--epochs must be >= 0"),
-    "save_every_steps negative": (["--save_every_steps", "-5"], "--save_every_steps must be >= 0"),
+    "batch size zero": (["--batch_size", "0"], r"--batch_size must be an integer in \[1, 65536\] \(got 0\)"),
+    "cutmix_prob above 1": (["--cutmix_prob", "1.5"], r"--cutmix_prob must be a number in \[0, 1\]"),
+    "cutmix_prob below 0": (["--cutmix_prob", "-0.1"], r"--cutmix_prob must be a number in \[0, 1\]"),
+    "beta negative": (["--beta", "-1"], "--beta must be a number >= 0"),
+    "epochs negative": (["--epochs", "-1"], r"--epochs must be an integer in \[1, 100000\]"),
+    "epochs zero": (["--epochs", "0"], r"--epochs must be an integer in \[1, 100000\] \(got 0\)"),
+    "save_every_steps negative": (["--save_every_steps", "-5"], "--save_every_steps must be an integer in"),
     "expname escapes": (["--expname", "../elsewhere"], "must be a plain folder name"),
     "resume path missing": (["--resume", "nowhere.pth.tar"], "no such checkpoint file"),
     "unknown flag": (["--unknown_flag"], "unrecognized arguments: --unknown_flag"),

@@ -11,7 +11,9 @@ import os
 import signal
 import sys
 
+from idml import __version__
 from idml.config import OneLineParser
+
 from idml.errors import AgreedError, ConfigError, IdmlError, RunStopped, exit_without_interruption, one_line, printable
 
 #: subcommand -> (module implementing ``main(argv)``, one-line help)
@@ -29,9 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [arg for arg in argv if arg != "--debug"]
     parser = OneLineParser(prog="idml", description="Introspective Deep Metric Learning for image classification. "
-                           "--debug (anywhere on the command line) shows Python tracebacks instead of one-line errors.")
+                           "--debug (anywhere on the command line) shows Python tracebacks instead of one-line errors; "
+                           "--version prints the version.")
+
     parser.add_argument("command", choices=list(COMMANDS),
                         help="; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()))
+    if argv[:1] == ["--version"]:
+        print(f"idml {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2

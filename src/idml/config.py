@@ -1,17 +1,17 @@
 """The one typed settings object of a training run, built once from YAML and the command line.
 
-Each setting is declared once, as a field of :class:`TrainConfig` with its default, flags and
-help (:func:`setting`); the ``idml train`` parser and the flag reference of docs/configuration.md
-are derived from those declarations. Every official flag keeps the official code's spelling,
-meaning and default. Building a ``TrainConfig`` checks types and values only; what depends on the
-environment (an installed package, a model name in timm's list) is checked by :func:`preflight`.
+Each setting is declared once, as a field of :class:`TrainConfig` with its default, flags, rule
+and help (:func:`setting`); the ``idml train`` parser, the checks of a value (:mod:`idml.rules`,
+also applied to the settings a checkpoint records) and the flag reference of
+docs/configuration.md are derived from those declarations. Every official flag keeps the official
+code's spelling, meaning and default. Building a ``TrainConfig`` checks types and values only;
+what depends on the machine (an installed package, a model name in timm's list) is checked when
+a run starts (:func:`idml.training.setup.preflight`). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
@@ -22,6 +22,8 @@ import yaml
 
 from idml.data.catalog import (
     DEFAULT_UNCERTAINTY_DIM,
+    MAX_INPUT_SIZE,
+    MIN_INPUT_SIZE,
     canonical_name,
     dataset_info,
     dataset_problem,
@@ -31,21 +33,28 @@ from idml.data.catalog import (
 )
 from idml.errors import ConfigError, listing, one_line
 from idml.models.spec import ModelSpec, canonical_net_type, net_type_problem
+from idml.rules import Rule, boolean, integer, number, numbers, one_of, optional, text
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 #: Bounds that keep a value from passing validation and failing later: seeds feed NumPy's and torch's
 #: generators (``seed * 1_000_003 + epoch`` must fit in 64 bits), the deepest network in the
 #: literature has 1202 layers (a depth past this takes minutes just to build), and each worker is a
-#: process. Per-process batches beyond this are past what any accelerator holds.
+#: process. Per-process batches beyond this are past what any accelerator holds; epochs and steps
+#: beyond these turn into numbers the schedules cannot represent (``--warmup_epochs 1e308``).
 MAX_SEED = 2**32 - 1
 MAX_DEPTH = 2000
+MAX_ALPHA = 100_000
 MAX_WORKERS = 256
 MAX_BATCH = 2**16
 MAX_UNCERTAINTY_DIM = 2**16
 MAX_DIST_TIMEOUT = 7 * 24 * 3600
+MAX_EPOCHS = 100_000
+MAX_STEPS = 1_000_000_000
 SCHED_CHOICES = ("step", "cosine")
-EXPNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+EXPNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+=-]*"
+EXPNAME_WORDS = ("be a plain folder name (letters, digits and . _ + = -, starting with a letter or digit), "
+                 "so that the run stays inside --output_dir")
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
 IDML = "flags idml adds"
 
@@ -74,17 +83,19 @@ class MixConfig:
         return self.cutmix_share > 0 or self.mixup_share > 0
 
 
-def setting(default: Any, *flags: str, help: str, group: str = IDML, action: str | None = None,
+def setting(default: Any, *flags: str, rule: Rule, help: str, group: str = IDML, action: str | None = None,
             metavar: str | None = None, choices: tuple[str, ...] | None = None, shown_default: str | None = None):
-    """Declare one setting: its default, its command-line flags and its help, in one place.
+    """Declare one setting: its default, its command-line flags, its rule and its help, in one place.
 
-    The parser (:func:`add_train_arguments`) and the flag reference in docs/configuration.md
-    (:func:`flag_table`) are both derived from these declarations. ``action`` is ``"on"`` for a
-    flag that switches a default-off setting on, ``"off"`` for one that switches it off and
-    ``"both"`` for a ``--x/--no-x`` pair; ``shown_default`` replaces the default in help and docs.
+    The parser (:func:`add_train_arguments`), the checks (:meth:`TrainConfig.validate`, and a
+    checkpoint's record of the settings: :func:`setting_problem`) and the flag reference in
+    docs/configuration.md (:func:`flag_table`) are all derived from these declarations. ``action``
+    is ``"on"`` for a flag that switches a default-off setting on, ``"off"`` for one that switches
+    it off and ``"both"`` for a ``--x/--no-x`` pair; ``shown_default`` replaces the default in
+    help and docs.
     """
     meta = {"flags": flags, "help": help, "group": group, "action": action, "metavar": metavar,
-            "choices": choices, "shown_default": shown_default}
+            "choices": choices, "shown_default": shown_default, "rule": rule}
     return field(default=default, metadata=meta)
 
 
@@ -94,203 +105,216 @@ class TrainConfig:
 
     # --- the official flags, with the official defaults ---
     net_type: str = setting("pyramidnet", "--net_type", group=OFFICIAL,
+                            rule=text(200, words="name a network", reason=net_type_problem),
                             help="backbone: resnet or pyramidnet (idml adds torchvision:<name> and timm:<name>)")
     dataset: str = setting("imagenet", "--dataset", group=OFFICIAL,
+                           rule=text(words="name a dataset", reason=dataset_problem),
                            help="cifar10, cifar100, imagenet or digits (idml adds folder and hf:<path>: your own "
                            "images)")
     batch_size: int = setting(128, "-b", "--batch_size", group=OFFICIAL,
-                              help="mini-batch size (per process under DDP)")
-    lr: float = setting(0.1, "--lr", "--learning-rate", group=OFFICIAL, help="initial learning rate")
-    momentum: float = setting(0.9, "--momentum", group=OFFICIAL, help="SGD momentum (Nesterov)")
-    weight_decay: float = setting(1e-4, "--weight-decay", "--wd", group=OFFICIAL, help="weight decay")
-    print_freq: int = setting(1, "--print-freq", "-p", group=OFFICIAL, help="print every N batches")
-    depth: int = setting(32, "--depth", group=OFFICIAL, help="network depth")
+                              rule=integer(1, MAX_BATCH), help="mini-batch size (per process under DDP)")
+    lr: float = setting(0.1, "--lr", "--learning-rate", group=OFFICIAL, rule=number(above=0),
+                        help="initial learning rate")
+    momentum: float = setting(0.9, "--momentum", group=OFFICIAL, rule=number(0), help="SGD momentum (Nesterov)")
+    weight_decay: float = setting(1e-4, "--weight-decay", "--wd", group=OFFICIAL, rule=number(0), help="weight decay")
+    print_freq: int = setting(1, "--print-freq", "-p", group=OFFICIAL, rule=integer(1), help="print every N batches")
+    depth: int = setting(32, "--depth", group=OFFICIAL, rule=integer(1, MAX_DEPTH), help="network depth")
     bottleneck: bool = setting(True, "--no-bottleneck", group=OFFICIAL, action="off",
-                               help="basic blocks instead of bottlenecks (CIFAR networks)")
-    verbose: bool = setting(True, "--no-verbose", group=OFFICIAL, action="off", help="per-epoch summaries only")
-    alpha: float = setting(300.0, "--alpha", group=OFFICIAL, help="PyramidNet widening factor")
+                               rule=boolean(), help="basic blocks instead of bottlenecks (CIFAR networks)")
+    verbose: bool = setting(True, "--no-verbose", group=OFFICIAL, action="off", rule=boolean(),
+                            help="per-epoch summaries only")
+    alpha: float = setting(300.0, "--alpha", group=OFFICIAL, rule=number(0, MAX_ALPHA),
+                           help="PyramidNet widening factor")
     expname: str = setting("TEST", "--expname", group=OFFICIAL,
+                           rule=text(255, pattern=EXPNAME_PATTERN, words=EXPNAME_WORDS),
                            help="run name: files go to <output_dir>/<expname>/")
-    beta: float = setting(0.0, "--beta", group=OFFICIAL, help="CutMix Beta(beta, beta) parameter; 0 = no CutMix")
-    cutmix_prob: float = setting(0.0, "--cutmix_prob", group=OFFICIAL, help="probability of CutMix per batch")
+    beta: float = setting(0.0, "--beta", group=OFFICIAL, rule=number(0),
+                          help="CutMix Beta(beta, beta) parameter; 0 = no CutMix")
+    cutmix_prob: float = setting(0.0, "--cutmix_prob", group=OFFICIAL, rule=number(0, 1),
+                                 help="probability of CutMix per batch")
     workers: int | None = setting(None, "-j", "--workers", group=OFFICIAL, shown_default="auto",
+                                  rule=optional(integer(0, MAX_WORKERS)),
                                   help="DataLoader worker processes (ImageNet; in-memory sets need none); auto = "
                                   "the CPU cores available to each training process, less one, at most 16 (the "
                                   "official default was 4)")
-    epochs: int = setting(90, "--epochs", group=OFFICIAL, help="number of epochs")
+    epochs: int = setting(90, "--epochs", group=OFFICIAL, rule=integer(1, MAX_EPOCHS), help="number of epochs")
     # --- idml's flags ---
-    data_dir: str = setting("data", "--data_dir", help="folder holding the datasets in the official layout "
+    data_dir: str = setting("data", "--data_dir", rule=text(),
+                            help="folder holding the datasets in the official layout "
                             "(--dataset folder: the folder holding train/<class>/ and val/<class>/)")
-    output_dir: str = setting("runs", "--output_dir", help="runs are written to <output_dir>/<expname>/")
-    seed: int = setting(0, "--seed", help="seed of initialisation, data order and augmentation")
+    output_dir: str = setting("runs", "--output_dir", rule=text(), help="runs are written to <output_dir>/<expname>/")
+    seed: int = setting(0, "--seed", rule=integer(0, MAX_SEED),
+                        help="seed of initialisation, data order and augmentation")
     device: str = setting("auto", "--device", choices=DEVICE_CHOICES,
+                          rule=one_of(*DEVICE_CHOICES),
                           help="auto = CUDA when available, else Apple silicon's MPS, else CPU")
     ism: bool = setting(True, "--no-ism", action="off",
-                        help="train the plain network (the paper's Baseline rows) without the ISM head")
-    ism_lambda: float = setting(5.0, "--ism_lambda", help="lambda of the introspective metric")
+                        rule=boolean(), help="train the plain network (the paper's Baseline rows) without the ISM head")
+    ism_lambda: float = setting(5.0, "--ism_lambda", rule=number(above=0), help="lambda of the introspective metric")
     uncertainty_dim: int | None = setting(None, "--uncertainty_dim", shown_default="{cifar} / {imagenet}".format(
                                           **DEFAULT_UNCERTAINTY_DIM),
+                                          rule=optional(integer(1, MAX_UNCERTAINTY_DIM)),
                                           help="width K of the uncertainty embedding (32x32 data / ImageNet)")
-    mixup_alpha: float = setting(0.0, "--mixup_alpha", help="Mixup Beta(alpha, alpha) parameter; 0 = no Mixup")
+    mixup_alpha: float = setting(0.0, "--mixup_alpha", rule=number(0),
+                                 help="Mixup Beta(alpha, alpha) parameter; 0 = no Mixup")
     mixup_prob: float = setting(0.0, "--mixup_prob",
-                                help="probability of Mixup per batch (drawn after CutMix's share)")
+                                rule=number(0, 1), help="probability of Mixup per batch (drawn after CutMix's share)")
     amp: str = setting("auto", "--amp", choices=AMP_CHOICES,
+                       rule=one_of(*AMP_CHOICES),
                        help="mixed precision: auto = bf16 where the hardware runs it fast (CUDA compute "
                        "capability >= 8.0, CPUs with AVX-512 BF16/AMX), fp16 on older GPUs and on MPS, else float32 "
                        "(the ISM always runs in float32)")
     channels_last: bool | None = setting(None, "--channels_last", action="both", shown_default="auto",
+                                         rule=optional(boolean()),
                                          help="channels-last memory format; auto: on for CUDA and for float32 on "
                                          "the CPU; under bfloat16 on the CPU, off for networks with at least half "
                                          "of their BatchNorm work on narrow odd widths (PyramidNet-110 alpha 48), "
                                          "else on (see docs/speed.md)")
     compile: bool = setting(False, "--compile", action="on",
+                            rule=boolean(),
                             help="torch.compile the model (recommended on CUDA: see docs/gpu.md); where compilation "
                             "fails, one warning line and eager execution")
     deterministic: bool = setting(False, "--deterministic", action="on",
+                                  rule=boolean(),
                                   help="deterministic kernels (cuDNN autotuning off) for a bit-exact resume on a GPU; "
                                   "slower (default: cudnn.benchmark on CUDA)")
     resume: str | None = setting(None, "--resume", metavar="auto|PATH", shown_default="none",
+                                 rule=optional(text(words="be auto or the path of a checkpoint")),
                                  help="continue a run: auto = <output_dir>/<expname>/checkpoint.pth.tar if present, "
                                  "else start fresh; PATH = that checkpoint (must exist)")
     save_every_steps: int = setting(0, "--save_every_steps", metavar="N",
+                                    rule=integer(0, MAX_STEPS),
                                     help="also checkpoint every N training steps inside an epoch (0 = at epoch "
                                     "ends only)")
     sync_bn: bool = setting(False, "--sync_bn", action="on",
+                            rule=boolean(),
                             help="under torchrun: SyncBatchNorm (batch statistics over all processes; CUDA only)")
     skip_bad_images: bool = setting(False, "--skip_bad_images", action="on",
+                                    rule=boolean(),
                                     help="ImageNet: skip (and count) unreadable images instead of stopping at "
                                     "the first one")
     tensorboard: bool = setting(False, "--tensorboard", action="on",
-                                help="also write TensorBoard event files to <run>/tensorboard (needs "
+                                rule=boolean(), help="also write TensorBoard event files to <run>/tensorboard (needs "
                                 "idml[tensorboard])")
     label_noise: float = setting(0.0, "--label_noise", metavar="RATE",
+                                 rule=number(0, below=1),
                                  help="move this share of the training labels to another class, uniformly at "
                                  "random and fixed by --seed (cifar10, cifar100, digits; for robustness "
                                  "experiments)")
     dist_timeout: float = setting(600.0, "--dist_timeout", metavar="SECONDS",
+                                  rule=number(above=0, high=MAX_DIST_TIMEOUT),
                                   help="under torchrun: how long a process waits for a silent peer before the run "
                                   "stops with one line (covers rank 0 writing a checkpoint while the others wait)")
     # --- your own images (--dataset folder, hf:<path>); see docs/own-data.md ---
     input_size: int | None = setting(None, "--input_size", metavar="N", shown_default="32",
+                                     rule=optional(integer(MIN_INPUT_SIZE, MAX_INPUT_SIZE)),
                                      help="folder and hf:<path> datasets: images are N x N; N <= 64 gives the "
                                      "CIFAR-style network and padded-crop augmentation, larger N the ImageNet stem "
                                      "and RandomResizedCrop")
-    mean: list[float] | None = setting(None, "--mean", metavar=("R", "G", "B"), shown_default="from the data",  # noqa: RUF009
+    mean: list[float] | None = setting(None, "--mean", metavar=("R", "G", "B"),
+                                       shown_default="from the data",
+                                       rule=optional(numbers(3)),
                                        help="folder and hf:<path> datasets: per-channel mean in [0, 1] units "
                                        "(from the data = measured on the training images)")
-    std: list[float] | None = setting(None, "--std", metavar=("R", "G", "B"), shown_default="from the data",  # noqa: RUF009
+    std: list[float] | None = setting(None, "--std", metavar=("R", "G", "B"),
+                                      shown_default="from the data",
+                                      rule=optional(numbers(3, above=0)),
                                       help="folder and hf:<path> datasets: per-channel standard deviation in [0, 1] "
                                       "units (from the data = measured on the training images)")
-    image_key: str = setting("image", "--image_key", help="hf:<path> datasets: the column holding the images")
+    image_key: str = setting("image", "--image_key", rule=text(words="name a column"),
+                             help="hf:<path> datasets: the column holding the images")
     label_key: str = setting("label", "--label_key",
+                             rule=text(words="name a column"),
                              help="hf:<path> datasets: the column holding the labels (a ClassLabel names the classes)")
     data_memory_mb: float = setting(2048.0, "--data_memory_mb", metavar="MIB",
+                                    rule=number(0),
                                     help="folder and hf:<path> datasets: decode all images once into uint8 tensors "
                                     "on the training device when they take at most this many MiB, else stream "
                                     "them through -j DataLoader workers (0 = always stream)")
     # --- the modern recipe, all off by default; see docs/recipe.md ---
     model_ema: float = setting(0.0, "--model_ema", metavar="DECAY",
+                               rule=number(0, below=1),
                                help="keep an exponential moving average of the weights, ema = DECAY * ema + "
                                "(1 - DECAY) * weights after every optimiser step, evaluated each epoch beside them "
                                "(0 = off)")
     sched: str = setting("step", "--sched", choices=SCHED_CHOICES,
+                         rule=one_of(*SCHED_CHOICES),
                          help="learning-rate schedule: step = the official per-epoch steps, cosine = half a cosine "
                          "from --lr to 0 over the run, updated every step")
     warmup_epochs: float = setting(0.0, "--warmup_epochs", metavar="E",
+                                   rule=number(0, MAX_EPOCHS),
                                    help="raise the learning rate linearly over the first E epochs (counted in "
                                    "steps) before --sched takes over")
     grad_accum_steps: int = setting(1, "--grad_accum_steps", metavar="N",
+                                    rule=integer(1, MAX_STEPS),
                                     help="one optimiser step per N batches, on their mean gradient (BatchNorm "
                                     "still sees --batch_size images at a time)")
     label_smoothing: float = setting(0.0, "--label_smoothing", metavar="EPS",
+                                     rule=number(0, below=1),
                                      help="label smoothing of the training loss on the introspective logits, for "
                                      "both label sets of a CutMix/Mixup batch")
     clip_grad_norm: float = setting(0.0, "--clip_grad_norm", metavar="MAX",
+                                    rule=number(0),
                                     help="scale the gradients down to a global L2 norm of at most MAX before each "
                                     "optimiser step (0 = off)")
     init_from: str | None = setting(None, "--init_from", metavar="PATH", shown_default="none",
+                                    rule=optional(text(words="be the path of a weights file")),
                                     help="start from the weights in PATH: an idml checkpoint or a state_dict file "
                                     "(torchvision/timm weights saved with torch.save); a classifier for other "
                                     "classes is left fresh")
     val_split: float = setting(0.0, "--val_split", metavar="FRACTION",
+                               rule=number(0, below=1),
                                help="hold out this seeded, class-stratified share of the training set as the "
                                "validation set: the best epoch and the softmax temperature are chosen on it and "
                                "the test set is reported at the best-validation and the last epoch (cifar10, "
                                "cifar100, digits; a folder dataset without val/ holds it out of train/; 0 = the "
                                "official protocol: best chosen on the test set)")
     classes: str | None = setting(None, "--classes", metavar="SPEC", shown_default="all",
+                                  rule=optional(text(words="name classes, e.g. 0-4 or 0,3,7")),
                                   help="train on these classes only, e.g. 0-4 or 0,3,7 (labels renumbered in that "
                                   "order, names kept; cifar10, cifar100, digits)")
 
     def __post_init__(self) -> None:
         self._check_types()
-        if dataset_problem(self.dataset) is None:  # names spelled one way from here on
+        if isinstance(self.dataset, str) and dataset_problem(self.dataset) is None:  # one spelling from here on
             self.dataset = canonical_name(self.dataset)
-        if net_type_problem(self.net_type) is None:
+        if isinstance(self.net_type, str) and net_type_problem(self.net_type) is None:
             self.net_type = canonical_net_type(self.net_type)
+
         self.validate()
 
     def _check_types(self) -> None:
-        """YAML files can hold anything: refuse values of the wrong type before using them."""
+        """Numbers in the form the settings hold them: YAML and JSON write 1 for 1.0, and a list of
+        numbers may arrive as a tuple. Nothing is refused here; the rules do that."""
         for f in fields(self):
             value = getattr(self, f.name)
             kinds = _allowed_types(f.name)
-            if isinstance(value, list | tuple) and list in kinds:  # numbers from YAML or the command line
-                value = [float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value]
-                setattr(self, f.name, value)
-            if isinstance(value, int) and not isinstance(value, bool) and float in kinds:
+            if isinstance(value, tuple) and list in kinds:
+                setattr(self, f.name, value := list(value))
+            if isinstance(value, list) and list in kinds:
+                setattr(self, f.name, [float(v) if _whole(v) else v for v in value])
+            elif _whole(value) and float in kinds:
                 setattr(self, f.name, float(value))
-            elif not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-                raise ConfigError(f"setting {f.name} must be {expected}, got {value!r}")
-            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
-                raise ConfigError(f"setting {f.name} must be a finite number, got {value!r}")
 
     def validate(self) -> None:
-        """Refuse impossible values with a message that names the flag and the fix."""
+        """Refuse impossible values with a message that names the flag and the fix: each setting
+        against its own rule, then the settings that must agree with each other."""
+        for f in fields(self):
+            problem = setting_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise ConfigError(problem)
+        mix = self.mix
         checks = [
-            (dataset_problem(self.dataset) is None, dataset_problem(self.dataset) or ""),
-            (net_type_problem(self.net_type) is None, net_type_problem(self.net_type) or ""),
-            (1 <= self.batch_size <= MAX_BATCH, f"--batch_size must lie in [1, {MAX_BATCH}] (got {self.batch_size})"),
-            (self.lr > 0, f"--lr must be positive (got {self.lr})"),
-            (self.momentum >= 0, f"--momentum must be >= 0 (got {self.momentum})"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
-            (self.print_freq >= 1, f"--print-freq must be at least 1 (got {self.print_freq})"),
-            (1 <= self.depth <= MAX_DEPTH, f"--depth must lie in [1, {MAX_DEPTH}] (got {self.depth})"),
-            (self.alpha >= 0, f"--alpha must be >= 0 (got {self.alpha})"),
-            (self.beta >= 0, f"--beta must be >= 0 (got {self.beta})"),
-            (0 <= self.cutmix_prob <= 1, f"--cutmix_prob must lie in [0, 1] (got {self.cutmix_prob})"),
-            (self.mixup_alpha >= 0, f"--mixup_alpha must be >= 0 (got {self.mixup_alpha})"),
-            (0 <= self.mixup_prob <= 1, f"--mixup_prob must lie in [0, 1] (got {self.mixup_prob})"),
-            (self.mix.cutmix_share + self.mix.mixup_share <= 1 + 1e-9,
+            (mix.cutmix_share + mix.mixup_share <= 1 + 1e-9,
              "--cutmix_prob + --mixup_prob must not exceed 1 (one draw per batch picks at most one)"),
-            (self.workers is None or 0 <= self.workers <= MAX_WORKERS,
-             f"--workers must lie in [0, {MAX_WORKERS}] (got {self.workers})"),
-            (0 <= self.seed <= MAX_SEED, f"--seed must lie in [0, {MAX_SEED}] (got {self.seed})"),
-            (0 < self.dist_timeout <= MAX_DIST_TIMEOUT,
-             f"--dist_timeout must lie in (0, {MAX_DIST_TIMEOUT}] seconds (got {self.dist_timeout})"),
-            (self.epochs >= 0, f"--epochs must be >= 0 (got {self.epochs})"),
-            (0 <= self.label_noise < 1, f"--label_noise must lie in [0, 1) (got {self.label_noise})"),
             (self.label_noise == 0 or self._can("in_memory"),
              f"--label_noise works on the in-memory datasets ({listing(datasets_that_can('in_memory'))}), "
              f"not {self.dataset}"),
-            (0 <= self.val_split < 1, f"--val_split must lie in [0, 1) (got {self.val_split})"),
             (self.val_split == 0 or self._can("val_split"),
              f"--val_split works on {listing(datasets_that_can('val_split'))} datasets, not {self.dataset}"),
             (self.classes is None or self._can("in_memory"),
              f"--classes works on the in-memory datasets ({listing(datasets_that_can('in_memory'))}), "
              f"not {self.dataset}"),
-            (self.ism_lambda > 0, f"--ism_lambda must be positive (got {self.ism_lambda})"),
-            (self.uncertainty_dim is None or 1 <= self.uncertainty_dim <= MAX_UNCERTAINTY_DIM,
-             f"--uncertainty_dim must lie in [1, {MAX_UNCERTAINTY_DIM}] (got {self.uncertainty_dim})"),
-            (self.amp in AMP_CHOICES, f"--amp must be one of {', '.join(AMP_CHOICES)}"),
-            (self.device in DEVICE_CHOICES, f"--device must be one of {', '.join(DEVICE_CHOICES)}"),
-            (self.save_every_steps >= 0, f"--save_every_steps must be >= 0 (got {self.save_every_steps})"),
-            (self.resume is None or self.resume.strip() != "",
-             "--resume needs 'auto' or the path of a checkpoint"),
-            (bool(EXPNAME_PATTERN.match(self.expname)) and ".." not in self.expname,
-             f"--expname {self.expname!r} must be a plain folder name (letters, digits, . _ + = -), "
-             "so that the run stays inside --output_dir"),
         ]
         for ok, message in checks + self._recipe_checks():
             if not ok:
@@ -299,32 +323,17 @@ class TrainConfig:
             parse_classes(self.classes, dataset_info(self.dataset).num_classes)
 
     def _can(self, capability: str) -> bool:
-        """Whether this run's dataset has a catalog capability (a known dataset is checked first)."""
-        return dataset_problem(self.dataset) is None and capability in dataset_info(self.dataset).can
+        """Whether this run's dataset has a catalog capability."""
+        return capability in dataset_info(self.dataset).can
 
     def _recipe_checks(self) -> list[tuple[bool, str]]:
-        """The checks of the own-data and modern-recipe settings."""
+        """The own-data settings apply to the user datasets only."""
         user = user_dataset(self.dataset) is not None
         own = "applies to --dataset folder and hf:<path> only"
         return [
             (self.input_size is None or user, f"--input_size {own} ({self.dataset} has fixed inputs)"),
-            (self.input_size is None or 8 <= self.input_size <= 4096,
-             f"--input_size must lie in [8, 4096] pixels (got {self.input_size})"),
             *((value is None or user, f"--{name} {own} ({self.dataset} uses the official statistics)")
               for name, value in (("mean", self.mean), ("std", self.std))),
-            *((value is None or (len(value) == 3 and all(isinstance(v, float) and math.isfinite(v) for v in value)),
-               f"--{name} needs 3 numbers, one per RGB channel (got {value})")
-              for name, value in (("mean", self.mean), ("std", self.std))),
-            (self.std is None or all(v > 0 for v in self.std), f"--std must be positive (got {self.std})"),
-            (self.data_memory_mb >= 0, f"--data_memory_mb must be >= 0 (got {self.data_memory_mb})"),
-            (bool(self.image_key) and bool(self.label_key), "--image_key and --label_key must name columns"),
-            (0 <= self.model_ema < 1, f"--model_ema must lie in [0, 1) (got {self.model_ema}; 0 = off)"),
-            (self.sched in SCHED_CHOICES, f"--sched must be one of {', '.join(SCHED_CHOICES)}"),
-            (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0 (got {self.warmup_epochs})"),
-            (self.grad_accum_steps >= 1, f"--grad_accum_steps must be at least 1 (got {self.grad_accum_steps})"),
-            (0 <= self.label_smoothing < 1, f"--label_smoothing must lie in [0, 1) (got {self.label_smoothing})"),
-            (self.clip_grad_norm >= 0, f"--clip_grad_norm must be >= 0 (got {self.clip_grad_norm}; 0 = off)"),
-            (self.init_from is None or self.init_from.strip() != "", "--init_from needs the path of a weights file"),
         ]
 
     @property
@@ -369,7 +378,14 @@ def load_yaml_config(path: str) -> dict[str, Any]:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line on one line, with exit status 2."""
+    """argparse that reports a bad command line on one line, with exit status 2, and takes flags
+    only as written: argparse's prefix matching would read ``--epoch 2`` as ``--epochs 2``
+    without a word, and a flag added later would silently change what an old prefix means."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -428,6 +444,39 @@ def flag_table() -> str:
                 meaning = f.metadata["help"].replace("|", "\\|").replace("<", "&lt;")
                 lines.append(f"| {flags} | {shown_default(f)} | `{f.name}` | {meaning} |")
     return "\n".join(lines[1:]) + "\n"
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@cache
+def _rules() -> dict[str, tuple[str, Rule]]:
+    """Every setting's (name in messages: its long flag, rule)."""
+    return {f.name: (next((flag for flag in f.metadata["flags"] if flag.startswith("--")), f.name), f.metadata["rule"])
+            for f in fields(TrainConfig)}
+
+
+_NO_DEFAULT = object()
+
+
+def setting_rule(name: str, default: Any = _NO_DEFAULT) -> Rule:
+    """The rule of the setting ``name`` (``default`` for a name that is no setting, else KeyError)."""
+    if name not in _rules() and default is not _NO_DEFAULT:
+        return default
+    return _rules()[name][1]
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is no valid value of the setting ``name`` (one line naming its flag), or None.
+
+    The one check of a single setting, for the command line, YAML files and the settings a
+    checkpoint records alike. An unknown name has no rule here (a newer idml's setting).
+    """
+    if name not in _rules():
+        return None
+    flag, rule = _rules()[name]
+    return rule.problem(flag, value)
 
 
 @cache

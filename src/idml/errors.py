@@ -54,6 +54,38 @@ def one_line(exc: BaseException) -> str:
     return printable(message if sep else lines[-1])
 
 
+#: Characters of a text value quoted in a message (a value from a file can be of any size).
+QUOTE_LIMIT = 60
+
+
+def describe(value: object) -> str:
+    """A short, one-line description of any value, for messages: a bounded quote of text, the
+    number for a number, the type and size of anything else.
+
+    ``repr`` is never called on a container: a deeply nested or self-referencing value (a YAML alias
+    bomb, a pickle's nested lists) would take unbounded time and memory to print, or raise
+    RecursionError; Python refuses to print integers of more than 4300 digits.
+    """
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**30 else "an integer of more than 30 digits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str | bytes):
+        quoted = repr(value[:QUOTE_LIMIT])
+        return f"{quoted}... ({len(value)} characters)" if len(value) > QUOTE_LIMIT else quoted
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype"):  # a tensor or an array, without importing either
+        return f"a {type(value).__name__} of {value.dtype} with shape {tuple(shape)}"
+    if isinstance(value, list | tuple) and len(value) <= 8 and all(
+            v is None or isinstance(v, bool | int | float) for v in value):
+        return "[" + ", ".join(describe(v) for v in value) + "]"
+    if isinstance(value, list | tuple | dict | set):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
+
+
 def listing(words: list[str]) -> str:
     """``["a", "b", "c"]`` as "a, b and c" (for messages)."""
     return " and ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)

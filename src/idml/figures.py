@@ -7,13 +7,14 @@ with one line saying how to install it.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from idml.errors import IdmlError, one_line
+from idml.files import atomic_write
 from idml.metrics import ReliabilityBins, reliability_bins, risk_coverage, softmax
 
 if TYPE_CHECKING:
@@ -41,14 +42,26 @@ def _pyplot():
     return plt
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as PNG (any folders created) and free it; one-line error if impossible."""
+def figure_path(path: str | Path, formats: Iterable[str]) -> tuple[Path, str]:
+    """Where a figure asked for as ``path`` is written, and in which format: the format its suffix
+    names when matplotlib writes it (``.png``, ``.pdf``, ``.svg``, ...), else PNG with ``.png``
+    added to the name (so that the name printed is the file written)."""
     path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in formats:
+        return path, suffix
+    return path.with_name(path.name + ".png"), "png"
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` (any folders created) and free it; returns the path written (see
+    :func:`figure_path`); one-line error if impossible."""
     plt = _pyplot()
+    path, fmt = figure_path(path, fig.canvas.get_supported_filetypes())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    except (OSError, ValueError) as exc:
+        atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=120, bbox_inches="tight"))
+    except OSError as exc:
         raise IdmlError(f"cannot write the figure to {path}: {one_line(exc)}") from exc
     finally:
         plt.close(fig)

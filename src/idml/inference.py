@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from idml.checkpoint import load_checkpoint, require_fields
+from idml.checkpoint.io import load_checkpoint
+from idml.checkpoint.schema import Checkpoint, check_weights
 from idml.data.augment import Normalize
 from idml.data.catalog import dataset_info
 from idml.data.image_files import image_preparer, read_image
@@ -80,17 +81,8 @@ class Outputs:
                                   u_sq=self.uncertainty, ism_exponent=self.ism_exponent)
 
 
-#: What eval and predict read besides ``model`` and ``state_dict`` (all type-checked on load).
-INFERENCE_FIELDS = ("model.net_type", "model.dataset", "model.depth", "mean", "std", "input_size")
-
-
-def _spec_from_checkpoint(state: dict, path: Path) -> ModelSpec:
-    saved = state["model"]
-    known = {f.name for f in fields(ModelSpec)}
-    try:
-        return ModelSpec(**{k: v for k, v in saved.items() if k in known})
-    except TypeError as exc:
-        raise IdmlError(f"{path}: its model settings are incomplete ({exc})") from exc
+#: What eval and predict read besides ``model`` and ``state_dict``.
+INFERENCE_FIELDS = ("mean", "std", "input_size")
 
 
 def _expected_weights(spec: ModelSpec, path: Path) -> dict[str, Tensor] | None:
@@ -99,7 +91,7 @@ def _expected_weights(spec: ModelSpec, path: Path) -> dict[str, Tensor] | None:
     The settings (depth, alpha, widths) decide how much a real build allocates, so they are
     compared with the saved weights before anything is allocated. ``None`` when a network from
     another library cannot be built on the meta device: its size is then fixed by its name and
-    the head's widths, which :func:`idml.checkpoint.load_checkpoint` has matched to the weights.
+    the head's widths, which :func:`idml.checkpoint.io.load_checkpoint` has matched to the weights.
     """
     try:
         with torch.device("meta"):
@@ -107,31 +99,9 @@ def _expected_weights(spec: ModelSpec, path: Path) -> dict[str, Tensor] | None:
     except IdmlError as exc:  # e.g. a depth impossible for the network: name the file it came from
         raise IdmlError(f"{path}: its model settings are unusable ({exc})") from exc
     except Exception as exc:
-        if ":" in spec.net_type:
+        if spec.external:
             return None
         raise IdmlError(f"{path}: its model settings do not build a network ({one_line(exc)[:200]})") from exc
-
-
-def _check_weights_fit(expected: dict[str, Tensor], saved: dict[str, Tensor], path: Path) -> None:
-    """Names, shapes and kinds of the saved weights against the network's; and finite values."""
-    def fail(detail: str) -> IdmlError:
-        return IdmlError(f"{path}: weights do not fit the saved model settings ({detail})")
-
-    missing = [name for name in expected if name not in saved]
-    unexpected = [name for name in saved if name not in expected]
-    if missing or unexpected:
-        parts = ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + (
-            [f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"] if unexpected else [])
-        raise fail("; ".join(parts))
-    for name, want in expected.items():
-        got = saved[name]
-        if got.shape != want.shape:
-            raise fail(f"{name} has shape {tuple(got.shape)}, the settings build {tuple(want.shape)}")
-        floating = got.dtype.is_floating_point
-        if got.dtype.is_complex or got.dtype == torch.bool or floating != want.dtype.is_floating_point:
-            raise fail(f"{name} is {got.dtype}, the network holds {want.dtype}")
-        if floating and not bool(torch.isfinite(got).all()):
-            raise fail(f"{name} holds NaN or infinite values")
 
 
 def inference_runtime(device: torch.device, amp: str | None, settings: dict, spec: ModelSpec) -> Runtime:
@@ -142,22 +112,18 @@ def inference_runtime(device: torch.device, amp: str | None, settings: dict, spe
     training's default rule for ``spec`` on this device.
     """
     saved = settings.get("amp", "off")
-    saved = saved if saved in ("auto", "bf16", "fp16", "off") else "off"
     if amp is None:
         amp = "auto" if saved == "fp16" and device.type not in ("cuda", "mps") else saved
-    channels_last = settings.get("channels_last")
-    return build_runtime(device.type, amp, channels_last if isinstance(channels_last, bool) else None,
-                         settings.get("deterministic") is True,
+    return build_runtime(device.type, amp, settings.get("channels_last"), settings.get("deterministic") is True,
                          network_prefers_channels_last=functools.partial(channels_last_under_bf16, spec))
 
 
-def _weights(state: dict, path: Path, ema: bool) -> dict[str, Tensor]:
+def _weights(ckpt: Checkpoint, path: Path, ema: bool) -> dict[str, Tensor]:
     if not ema:
-        return state["state_dict"]
-    averaged = state.get("ema")
-    if not isinstance(averaged, dict) or "state_dict" not in averaged:
+        return ckpt.state_dict
+    if ckpt.ema is None:
         raise IdmlError(f"{path} holds no EMA of the weights (it was trained without --model_ema); drop --ema")
-    return averaged["state_dict"]
+    return ckpt.ema["state_dict"]
 
 
 def load_trained_model(path: str | Path, device: torch.device, amp: str | None = None,
@@ -166,40 +132,34 @@ def load_trained_model(path: str | Path, device: torch.device, amp: str | None =
     device settings its training used (``amp`` overrides the precision); ``ema``: its moving
     average of the weights (``--model_ema``) instead of the weights themselves.
 
-    :func:`load_checkpoint` has checked every field's type; what remains is consistency between
-    fields (settings vs weights, input size vs dataset), checked here before the network is
-    allocated, so any checkpoint gives either a model or one line.
+    :func:`load_checkpoint` has checked every field; what remains is consistency between fields
+    (settings vs weights, input size vs dataset), checked here before the network is allocated,
+    so any checkpoint gives either a model or one line.
     """
     path = Path(path)
-    state = load_checkpoint(path)
-    require_fields(state, path, INFERENCE_FIELDS)
-    spec = _spec_from_checkpoint(state, path)
+    ckpt = load_checkpoint(path)
+    ckpt.require(INFERENCE_FIELDS, path)
+    spec = ckpt.spec
     info = dataset_info(spec.dataset, spec.input_size)
-    if state["input_size"] != info.input_size:
-        raise IdmlError(f"{path}: input_size {state['input_size']} does not match {spec.dataset}'s "
+    if ckpt.input_size != info.input_size:
+        raise IdmlError(f"{path}: input_size {ckpt.input_size} does not match {spec.dataset}'s "
                         f"{info.input_size}-pixel images")
-    weights = _weights(state, path, ema)
+    weights = _weights(ckpt, path, ema)
     expected = _expected_weights(spec, path)
     if expected is not None:
-        _check_weights_fit(expected, weights, path)
+        check_weights(expected, weights, path)
     model = build_from_spec(spec)
     if expected is None:
-        _check_weights_fit(model.state_dict(), weights, path)
+        check_weights(model.state_dict(), weights, path)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise IdmlError(f"{path}: weights do not fit the saved model settings ({one_line(exc)[:200]})") from exc
-    config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    runtime = inference_runtime(device, amp, config, spec)
+    runtime = inference_runtime(device, amp, ckpt.config, spec)
     runtime.place(model).eval()
-    num_classes = model.head.fc.out_features
-    names = list(state.get("class_names") or [str(i) for i in range(num_classes)])
-    temperature = state.get("temperature")  # type and range checked by load_checkpoint
-    return TrainedModel(
-        model, spec.dataset, names, tuple(state["mean"]), tuple(state["std"]), state["input_size"],
-        runtime.device, runtime, config, str(state.get("best_weights", "model")),
-        None if temperature is None else float(temperature),
-    )
+    names = list(ckpt.class_names or [str(i) for i in range(model.head.fc.out_features)])
+    return TrainedModel(model, spec.dataset, names, tuple(ckpt.mean), tuple(ckpt.std), ckpt.input_size,
+                        runtime.device, runtime, ckpt.config, ckpt.best_weights, ckpt.temperature)
 
 
 def _ism_exponent(head, features: Tensor, logits: Tensor, u_sq: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from PIL import Image
 
 import fake_data
 from expect import one_error_line
-from idml.checkpoint import BEST_NAME, atomic_save
+from idml.checkpoint.schema import BEST_NAME
 from idml.cli import main as cli_main
 from idml.errors import printable
 from runs import REPO, load, one_thread, subprocess_env, train_args  # noqa: F401 - autouse fixture
@@ -84,7 +84,7 @@ def diverged_copy(best: Path, folder: Path) -> Path:
     key = next(k for k, v in state["state_dict"].items() if k.endswith("conv1.weight"))
     state["state_dict"][key] = torch.full_like(state["state_dict"][key], float("nan"))
     path = folder / "diverged.pth.tar"
-    atomic_save(state, path)
+    torch.save(state, path)
     return path
 
 

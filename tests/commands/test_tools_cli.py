@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 import fake_data
-from idml.checkpoint import BEST_NAME, load_checkpoint
+from idml.checkpoint.io import load_checkpoint
+from idml.checkpoint.schema import BEST_NAME
 from idml.cli import main as cli_main
 from idml.config import parse_train_args
 from idml.data.augment import Normalize
@@ -70,8 +71,8 @@ def test_train_logs_metrics_csv_and_seed_console_lines(tiny):
 def manual_outputs(checkpoint, data_dir):
     """Plain logits and ||u||^2 of the validation images, computed without idml eval's plumbing."""
     state = load_checkpoint(checkpoint)
-    model = build_from_spec(ModelSpec(**state["model"]))
-    model.load_state_dict(state["state_dict"])
+    model = build_from_spec(ModelSpec(**state.model))
+    model.load_state_dict(state.state_dict)
     images, targets = load_cifar("cifar10", data_dir)["test"]
     with torch.no_grad():
         out = model.eval()(Normalize(CIFAR_MEAN, CIFAR_STD, torch.device("cpu"))(images))
@@ -103,10 +104,11 @@ def test_eval_matches_a_manual_forward_pass(tiny, tmp_path):
 
 
 def test_eval_and_predict_without_ism(tiny, tmp_path):
-    state = load_checkpoint(tiny["run"] / BEST_NAME)
-    spec = replace(ModelSpec(**state["model"]), ism=False)
-    state |= {"model": spec.to_dict(), "state_dict": build_from_spec(spec).state_dict()}
-    torch.save(state, tmp_path / "plain.pth.tar")
+    ckpt = load_checkpoint(tiny["run"] / BEST_NAME)
+    spec = replace(ckpt.spec, ism=False)
+    plain = replace(ckpt, model=spec.to_dict(), state_dict=build_from_spec(spec).state_dict(), optimizer=None)
+    torch.save(plain.to_state(), tmp_path / "plain.pth.tar")
+
     status, out, _ = run_cli(["eval", "--checkpoint", str(tmp_path / "plain.pth.tar"),
                               "--data_dir", str(tiny["data"]), "--plot", str(tmp_path / "plain.png")])
     assert status == 0 and "ISM off" in out and "u_norm2" not in out and "msp" in out

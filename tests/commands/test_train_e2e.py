@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import fake_data
-from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME
+from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME
 from idml.data.build import build_data
 from idml.data.types import DataRequest
 from idml.inference import load_trained_model, run_model

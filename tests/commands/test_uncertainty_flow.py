@@ -14,7 +14,8 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from expect import one_error_line
-from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
+from idml.checkpoint.io import load_checkpoint
+from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME
 from idml.cli import main as cli_main
 from idml.data.augment import Normalize
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
@@ -50,21 +51,21 @@ def test_training_records_the_protocol(run):
     rows = read_metrics(run["dir"] / "metrics.csv")
     assert [r["epoch"] for r in rows] == [0, 1] and all(r["test_top1_err"] is not None for r in rows)
     best = min(range(2), key=lambda e: (rows[e]["val_top1_err"], -e))  # ties: the later epoch (<=)
-    assert state["best_err1"] == pytest.approx(rows[best]["val_top1_err"], abs=1e-3)
-    assert state["test_at_best"]["epoch"] == best
-    assert state["test_at_best"]["top1_err"] == pytest.approx(rows[best]["test_top1_err"], abs=1e-3)
-    assert state["test_at_last"]["epoch"] == 1
-    assert state["test_at_last"]["top1_err"] == pytest.approx(rows[1]["test_top1_err"], abs=1e-3)
-    assert 0.01 < state["temperature"] < 100 and state["class_names"] == ["0", "1", "2", "3", "4"]
+    assert state.best_err1 == pytest.approx(rows[best]["val_top1_err"], abs=1e-3)
+    assert state.test_at_best["epoch"] == best
+    assert state.test_at_best["top1_err"] == pytest.approx(rows[best]["test_top1_err"], abs=1e-3)
+    assert state.test_at_last["epoch"] == 1
+    assert state.test_at_last["top1_err"] == pytest.approx(rows[1]["test_top1_err"], abs=1e-3)
+    assert 0.01 < state.temperature < 100 and state.class_names == ["0", "1", "2", "3", "4"]
     assert "test at the best validation epoch" in run["out"] and "test at the last epoch" in run["out"]
-    assert load_checkpoint(run["dir"] / BEST_NAME)["test_at_best"]["epoch"] == best
+    assert load_checkpoint(run["dir"] / BEST_NAME).test_at_best["epoch"] == best
 
 
 def manual_outputs(checkpoint, images):
     """Logits and ||u||^2 of ``images`` from the checkpoint, without idml's inference code."""
     state = load_checkpoint(checkpoint)
-    model = build_from_spec(ModelSpec(**state["model"])).eval()
-    model.load_state_dict(state["state_dict"])
+    model = build_from_spec(ModelSpec(**state.model)).eval()
+    model.load_state_dict(state.state_dict)
     with torch.no_grad():
         out = model(Normalize(DIGITS_MEAN, DIGITS_STD, torch.device("cpu"))(images))
     return out.logits.double().numpy(), out.uncertainty.pow(2).sum(1).double().numpy()
@@ -101,7 +102,7 @@ def test_eval_ood_json_agrees_with_an_independent_computation(run, tmp_path):
                                                 rel=1e-4)
     assert ood["energy"]["aupr"] == pytest.approx(average_precision_score(
         is_ood, -np.log(np.r_[np.exp(logits_in).sum(1), np.exp(logits_out).sum(1)])), rel=1e-4)
-    temperature = load_checkpoint(checkpoint)["temperature"]
+    temperature = load_checkpoint(checkpoint).temperature
     assert report["temperature"] == pytest.approx(temperature) and report["temperature_source"] == "checkpoint"
     scaled = np.exp(logits_in / temperature)
     scaled /= scaled.sum(1, keepdims=True)
@@ -114,7 +115,7 @@ def test_eval_text_and_refitted_temperature(run):
     status, out, err = run_cli(["eval", "--checkpoint", str(run["dir"] / BEST_NAME), "--fit_temperature",
                                 "--device", "cpu"])
     assert status == 0, err
-    saved = load_checkpoint(run["dir"] / BEST_NAME)["temperature"]
+    saved = load_checkpoint(run["dir"] / BEST_NAME).temperature
     assert f"T = {saved:.3f}, fitted on the validation split" in out  # the same split, the same fit
     assert "u_norm2" in out and "ism_exponent" in out and "err-AUROC" in out
 
@@ -160,7 +161,7 @@ def test_official_protocol_without_split_and_without_ism(tmp_path):
     assert status == 0, err
     checkpoint = str(tmp_path / "n" / CHECKPOINT_NAME)
     state = load_checkpoint(checkpoint)
-    assert state["temperature"] is None and state["test_at_best"] is None
+    assert state.temperature is None and state.test_at_best is None
     assert "Current best accuracy (top-1 and 5 error)" in out and "validation" not in out
     assert "test_top1_err" not in (tmp_path / "n" / "metrics.csv").read_text()
     status, out, err = run_cli(["eval", "--checkpoint", checkpoint, "--fit_temperature", "--device", "cpu"])
@@ -183,7 +184,7 @@ def test_predict_bad_score_is_one_line(run, tmp_path, argv, fragments):
 
 
 @pytest.mark.parametrize(("flags", "fragment"), [
-    (["--val_split", "2"], "--val_split must lie in [0, 1)"),
+    (["--val_split", "2"], "--val_split must be a number in [0, 1)"),
     (["--classes", "9-3"], "backwards"),
     (["--classes", "0-4", "--val_split", "0.999"], "--val_split"),
 ])
@@ -195,7 +196,7 @@ def test_train_bad_flags_are_one_line(tmp_path, flags, fragment):
 
 @pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), "2"])
 def test_a_bad_saved_temperature_is_one_line(run, tmp_path, bad):
-    state = load_checkpoint(run["dir"] / BEST_NAME)
+    state = load_checkpoint(run["dir"] / BEST_NAME).to_state()
     torch.save(state | {"temperature": bad}, tmp_path / "bad.pth.tar")
     status, out, err = run_cli(["eval", "--checkpoint", str(tmp_path / "bad.pth.tar"), "--device", "cpu"])
     one_error_line(err, "temperature", code=status)

@@ -97,8 +97,8 @@ def test_build_data_with_classes_split_and_noise():
 
 
 @pytest.mark.parametrize(("flags", "fragment"), [
-    (["--val_split", "1"], "--val_split must lie in [0, 1)"),
-    (["--val_split", "-0.1"], "--val_split must lie in [0, 1)"),
+    (["--val_split", "1"], "--val_split must be a number in [0, 1)"),
+    (["--val_split", "-0.1"], "--val_split must be a number in [0, 1)"),
     (["--dataset", "imagenet", "--val_split", "0.1"], "--val_split works on cifar10, cifar100, digits and folder"),
     (["--dataset", "imagenet", "--classes", "0-4"], "--classes works on the in-memory"),
     (["--classes", "0-10"], "class 10 does not exist"),

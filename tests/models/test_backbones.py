@@ -11,7 +11,8 @@ from torch import nn
 import fake_data
 import idml
 from doc_blocks import code_blocks
-from idml.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from idml.checkpoint.io import load_checkpoint
+from idml.checkpoint.schema import CHECKPOINT_NAME
 from idml.cli import main as cli_main
 from idml.config import parse_train_args
 from idml.errors import ConfigError
@@ -30,8 +31,8 @@ def test_torchvision_backbone_trains_one_step_through_the_cli(tmp_path):
         assert cli_main(argv) == 0
     run = tmp_path / "runs" / "mnv3"
     state = load_checkpoint(run / CHECKPOINT_NAME)
-    assert state["model"]["net_type"] == "torchvision:mobilenet_v3_small"
-    assert state["state_dict"]["head.uncertainty.weight"].shape == (128, 1024)  # K x D of the feature extractor
+    assert state.model["net_type"] == "torchvision:mobilenet_v3_small"
+    assert state.state_dict["head.uncertainty.weight"].shape == (128, 1024)  # K x D of the feature extractor
     assert len(read_metrics(run / "metrics.csv")) == 1
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # the checkpoint rebuilds the same network for evaluation

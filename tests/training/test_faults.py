@@ -14,10 +14,11 @@ import torch
 import fake_data
 import idml.training.trainer
 from expect import one_error_line
-from idml.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
+from idml.checkpoint.io import load_checkpoint
+from idml.checkpoint.schema import CHECKPOINT_NAME
 from idml.data.cifar import load_cifar
 from idml.errors import DataError, IdmlError
-from runs import load, one_thread, run_cli, temp_files, train_args  # noqa: F401 - autouse fixture
+from runs import load, one_thread, run_cli, save_state, temp_files, train_args  # noqa: F401 - autouse fixture
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +45,15 @@ def half_then_fail(error: Exception):
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path, monkeypatch, failure: str) -> None:
     path = tmp_path / CHECKPOINT_NAME
     old = {"state_dict": {"w": torch.arange(5.0)}, "model": {}}
-    atomic_save(old, path)
+    save_state(old, path)
     if failure == "torch.save":
         monkeypatch.setattr(torch, "save", half_then_fail(RuntimeError("simulated crash")))
     else:
         monkeypatch.setattr(os, "replace", lambda *_: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     with pytest.raises(IdmlError, match="previous file, if any, is intact"):
-        atomic_save({"state_dict": {"w": torch.zeros(5)}, "model": {}}, path)
+        save_state({"state_dict": {"w": torch.zeros(5)}, "model": {}}, path)
     monkeypatch.undo()
-    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], old["state_dict"]["w"])
+    assert torch.equal(load(path)["state_dict"]["w"], old["state_dict"]["w"])
     assert temp_files(tmp_path) == []
 
 

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from expect import one_line_message
-from idml.checkpoint import atomic_save
 from idml.config import TrainConfig
 from idml.data.loaders import InMemoryLoader
 from idml.data.types import DataBundle
@@ -276,7 +275,7 @@ def test_init_from_an_idml_checkpoint_with_other_classes_keeps_a_fresh_head(tmp_
         for p in source.parameters():
             p.add_(1.0)
     path = tmp_path / "ten.pth.tar"
-    atomic_save({"state_dict": source.state_dict(), "model": {"dataset": "cifar10"}}, path)
+    torch.save({"state_dict": source.state_dict(), "model": {"dataset": "cifar10"}}, path)
     target = build_model("resnet", "cifar10", 8, bottleneck=False, num_classes=3)
     fresh_head = target.head.fc.weight.detach().clone()
     report = init_from(target, path)
@@ -324,7 +323,7 @@ def test_init_from_in_a_run_prints_what_it_loaded(tmp_path: Path, capsys) -> Non
     data = tiny_cifar(tmp_path / "data")
     assert run_cli(train_args(data, tmp_path, "first", "--epochs", "1", "--no-verbose"), capsys)[0] == 0
     first = tmp_path / "first" / "checkpoint.pth.tar"
-    code, out, err = run_cli(train_args(data, tmp_path, "second", "--epochs", "0", "--init_from", str(first)),
+    code, out, err = run_cli(train_args(data, tmp_path, "second", "--epochs", "1", "--init_from", str(first)),
                              capsys)
     assert code == 0, err
     assert f"=> init_from {first}: loaded" in out
@@ -332,13 +331,14 @@ def test_init_from_in_a_run_prints_what_it_loaded(tmp_path: Path, capsys) -> Non
 
 
 @pytest.mark.parametrize(("flag", "value", "fragment"), [
-    ("model_ema", 1.0, "--model_ema must lie in [0, 1)"),
+    ("model_ema", 1.0, "--model_ema must be a number in [0, 1) (got 1.0)"),
     ("sched", "linear", "--sched must be one of step, cosine"),
-    ("warmup_epochs", -1.0, "--warmup_epochs must be >= 0"),
-    ("grad_accum_steps", 0, "--grad_accum_steps must be at least 1"),
-    ("label_smoothing", 1.0, "--label_smoothing must lie in [0, 1)"),
-    ("clip_grad_norm", -1.0, "--clip_grad_norm must be >= 0"),
-    ("init_from", " ", "--init_from needs the path"),
+    ("warmup_epochs", -1.0, "--warmup_epochs must be a number in [0, 100000] (got -1.0)"),
+    ("warmup_epochs", 1e308, "--warmup_epochs must be a number in [0, 100000] (got 1e+308)"),
+    ("grad_accum_steps", 0, "--grad_accum_steps must be an integer in [1, 1000000000] (got 0)"),
+    ("label_smoothing", 1.0, "--label_smoothing must be a number in [0, 1) (got 1.0)"),
+    ("clip_grad_norm", -1.0, "--clip_grad_norm must be a number >= 0 (got -1.0)"),
+    ("init_from", " ", "--init_from must be the path of a weights file (got ' ')"),
 ])
 def test_bad_recipe_values_are_one_line(flag: str, value, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -19,12 +19,13 @@ import torch
 import yaml
 
 import fake_data
+import idml.files
+import idml.training.checkpoints
 import idml.training.trainer
 from expect import one_error_line
-from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save
+from idml.checkpoint.health import DIVERGED_WEIGHT, weights_problem
+from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME
 from idml.config import TrainConfig
-from idml.training import run_log
-from idml.training.health import DIVERGED_WEIGHT, weights_problem
 from idml.training.resume import DATA_ORDER, RESUME_RULES
 from idml.training.run_folder import RunLock
 from idml.training.run_log import METRICS_NAME, EpochRecord, MetricsCSV, read_metrics
@@ -33,6 +34,7 @@ from runs import (  # noqa: F401 - one_thread: autouse fixture
     load,
     one_thread,
     run_cli,
+    save_state,
     signal_at,
     subprocess_env,
     temp_files,
@@ -85,15 +87,15 @@ def test_resume_from_the_folders_own_file_continues_in_place(data, tmp_path, cap
 def crash_after_first_write_of_epoch_end(monkeypatch: pytest.MonkeyPatch, epoch_end: int) -> list[str]:
     """The process dies (as under kill -9: nothing else runs) right after the first file written at
     the end of epoch ``epoch_end`` (0-based) is in place."""
-    real, written = idml.training.trainer.atomic_save, []
+    real, written = idml.training.checkpoints.save_checkpoint, []
 
-    def save(state, path):
-        real(state, path)
-        if state["epoch"] == epoch_end + 1 and state["step"] == 0:
+    def save(ckpt, path):
+        real(ckpt, path)
+        if ckpt.epoch == epoch_end + 1 and ckpt.step == 0:
             written.append(Path(path).name)
             raise KeyboardInterrupt  # not caught by the trainer: the second write never happens
 
-    monkeypatch.setattr(idml.training.trainer, "atomic_save", save)
+    monkeypatch.setattr(idml.training.checkpoints, "save_checkpoint", save)
     return written
 
 
@@ -170,7 +172,7 @@ def test_a_checkpoint_with_diverged_weights_is_refused_on_resume(data, tmp_path,
     state = load(path)
     key = next(k for k in state["state_dict"] if k.endswith("conv1.weight"))
     state["state_dict"][key] = state["state_dict"][key] * 1e37
-    atomic_save(state, path)
+    save_state(state, path)
     code, _, err = run_cli([*args[:-3], "--epochs", "2", "--resume", "auto"], capsys)
     one_error_line(err, "diverged weights", key, code=code)
 
@@ -247,7 +249,7 @@ def test_a_kill_while_metrics_csv_is_rewritten_leaves_the_old_file(tmp_path, mon
     def killed(*_args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_log.os, "replace", killed)
+    monkeypatch.setattr(idml.files.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         MetricsCSV(path, 1)  # a resume at epoch 1 rewrites the file
     assert path.read_bytes() == before

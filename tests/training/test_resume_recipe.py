@@ -72,18 +72,17 @@ def test_sigkill_with_ema_at_a_random_step_then_resume_is_bit_exact(data, refere
 
 def test_eval_and_predict_use_the_ema_with_ema(data, reference, tmp_path: Path, capsys) -> None:
     """``--ema`` loads the averaged weights; a checkpoint without them is one line."""
-    from idml.checkpoint import atomic_save
     from idml.errors import IdmlError
     from idml.inference import load_trained_model
 
     path = tmp_path / "ref.pth.tar"
-    atomic_save(reference, path)
+    torch.save(reference, path)
     raw = load_trained_model(path, torch.device("cpu"))
     ema = load_trained_model(path, torch.device("cpu"), ema=True)
     for key, tensor in ema.model.state_dict().items():
         assert torch.equal(tensor, reference["ema"]["state_dict"][key])
     assert not torch.equal(raw.model.head.fc.weight, ema.model.head.fc.weight)
     plain = {k: v for k, v in reference.items() if k != "ema"}
-    atomic_save(plain, tmp_path / "plain.pth.tar")
+    torch.save(plain, tmp_path / "plain.pth.tar")
     with pytest.raises(IdmlError, match="trained without --model_ema"):
         load_trained_model(tmp_path / "plain.pth.tar", torch.device("cpu"), ema=True)

@@ -9,9 +9,9 @@ from tqdm import tqdm
 
 import idml.config
 import idml.training.run_log
-from idml.training import setup
 from idml.cli import main as cli_main
 from idml.errors import ConfigError
+from idml.training import setup
 from idml.training.run_log import COLUMNS, METRICS_NAME, RunLog, read_metrics, tensorboard_available
 
 

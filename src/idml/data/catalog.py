@@ -46,8 +46,14 @@ DEFAULT_UNCERTAINTY_DIM = {"cifar": 128, "imagenet": 512}
 
 #: Largest ``--input_size`` that gets the CIFAR-style network family and augmentation.
 SMALL_INPUT_MAX = 64
-#: ``--input_size`` of a user dataset when none is given.
+#: ``--input_size`` of a user dataset when none is given, and the sizes it may take.
 DEFAULT_INPUT_SIZE = 32
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 4096
+#: Most classes a dataset may have (ImageNet-21k has 21,841), and the longest class name (a
+#: folder's name, a ClassLabel's name): what a checkpoint holds of them is bounded the same way.
+MAX_CLASSES = 1_000_000
+MAX_CLASS_NAME = 1000
+
 #: Most class indices a ``--classes`` spec may expand to when the dataset's classes are unknown
 #: (a spec like 0-1000000000 is refused before a list of that length is built).
 MAX_CLASS_INDICES = 100_000

@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from idml.data.catalog import MAX_CLASSES
 from idml.data.types import DataBundle, DataRequest
+
 from idml.data.user import UserData, user_bundle
 from idml.errors import ConfigError, DataError, one_line
 
@@ -93,6 +95,9 @@ def class_names(feature: Any, labels: list[int], where: str) -> list[str]:
     if not all(isinstance(v, int) for v in labels) or not labels or min(labels) < 0:
         raise DataError(f"{where}: the labels must be a ClassLabel or integers >= 0; pass the label column with "
                         "--label_key")
+    if max(labels) >= MAX_CLASSES:
+        raise DataError(f"{where}: the integer label {max(labels)} would make {max(labels) + 1} classes, more than "
+                        f"the {MAX_CLASSES} idml supports; check the label column (--label_key)")
     return [str(i) for i in range(max(labels) + 1)]
 
 

@@ -40,11 +40,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from idml.data.augment import Normalize, ResizedTrainAugment, TrainAugment
-from idml.data.catalog import dataset_info
+from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, dataset_info
 from idml.data.image_files import image_preparer
 from idml.data.loaders import InMemoryLoader, SeededImages, default_workers, stream_loaders
 from idml.data.types import DataBundle, DataRequest
-from idml.errors import DataError
+from idml.errors import DataError, describe
 
 #: Training images the mean and std are measured on when the data streams.
 STATS_SAMPLE = 5000
@@ -80,8 +80,15 @@ class UserData:
 
 
 def check_classes(names: Sequence[str], origin: str) -> None:
+    """Refuse class names a checkpoint could not hold: fewer than two classes, too many, too long."""
     if len(names) < 2:
         raise DataError(f"{origin} has {len(names)} class ({', '.join(names)}); a classifier needs at least 2")
+    if len(names) > MAX_CLASSES:
+        raise DataError(f"{origin} has {len(names)} classes, more than the {MAX_CLASSES} idml supports")
+    long = next((name for name in names if len(name) > MAX_CLASS_NAME), None)
+    if long is not None:
+        raise DataError(f"{origin} has a class name of {len(long)} characters ({describe(long)}); class names "
+                        f"may have at most {MAX_CLASS_NAME}: rename the class")
 
 
 

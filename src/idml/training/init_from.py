@@ -1,6 +1,6 @@
 """``--init_from PATH``: start training from existing weights (fine-tuning).
 
-``PATH`` is read with ``torch.load(weights_only=True)`` (:func:`idml.checkpoint.safe_load`), so
+``PATH`` is read with ``torch.load(weights_only=True)`` (:func:`idml.checkpoint.io.safe_load`), so
 it can hold tensors only, never code. It may be an idml checkpoint, or a plain ``state_dict``
 saved with ``torch.save`` (torchvision's or timm's weights, a Lightning checkpoint's
 ``state_dict``), with or without DDP's ``module.`` prefix.
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from idml.checkpoint import safe_load
+from idml.checkpoint.health import weights_problem
+from idml.checkpoint.io import safe_load
 from idml.errors import IdmlError
 
 PREFIXES = ("", "backbone.", "backbone.net.")
@@ -69,7 +70,12 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(state, Mapping) or not _is_weights(state):
         raise IdmlError(f"--init_from {path} holds no state_dict (a mapping of names to tensors); save one with "
                         "torch.save(model.state_dict(), PATH)")
-    return {_strip(name): tensor for name, tensor in state.items() if isinstance(tensor, Tensor)}
+    weights = {_strip(name): tensor for name, tensor in state.items() if isinstance(tensor, Tensor)}
+    problem = weights_problem(weights)
+    if problem is not None:
+        raise IdmlError(f"--init_from {path} holds unusable weights ({problem}); a run cannot start from them: "
+                        "give another weights file")
+    return weights
 
 
 def _is_weights(mapping: Mapping) -> bool:

@@ -33,12 +33,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from idml.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from idml.checkpoint.io import load_checkpoint
+from idml.checkpoint.schema import CHECKPOINT_NAME, Checkpoint, check_weights
 from idml.config import TrainConfig
 from idml.device.runtime import Runtime
-from idml.errors import ConfigError, IdmlError
+from idml.errors import ConfigError
 from idml.training.distributed import control_group
-from idml.training.health import weights_problem
 
 
 @dataclass
@@ -65,9 +65,9 @@ def resolve_resume_path(cfg: TrainConfig) -> Path | None:
     return path
 
 
-def check_same_model(state: dict[str, Any], spec: dict[str, Any], path: Path) -> None:
+def check_same_model(ckpt: Checkpoint, spec: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint of another network with one line naming the settings that differ."""
-    saved = state.get("model", {})
+    saved = ckpt.model
     diffs = [f"{key} {saved.get(key)!r} (checkpoint) vs {value!r} (this run)"
              for key, value in spec.items() if saved.get(key) != value]
     if diffs:
@@ -77,19 +77,15 @@ def check_same_model(state: dict[str, Any], spec: dict[str, Any], path: Path) ->
         )
 
 
-def load_resume_state(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint at ``path``, checked to be a training checkpoint of this very model, with
-    weights worth continuing (an older idml could save diverged ones)."""
-    state = load_checkpoint(path)
-    missing = sorted({"epoch", "optimizer", "best_err1"} - set(state))
-    if missing:
-        raise IdmlError(f"{path} cannot be resumed: it lacks {', '.join(missing)} (not a training checkpoint)")
-    check_same_model(state, spec, path)
-    problem = weights_problem(state["state_dict"]) if isinstance(state["state_dict"], dict) else None
-    if problem is not None:
-        raise IdmlError(f"{path} holds diverged weights ({problem}) that no --lr can continue: resume from "
-                        "an earlier checkpoint, or start afresh with a lower --lr")
-    return state
+def load_resume_state(path: Path, spec: dict[str, Any], expected_weights: dict[str, Tensor]) -> Checkpoint:
+    """The checkpoint at ``path``, checked to be a training checkpoint of this very model (the
+    settings, then the weights against ``expected_weights``, the network's on the meta device),
+    with weights worth continuing (an older idml could save diverged ones)."""
+    ckpt = load_checkpoint(path)
+    ckpt.require(("epoch", "optimizer", "best_err1"), path)
+    check_same_model(ckpt, spec, path)
+    check_weights(expected_weights, ckpt.state_dict, path)
+    return ckpt
 
 
 # -- settings changed on resume -----------------------------------------------------------------
@@ -114,24 +110,24 @@ def _flag(name: str) -> str:
     return next((flag for flag in flags if flag.startswith("--")), name)
 
 
-def setting_changes(state: dict[str, Any], cfg: TrainConfig, path: Path) -> list[str]:
+def setting_changes(ckpt: Checkpoint, cfg: TrainConfig, path: Path) -> list[str]:
     """Notes on the settings this resume changes; refuses a data-order change inside an epoch.
 
     A setting without a class (added after this table) is treated as a recipe setting: applied,
     with a note, never silently.
     """
-    saved = state.get("config")
-    if not isinstance(saved, dict):
+    saved = ckpt.config
+    if not saved:
         return ["the checkpoint records no settings: this run's are used as given"]
     now = cfg.to_dict()
     changed = {name: (saved[name], value) for name, value in now.items()
                if name in saved and saved[name] != value and RESUME_RULES.get(name, RECIPE) not in (MODEL, RUNTIME)}
-    step = int(state.get("step", 0) or 0)
+    step = ckpt.step
     refused = [name for name in changed if RESUME_RULES.get(name) == DATA_ORDER]
     if step and refused:
         was = " ".join(f"{_flag(name)} {changed[name][0]}" for name in refused)
         raise ConfigError(
-            f"{path} stopped inside epoch {state.get('epoch')} (after step {step}): changing "
+            f"{path} stopped inside epoch {ckpt.epoch} (after step {step}): changing "
             f"{', '.join(_flag(name) for name in refused)} there would mix two data orders or label sets in "
             f"one epoch; resume with the checkpoint's {was}, or from a checkpoint written at an epoch's end"
         )
@@ -184,9 +180,9 @@ def progress_fields(rt: Runtime, batch_size: int, step: int, train_sums: Tensor 
             "ranks": gather_rank_states(rt, train_sums, grads)}
 
 
-def own_rank_state(state: dict[str, Any], rt: Runtime, notes: list[str]) -> dict[str, Any] | None:
+def own_rank_state(ckpt: Checkpoint, rt: Runtime, notes: list[str]) -> dict[str, Any] | None:
     """This rank's RNG states and meter sums in the checkpoint, or None (another process count)."""
-    ranks = state.get("ranks") or []
+    ranks = ckpt.ranks or []
     if len(ranks) != rt.world_size:
         notes.append(f"the checkpoint was written by {len(ranks) or 'an unknown number of'} process(es), "
                      f"this run has {rt.world_size}: the data shards differ, the run is not bit-identical")
@@ -194,35 +190,35 @@ def own_rank_state(state: dict[str, Any], rt: Runtime, notes: list[str]) -> dict
     return ranks[rt.rank]
 
 
-def resume_point(state: dict[str, Any], cfg: TrainConfig, rt: Runtime, own: dict[str, Any] | None,
+def resume_point(ckpt: Checkpoint, cfg: TrainConfig, rt: Runtime, own: dict[str, Any] | None,
                  notes: list[str], path: Path = Path("checkpoint")) -> ResumePoint:
     """Where to restart; a different global batch size maps the position to the samples done.
 
     ``own`` is this rank's entry of the checkpoint's ``ranks`` (:func:`own_rank_state`).
     """
-    step = int(state.get("step", 0))
+    step = ckpt.step
     global_batch = cfg.batch_size * rt.world_size
-    saved_batch = int(state.get("global_batch", global_batch))
+    saved_batch = ckpt.global_batch or global_batch
     if step and saved_batch != global_batch:
         step = step * saved_batch // global_batch
         notes.append(f"the global batch changed ({saved_batch} -> {global_batch}): restarting the "
                      f"epoch at step {step} (up to one batch repeated; not bit-identical)")
-    notes += setting_changes(state, cfg, path)
+    notes += setting_changes(ckpt, cfg, path)
     same_batch = own is not None and saved_batch == global_batch
     sums = own["train_meter"] if same_batch else None
     grads = own.get("accum_grads") if same_batch else None
-    return ResumePoint(int(state["epoch"]), step, sums, grads)  # the Meter moves the sums to its device and dtype
+    return ResumePoint(ckpt.epoch, step, sums, grads)  # the Meter moves the sums to its device and dtype
 
 
 # -- agreement across ranks ---------------------------------------------------------------------
 ResumeView = tuple[str | None, int, int]
 
 
-def resume_view(path: Path | None, state: dict[str, Any] | None) -> ResumeView:
+def resume_view(path: Path | None, ckpt: Checkpoint | None) -> ResumeView:
     """What this rank would resume: (checkpoint path or None, epoch, step)."""
-    if path is None or state is None:
+    if path is None or ckpt is None:
         return None, 0, 0
-    return str(path), int(state["epoch"]), int(state.get("step", 0))
+    return str(path), ckpt.epoch, ckpt.step
 
 
 def _describe(view: ResumeView) -> str:
@@ -248,12 +244,12 @@ def resume_disagreement(views: list[ResumeView]) -> str | None:
             "checkpoint (a shared --output_dir, or copy rank 0's run folder to each node) or start a new --expname")
 
 
-def agree_on_resume(path: Path | None, state: dict[str, Any] | None, rt: Runtime) -> None:
+def agree_on_resume(path: Path | None, ckpt: Checkpoint | None, rt: Runtime) -> None:
     """Refuse to start (on every rank, with one line) unless all ranks resume the same (path, epoch, step)."""
     if not rt.distributed:
         return
     views: list[Any] = [None] * rt.world_size
-    dist.all_gather_object(views, resume_view(path, state), group=control_group())
+    dist.all_gather_object(views, resume_view(path, ckpt), group=control_group())
     problem = resume_disagreement([tuple(v) for v in views])
     if problem:
         raise ConfigError(problem)

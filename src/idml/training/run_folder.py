@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from idml.errors import IdmlError
+from idml.files import open_for_lock
 
 LOCK_NAME = ".lock"
 
@@ -40,7 +41,7 @@ class RunLock:
         self.run_dir = run_dir
         self.path = run_dir / LOCK_NAME
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = open_for_lock(self.path)
         except OSError as exc:
             raise IdmlError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --output_dir") from exc
         try:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from idml.errors import IdmlError
+from idml.files import write_text
 
 METRICS_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -127,22 +126,6 @@ def _formatted(row: dict) -> dict[str, str]:
     return {k: str(v) if k == "epoch" else "" if v is None else f"{v:.6g}" for k, v in row.items()}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` by a file holding ``text``: a kill at any moment leaves the old or the new file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise IdmlError(f"cannot write {path}: {exc.strerror or exc}; the previous file, if any, is intact") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 class MetricsCSV:
     """``metrics.csv``: rows of epochs before the first one logged now are kept (a resumed run
     continues its file), later ones are dropped (a fresh run, or epochs being redone).
@@ -162,7 +145,7 @@ class MetricsCSV:
         writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\r\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
-        atomic_write_text(self.path, out.getvalue())
+        write_text(self.path, out.getvalue())
 
     @staticmethod
     def _rows_before(path: Path, epoch: int) -> list[dict]:

@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch import nn
 
-from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, remove_stale_temp_files
+from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME, Checkpoint
 from idml.config import TrainConfig
 from idml.data.build import build_data
 from idml.data.hf import MISSING as MISSING_DATASETS
@@ -27,6 +27,7 @@ from idml.data.types import DataBundle, DataRequest
 from idml.device.memory import device_memory_bytes
 from idml.device.runtime import Runtime, build_runtime
 from idml.errors import ConfigError, IdmlError, one_line
+from idml.files import remove_stale_temps, write_text
 from idml.models.external import name_problem
 from idml.models.layout import channels_last_under_bf16
 from idml.models.registry import build_from_spec
@@ -46,6 +47,9 @@ from idml.training.resume import agree_on_resume, load_resume_state, resolve_res
 from idml.training.run_folder import RunLock, belongs_to
 from idml.training.run_log import METRICS_NAME, MISSING_TENSORBOARD, tensorboard_available
 from idml.training.trainer import Trainer
+
+#: The settings of the run as given (plus what the command line left to defaults), in the run folder.
+CONFIG_NAME = "config.yaml"
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -98,10 +102,8 @@ def prepare_run_dir(cfg: TrainConfig, resumed_from: Path | None, printer: Callab
                 run_dir.mkdir(parents=True, exist_ok=True)
                 lock, earlier = RunLock(run_dir), lock
                 earlier.release()
-        remove_stale_temp_files(run_dir)
-        for stale in run_dir.glob(f".{METRICS_NAME}.*.tmp"):  # a kill while metrics.csv was rewritten
-            stale.unlink(missing_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        remove_stale_temps(run_dir)  # of writes killed in an earlier run (this run holds the lock now)
+        write_text(run_dir / CONFIG_NAME, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return lock
     except BaseException as exc:
         if lock is not None:
@@ -151,7 +153,7 @@ class RunInputs:
     data: DataBundle
     model: nn.Module
     resume_path: Path | None
-    resume_state: dict | None
+    resume_state: Checkpoint | None
     #: what --init_from loaded (a line to print), or ""
     init_note: str = ""
 
@@ -167,8 +169,8 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
                       **user_data_fields(cfg))
     data = build_data(req, rt.device)
     spec = replace(cfg.model_spec, num_classes=data.num_classes)
-    state = load_resume_state(resume_path, spec.to_dict()) if resume_path else None
     model = place_model(cfg, rt, spec)
+    state = load_resume_state(resume_path, spec.to_dict(), model.state_dict()) if resume_path else None
     init_note = ""
     if cfg.init_from and state is None:
         init_note = apply_init_from(model, cfg.init_from)
@@ -212,13 +214,13 @@ def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | No
 
 def report_files(trainer: Trainer, cfg: TrainConfig) -> None:
     """Name the files this run wrote, or say that a resumed run had nothing left to train."""
-    if trainer.start.epoch >= cfg.epochs and not trainer.written:
+    if trainer.start.epoch >= cfg.epochs and not trainer.saved.written:
         if cfg.epochs > 0:
             trainer.print(f"=> nothing to train: the checkpoint already finished {trainer.start.epoch} of "
                           f"--epochs {cfg.epochs} (raise --epochs to train on)")
         return
     names = {CHECKPOINT_NAME: "checkpoint", BEST_NAME: "best model"}
-    written = dict.fromkeys(trainer.written)  # in order, once each
+    written = dict.fromkeys(trainer.saved.written)  # in order, once each
     if written:
         trainer.print("=> " + "  ".join(f"{names.get(p.name, 'file')}: {p}" for p in sorted(written, key=str)))
 

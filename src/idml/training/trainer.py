@@ -21,23 +21,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from idml.checkpoint import BEST_NAME, CHECKPOINT_NAME, atomic_save, check_optimizer_fits
+from idml.checkpoint.schema import Checkpoint, check_optimizer_fits
 from idml.config import TrainConfig
 from idml.data.types import DataBundle
 from idml.device.runtime import Runtime, sum_dtype
 from idml.errors import IdmlError, NonFiniteLossError, RunStopped, one_line
 from idml.metrics import fit_temperature
 from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
-from idml.training.distributed import broadcast_buffers, gather_rows, run_agreed
+from idml.training.checkpoints import RunCheckpoints
+from idml.training.distributed import broadcast_buffers, gather_rows
 from idml.training.ema import ModelEMA
-from idml.training.health import weights_problem
 from idml.training.host_reads import DeferredLines
 from idml.training.resume import ResumePoint, own_rank_state, progress_fields, restore_rng, resume_point
 from idml.training.run_log import RunLog
@@ -178,9 +178,8 @@ class Trainer:
         self.temperature: float | None = None
         self.test_at_best: dict[str, float] | None = None
         self.test_at_last: dict[str, float] | None = None
-        self.last_saved = "nothing was saved yet"  # for the messages of a stop or a failure
+        self.saved = RunCheckpoints(cfg.run_dir, runtime)  # what was written, for messages and the report
         self.lines = DeferredLines(runtime.device)  # per-step lines, read back without waiting for the GPU
-        self.written: list[Path] = []  # the files this run wrote (to report only those)
 
     # -- one step -----------------------------------------------------------------------------
     def prepare_batch(self, images: Tensor, targets: Tensor, rng: np.random.Generator) -> MixedBatch:
@@ -244,7 +243,7 @@ class Trainer:
         if step is not None:
             raise NonFiniteLossError(
                 f"the training loss became NaN or infinite at epoch {epoch}, step {step} (counted from 0); "
-                f"stopped without saving ({self.last_saved}): lower --lr (or try --amp off) "
+                f"stopped without saving ({self.saved.last}): lower --lr (or try --amp off) "
                 "and continue with --resume auto"
             )
 
@@ -253,11 +252,11 @@ class Trainer:
         if not math.isfinite(val.loss):
             raise NonFiniteLossError(
                 f"the validation loss became NaN or infinite at epoch {epoch}: the model diverged; stopped "
-                f"without saving ({self.last_saved}): lower --lr (or try --amp off) and continue with --resume auto"
+                f"without saving ({self.saved.last}): lower --lr (or try --amp off) and continue with --resume auto"
             )
 
     def _stopped(self, signum: int) -> RunStopped:
-        return RunStopped(f"stopped by signal {signum}; saved {self.last_saved}: continue with the same "
+        return RunStopped(f"stopped by signal {signum}; saved {self.saved.last}: continue with the same "
                           "command plus --resume auto", 128 + signum)
 
     def _prints(self, step: int) -> bool:
@@ -378,60 +377,65 @@ class Trainer:
         return fit_temperature(logits, targets)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def state(self, epoch: int) -> dict[str, Any]:
-        """Everything a checkpoint holds (plain types only: loadable with weights_only=True)."""
-        spec = self.cfg.model_spec.to_dict() | {"num_classes": self.data.num_classes}
-        return {
-            "epoch": epoch + 1,
-            "arch": self.cfg.net_type,
-            "model": spec,
-            "state_dict": self.model.state_dict(),
-            "best_err1": self.best_err1,
-            "best_err5": self.best_err5,
-            "temperature": self.temperature,
-            "test_at_best": self.test_at_best,
-            "test_at_last": self.test_at_last,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
+    def checkpoint(self, epoch: int, step: int | None = None, meter: Meter | None = None) -> Checkpoint:
+        """Everything a checkpoint holds: at the end of ``epoch`` (counted from 0), or with ``step``
+        after that many of its steps. Gathers every rank's RNG states: all ranks call it."""
+        grads = [p.grad for p in self.model.parameters()] if self.grads_pending and step else None
+        progress = progress_fields(self.rt, self.cfg.batch_size, step or 0, None if meter is None else meter.sums,
+                                   grads)
+        return Checkpoint(
+            model=self.cfg.model_spec.to_dict() | {"num_classes": self.data.num_classes},
+            state_dict=self.model.state_dict(),
+            epoch=epoch + 1 if step is None else epoch,
+            arch=self.cfg.net_type,
+            best_err1=self.best_err1,
+            best_err5=self.best_err5,
+            best_weights=self.best_weights,
+            temperature=self.temperature,
+            test_at_best=self.test_at_best,
+            test_at_last=self.test_at_last,
+            class_names=list(self.data.class_names),
+            mean=list(self.data.mean),
+            std=list(self.data.std),
+            input_size=self.data.input_size,
             # the memory format this run used, which --channels_last left to the runtime when not given:
             # idml eval and predict run the network as it trained (config.yaml keeps the settings as given)
-            "config": self.cfg.to_dict() | {"channels_last": self.rt.channels_last},
-            "class_names": list(self.data.class_names),
-            "mean": list(self.data.mean),
-            "std": list(self.data.std),
-            "input_size": self.data.input_size,
-            **({"ema": self.ema.state_dict(), "best_weights": self.best_weights} if self.ema is not None else {}),
-        }
+            config=self.cfg.to_dict() | {"channels_last": self.rt.channels_last},
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            ema=None if self.ema is None else self.ema.state_dict(),
+            **progress,
+        )
 
-    def load_state(self, state: dict[str, Any], path: Path) -> list[str]:
+    def load_state(self, ckpt: Checkpoint, path: Path) -> list[str]:
         """Take back a checkpoint's weights, optimiser, scaler, best errors, position and RNG states.
 
         Returns notes on anything that makes the continuation differ from an uninterrupted run.
         """
-        check_optimizer_fits(state["optimizer"], [p for g in self.optimizer.param_groups for p in g["params"]], path)
+        check_optimizer_fits(ckpt.optimizer, [p for g in self.optimizer.param_groups for p in g["params"]], path)
         try:
-            self.model.load_state_dict(state["state_dict"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.model.load_state_dict(ckpt.state_dict)
+            self.optimizer.load_state_dict(ckpt.optimizer)
             for group in self.optimizer.param_groups:  # the checkpoint's choice was for its own device
                 group["fused"] = self.rt.fused_optimizer or None
             self._apply_optimiser_settings()
         except (RuntimeError, ValueError, KeyError) as exc:
             raise IdmlError(f"{path} does not fit this model or optimiser ({one_line(exc)[:200]}); "
                             "resume with the checkpoint's settings or start a new --expname") from exc
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        self.best_err1 = float(state.get("best_err1", 100.0))
-        self.best_err5 = float(state.get("best_err5", 100.0))
-        self.temperature = state.get("temperature")
-        self.test_at_best, self.test_at_last = state.get("test_at_best"), state.get("test_at_last")
+        if ckpt.scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt.scaler)
+        self.best_err1 = float(ckpt.best_err1)
+        self.best_err5 = float(ckpt.best_err5 if ckpt.best_err5 is not None else 100.0)
+        self.temperature = ckpt.temperature
+        self.test_at_best, self.test_at_last = ckpt.test_at_best, ckpt.test_at_last
         notes: list[str] = []
-        own = own_rank_state(state, self.rt, notes)
+        own = own_rank_state(ckpt, self.rt, notes)
         if own is not None:
             restore_rng(own, self.rt.device)  # dropout, ImageNet workers' seeds: as if never stopped
-        self._load_ema(state, notes)
-        self.start = resume_point(state, self.cfg, self.rt, own, notes, path)
+        self._load_ema(ckpt, notes)
+        self.start = resume_point(ckpt, self.cfg, self.rt, own, notes, path)
         self._restore_pending_grads(notes)
-        self.last_saved = f"{path} (resumes at epoch {self.start.epoch}, step {self.start.step})"
+        self.saved.last = f"{path} (resumes at epoch {self.start.epoch}, step {self.start.step})"
         return notes
 
     def _apply_optimiser_settings(self) -> None:
@@ -440,23 +444,23 @@ class Trainer:
             group.update(momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay,
                          nesterov=self.cfg.momentum > 0)
 
-    def _load_ema(self, state: dict[str, Any], notes: list[str]) -> None:
+    def _load_ema(self, ckpt: Checkpoint, notes: list[str]) -> None:
         """The checkpoint's moving average (``--model_ema``), or a fresh one from its weights."""
-        self.best_weights = str(state.get("best_weights", "model"))
+        self.best_weights = ckpt.best_weights
         if self.ema is None:
-            if state.get("ema"):
+            if ckpt.ema:
                 notes.append("the checkpoint holds an EMA of the weights but this run has no --model_ema: dropped")
             return
-        if not state.get("ema"):
+        if not ckpt.ema:
             self.ema = ModelEMA(self.model, self.cfg.model_ema)
             notes.append("the checkpoint holds no EMA of the weights: the average starts from its weights now")
             return
         try:
-            self.ema.load_state_dict(state["ema"])
+            self.ema.load_state_dict(ckpt.ema)
         except (RuntimeError, KeyError) as exc:
             raise IdmlError(f"the checkpoint's EMA does not fit this model ({one_line(exc)})") from exc
-        if float(state["ema"].get("decay", self.cfg.model_ema)) != self.cfg.model_ema:
-            notes.append(f"--model_ema changed ({state['ema']['decay']} -> {self.cfg.model_ema}): "
+        if float(ckpt.ema.get("decay", self.cfg.model_ema)) != self.cfg.model_ema:
+            notes.append(f"--model_ema changed ({ckpt.ema['decay']} -> {self.cfg.model_ema}): "
                          "the average continues with the new decay")
 
     def _restore_pending_grads(self, notes: list[str]) -> None:
@@ -478,36 +482,12 @@ class Trainer:
 
     def save(self, epoch: int, is_best: bool) -> None:
         """The end-of-epoch checkpoint (and ``model_best`` when ``is_best``); all ranks call it."""
-        self._write(self.state(epoch), is_best, step=0, meter=None)
+        self.saved.write(self.checkpoint(epoch), is_best)
 
     def save_position(self, epoch: int, step: int, meter: Meter) -> None:
         """A checkpoint inside ``epoch`` after ``step`` of its steps (never after a NaN loss)."""
         self.check_loss(epoch, meter)
-        self._write(self.state(epoch) | {"epoch": epoch}, False, step, meter)
-
-    def _write(self, state: dict[str, Any], is_best: bool, step: int, meter: Meter | None) -> None:
-        grads = [p.grad for p in self.model.parameters()] if self.grads_pending and step else None
-        state |= progress_fields(self.rt, self.cfg.batch_size, step, None if meter is None else meter.sums, grads)
-        path = self.cfg.run_dir / CHECKPOINT_NAME
-
-        def write() -> None:
-            if not self.rt.is_main:
-                return
-            problem = weights_problem(state["state_dict"])
-            if problem is not None:
-                raise NonFiniteLossError(
-                    f"the weights diverged ({problem}); stopped without saving them ({self.last_saved}): "
-                    "lower --lr (or try --amp off) and continue with --resume auto"
-                )
-            # The best model first: a crash between the two writes then leaves a checkpoint that
-            # redoes this epoch, never one that records a best model the best file does not hold.
-            targets = ([self.cfg.run_dir / BEST_NAME] if is_best else []) + [path]
-            for target in targets:
-                atomic_save(state, target)
-                self.written.append(target)
-
-        run_agreed(write, self.rt)
-        self.last_saved = f"{path} (resumes at epoch {state['epoch']}, step {step})"
+        self.saved.write(self.checkpoint(epoch, step, meter), is_best=False)
 
     # -- the run ------------------------------------------------------------------------------
     def _best_note(self) -> str:

@@ -1,0 +1,129 @@
+"""The one way idml creates or replaces a file: atomically, and never through a symbolic link.
+
+Every file a run or a command writes (checkpoints, ``metrics.csv``, ``config.yaml``, figures,
+exported models) goes through :func:`atomic_write`:
+
+- the new content goes to a temporary file in the same folder, created exclusively (``O_EXCL``
+  with ``O_NOFOLLOW``: a name planted there in advance, or a link, makes the creation fail), then
+  flushed, fsynced and renamed over the target, and the folder is fsynced: a crash or a full disk
+  at any moment leaves either the old file or the new one, never a mix;
+- a target that is a symbolic link is refused with one line. Run folders can sit in a shared
+  ``--output_dir``: a link planted as ``runs/x/config.yaml`` must not make idml overwrite the file
+  it points to (the rename would replace the link, not the target, but silently doing so hides the
+  plant; refusing says so).
+
+:func:`open_for_lock` opens a lock file the same way (``O_NOFOLLOW``), and
+:func:`remove_stale_temps` deletes the temporary files of a write that was killed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from idml.errors import IdmlError, one_line
+
+TEMP_SUFFIX = ".tmp"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give (honouring the umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a write failed: the OSError behind it ("No space left on device") when there is one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return one_line(exc)
+
+
+def refuse_link(path: Path) -> None:
+    """Refuse, with one line, to write to ``path`` when it is a symbolic link."""
+    if path.is_symlink():
+        raise IdmlError(f"refusing to write {path}: it is a symbolic link (to {os.readlink(path)}); idml never "
+                        "writes through links, which someone else may have planted: remove it")
+
+
+def _temp_file(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created temporary file beside ``path`` (its descriptor and name)."""
+    for attempt in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{attempt}{TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, _file_mode()), tmp
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, f"no free temporary name beside {path}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Replace ``path`` by what ``write`` writes to a binary file handle (see the module docstring).
+
+    A failed write (full disk, lost permission, an error in ``write``) removes the temporary file
+    and raises a one-line :class:`IdmlError`; the previous file is untouched. Returns ``path``.
+    """
+    path = Path(path)
+    refuse_link(path)
+    tmp = None
+    try:
+        fd, tmp = _temp_file(path)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except (OSError, RuntimeError, ValueError) as exc:  # torch.save reports failed writes as RuntimeError
+        raise IdmlError(f"cannot write {path}: {_reason(exc)}; the previous file, if any, is intact") from exc
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of UTF-8 text (newlines written as given)."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def open_for_lock(path: Path) -> int:
+    """A read-write descriptor of the lock file ``path`` (created if missing), refusing a link."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            refuse_link(path)
+        raise
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete the temporary files that writes killed in ``folder`` left behind (``.<name>.*.tmp``).
+
+    Call it only on a folder this process has locked: a live writer's temporary file looks the same.
+    """
+    for stale in folder.glob(f".*{TEMP_SUFFIX}"):
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)

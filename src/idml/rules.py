@@ -1,0 +1,122 @@
+"""What a value must be: the one set of rules behind the settings and the checkpoints.
+
+A :class:`Rule` says in words what a value must be, and tests it. The settings of a run
+(:class:`idml.config.TrainConfig`) declare one per setting; a checkpoint
+(:mod:`idml.checkpoint.schema`) records those settings and the model they build, and checks them
+with the very same rules. So a run can never write a checkpoint that it then refuses to read back
+(a setting accepted at the start and refused in the checkpoint, or the other way round).
+
+No torch here: the command line is checked before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from idml.errors import describe
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A value's rule. ``words`` complete the sentence "<name> must ...", ``test`` decides, and
+    ``reason`` (optional) explains a refused value better than the words can (an unknown name
+    and the names that are known, say)."""
+
+    words: str
+    test: Callable[[Any], bool]
+    reason: Callable[[Any], str | None] | None = None
+
+    def problem(self, name: str, value: Any, specific: bool = True) -> str | None:
+        """None when ``value`` passes; else one line naming ``name``, the rule and the value (a bounded
+        description of it: a value from a file can be huge). ``specific``: the rule's own reason
+        where it has one (the known names, for an unknown one)."""
+        try:
+            if self.test(value):
+                return None
+        except (TypeError, ValueError, OverflowError, RecursionError):  # a value of an unexpected shape
+            pass
+        reason = self.reason(value) if specific and self.reason is not None and isinstance(value, str) else None
+        return reason or f"{name} must {self.words} (got {describe(value)})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _bounds_words(low: float | None, high: float | None, above: float | None, below: float | None) -> str:
+    """" in [0, 1)", " >= 0", " > 0" ...: the bounds part of a rule's words."""
+    lower = f"[{_num(low)}" if low is not None else f"({_num(above)}" if above is not None else None
+    upper = f"{_num(high)}]" if high is not None else f"{_num(below)})" if below is not None else None
+    if lower and upper:
+        return f" in {lower}, {upper}"
+    if lower:
+        return f" >= {_num(low)}" if low is not None else f" > {_num(above)}"
+    if upper:
+        return f" <= {_num(high)}" if high is not None else f" < {_num(below)}"
+    return ""
+
+
+def _within(value: float, low: float | None, high: float | None, above: float | None, below: float | None) -> bool:
+    return ((low is None or value >= low) and (high is None or value <= high)
+            and (above is None or value > above) and (below is None or value < below))
+
+
+def integer(low: int | None = None, high: int | None = None) -> Rule:
+    """A whole number (not a boolean) within the bounds."""
+    return Rule(f"be an integer{_bounds_words(low, high, None, None)}",
+                lambda v: _is_int(v) and _within(v, low, high, None, None))
+
+
+def number(low: float | None = None, high: float | None = None, *, above: float | None = None,
+           below: float | None = None) -> Rule:
+    """A finite number (integers count; booleans, NaN and infinities do not) within the bounds."""
+    only_positive = above == 0 and low is None and high is None and below is None
+    words = "be a positive number" if only_positive else f"be a number{_bounds_words(low, high, above, below)}"
+    return Rule(words, lambda v: _is_real(v) and _within(v, low, high, above, below))
+
+
+def boolean() -> Rule:
+    return Rule("be true or false", lambda v: isinstance(v, bool))
+
+
+def text(longest: int = 4096, *, pattern: str | None = None, words: str | None = None,
+         reason: Callable[[str], str | None] | None = None) -> Rule:
+    """Non-empty text of at most ``longest`` characters, matching ``pattern`` and passing ``reason``
+    (a function naming what is wrong with the text, or None) when given."""
+    compiled = re.compile(pattern) if pattern else None
+
+    def test(value: Any) -> bool:
+        return (isinstance(value, str) and 0 < len(value) <= longest and value.strip() != ""
+                and (compiled is None or bool(compiled.fullmatch(value))) and (reason is None or reason(value) is None))
+
+    return Rule(words or f"be text of 1 to {longest} characters (not only spaces)", test, reason)
+
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(f"be one of {', '.join(choices)}", lambda v: v in choices)
+
+
+def optional(rule: Rule) -> Rule:
+    """``rule``, or None (a setting's "not given")."""
+    return Rule(rule.words, lambda v: v is None or rule.test(v), rule.reason)
+
+
+def numbers(count: int, *, above: float | None = None) -> Rule:
+    """A list of ``count`` finite numbers (each above ``above`` when given)."""
+    each = f" > {above:g}" if above is not None else ""
+    return Rule(f"be {count} finite numbers{each}",
+                lambda v: isinstance(v, list | tuple) and len(v) == count
+                and all(_is_real(x) and (above is None or x > above) for x in v))
