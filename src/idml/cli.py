@@ -13,7 +13,6 @@ import sys
 
 from idml import __version__
 from idml.config import OneLineParser
-
 from idml.errors import AgreedError, ConfigError, IdmlError, RunStopped, exit_without_interruption, one_line, printable
 
 #: subcommand -> (module implementing ``main(argv)``, one-line help)

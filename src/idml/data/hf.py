@@ -28,7 +28,6 @@ from PIL import Image
 
 from idml.data.catalog import MAX_CLASSES
 from idml.data.types import DataBundle, DataRequest
-
 from idml.data.user import UserData, user_bundle
 from idml.errors import ConfigError, DataError, one_line
 
