@@ -14,13 +14,15 @@ def one_line_message(info: pytest.ExceptionInfo, *fragments: str) -> str:
     return message
 
 
-def one_error_line(err: str, *fragments: str, code: int | None = None, expected_code: int = 2) -> str:
+def one_error_line(err: str, *fragments: str, code: int | None = None, expected_code: int = 2,
+                   prefix: str = "") -> str:
     """The one line a command printed on stderr (with exit status ``expected_code`` when ``code`` is
-    given), holding every fragment and no traceback."""
+    given), starting with ``prefix``, holding every fragment and no traceback."""
     if code is not None:
         assert code == expected_code, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith(prefix), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     return lines[0]

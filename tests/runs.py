@@ -143,20 +143,29 @@ def kill_after(proc: subprocess.Popen, epoch: int, step: int, delay: float) -> N
 
 def sigkill_at_a_random_step_then_resume(args: list[str], run_dir: Path) -> None:
     """Run ``idml train ARGS`` (which must save every step, 2 epochs), SIGKILL it at a random step
-    and moment, check where it stopped, then resume it to the end with ``--resume auto``."""
+    and moment, check where it stopped, then resume it to the end with ``--resume auto``.
+
+    The kill's (epoch, step, delay) come from a seed that every failure message names; set
+    ``IDML_KILL_SEED`` to that seed to replay the same kill.
+    """
     import random
     import signal
 
-    rng = random.Random()
+    seed = int(os.environ.get("IDML_KILL_SEED", random.SystemRandom().randrange(2**32)))
+    rng = random.Random(seed)
     epoch, step, delay = rng.randint(0, 1), rng.randint(2, STEPS_PER_EPOCH - 4), rng.uniform(0, 0.05)
+    replay = f"(killed at epoch {epoch}, step {step}, +{delay:.3f} s; replay with IDML_KILL_SEED={seed})"
+    print(replay)  # pytest shows a failed test's output: later checks of the caller name the seed too
+
     proc = start_train(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     kill_after(proc, epoch, step, delay)
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -signal.SIGKILL, replay
     killed_at = load(run_dir / "checkpoint.pth.tar")
-    assert (killed_at["epoch"], killed_at["step"]) < (2, 0), "killed too late to test a resume"
+    assert (killed_at["epoch"], killed_at["step"]) < (2, 0), f"killed too late to test a resume {replay}"
     resumed = run_train_process([*args, "--resume", "auto", "--no-verbose"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"at epoch {killed_at['epoch']}, step {killed_at['step']}" in resumed.stdout
+    assert resumed.returncode == 0, f"{resumed.stderr} {replay}"
+    assert f"at epoch {killed_at['epoch']}, step {killed_at['step']}" in resumed.stdout, replay
+
 
 
 def signal_at(monkeypatch: pytest.MonkeyPatch, sig: int, epoch: int, step: int) -> None:

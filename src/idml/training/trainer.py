@@ -163,7 +163,7 @@ class Trainer:
             foreach=None if runtime.fused_optimizer else True,
         )
         self.scaler = runtime.grad_scaler()
-        self.schedule = Schedule(cfg.lr, cfg.dataset.lower(), cfg.epochs, cfg.sched, cfg.warmup_epochs)
+        self.schedule = Schedule(cfg.lr, cfg.dataset, cfg.epochs, cfg.sched, cfg.warmup_epochs)
         self.ema = ModelEMA(model, cfg.model_ema) if cfg.model_ema > 0 else None
         self.print = printer if runtime.is_main else (lambda _msg: None)
         self.log = RunLog(cfg.run_dir, self.print, is_main=runtime.is_main, verbose=cfg.verbose,

@@ -4,6 +4,8 @@ The reference checkpoint comes from a real ``idml train`` run (a subprocess, so 
 not depend on where the training code lives); each test changes one thing in it. Memory-hungry
 regressions run in a forked child whose peak memory is measured, so a regression fails one test
 instead of exhausting the machine.
+
+Checkpoint files: atomic replacement, ordinary permissions, safe loading with clear errors.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import torch
 
 import idml
 import idml.checkpoint.io
-from idml.checkpoint.io import load_checkpoint
+from expect import one_line_message
+from idml.checkpoint.io import load_checkpoint, save_checkpoint
 from idml.checkpoint.schema import Checkpoint
 from idml.errors import IdmlError
+from idml.files import atomic_write
 from idml.inference import load_trained_model
 
 SRC = Path(idml.__file__).resolve().parents[1]
@@ -79,14 +83,6 @@ def save(state: dict, path: Path) -> Path:
     return path
 
 
-def one_line(info: pytest.ExceptionInfo, *fragments: str) -> str:
-    message = str(info.value)
-    assert message and "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
-
-
 # -- the file: unreadable, corrupt, tampered ----------------------------------------------------------
 def member_offset(path: Path, name_suffix: str) -> tuple[int, int]:
     """(offset of the data, size) of the largest zip member whose name ends with ``name_suffix``."""
@@ -109,7 +105,7 @@ def test_a_flipped_byte_in_a_weight_fails_the_crc_check(run: dict[str, Path], tm
     torch.load(path, weights_only=True)  # the premise: torch itself does not notice
     with pytest.raises(IdmlError) as info:
         load_checkpoint(path)
-    one_line(info, str(path), "CRC", "truncated or corrupt")
+    one_line_message(info, str(path), "CRC", "truncated or corrupt")
 
 
 def test_a_flipped_byte_in_the_pickle_fails_the_crc_check(run: dict[str, Path], tmp_path: Path) -> None:
@@ -122,7 +118,7 @@ def test_a_flipped_byte_in_the_pickle_fails_the_crc_check(run: dict[str, Path], 
     assert torch.load(path, weights_only=True)["class_names"][0] == "birplane"
     with pytest.raises(IdmlError) as info:
         load_checkpoint(path)
-    one_line(info, "CRC", "truncated or corrupt")
+    one_line_message(info, "CRC", "truncated or corrupt")
 
 
 def recompressed(src: Path, dst: Path) -> Path:
@@ -148,7 +144,7 @@ def test_corrupt_files(run: dict[str, Path], tmp_path: Path, case: str) -> None:
     CORRUPTIONS[case](run["checkpoint"], path)
     with pytest.raises(IdmlError) as info:
         load_checkpoint(path)
-    message = one_line(info, "cannot load checkpoint", "truncated or corrupt")
+    message = one_line_message(info, "cannot load checkpoint", "truncated or corrupt")
     assert "tampered" not in message and "permission" not in message.lower()
 
 
@@ -160,7 +156,7 @@ def test_unreadable_file_says_so_not_corrupt(run: dict[str, Path], monkeypatch: 
     monkeypatch.setattr(idml.checkpoint.io, "open", denied, raising=False)
     with pytest.raises(IdmlError) as info:
         load_checkpoint(run["checkpoint"])
-    message = one_line(info, f"cannot read checkpoint {run['checkpoint']}: Permission denied")
+    message = one_line_message(info, f"cannot read checkpoint {run['checkpoint']}: Permission denied")
     assert "corrupt" not in message
     assert isinstance(info.value.__cause__, PermissionError)  # --debug shows the cause
 
@@ -172,13 +168,13 @@ def test_real_chmod_000(run: dict[str, Path], tmp_path: Path) -> None:
     path.chmod(0)
     with pytest.raises(IdmlError) as info:
         load_checkpoint(path)
-    one_line(info, "cannot read checkpoint", "Permission denied")
+    one_line_message(info, "cannot read checkpoint", "Permission denied")
 
 
 def test_a_folder_is_not_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(IdmlError) as info:
         load_checkpoint(tmp_path)
-    one_line(info, "is a folder")
+    one_line_message(info, "is a folder")
 
 
 class Payload:
@@ -190,7 +186,7 @@ def test_tampered_file_is_refused_as_such(state: dict, tmp_path: Path) -> None:
     path = save(state | {"class_names": Payload()}, tmp_path / "c.pth.tar")
     with pytest.raises(IdmlError) as info:
         load_checkpoint(path)
-    message = one_line(info, "refusing to load", "tampered")
+    message = one_line_message(info, "refusing to load", "tampered")
     assert "corrupt" not in message and "not an idml checkpoint" not in message
 
 
@@ -281,7 +277,7 @@ def test_fields_of_the_wrong_type_or_range(state: dict, tmp_path: Path, case: st
     path = save(state, tmp_path / "c.pth.tar")
     with pytest.raises(IdmlError) as info:
         load_checkpoint(path)
-    one_line(info, str(path), "is not an idml checkpoint (", fragment)
+    one_line_message(info, str(path), "is not an idml checkpoint (", fragment)
 
 
 def test_the_run_checkpoint_itself_is_valid(run: dict[str, Path], state: dict) -> None:
@@ -397,7 +393,7 @@ def test_inconsistent_checkpoint_gives_one_line_in_load_trained_model(state: dic
     path = save(state, tmp_path / "c.pth.tar")
     with pytest.raises(IdmlError) as info:
         load_trained_model(path, CPU)
-    one_line(info, str(path), fragment)
+    one_line_message(info, str(path), fragment)
 
 
 def test_a_valid_checkpoint_predicts_what_was_saved(run: dict[str, Path], state: dict) -> None:
@@ -492,3 +488,38 @@ def test_resuming_a_momentum_buffer_of_another_shape_is_one_line(run: dict[str, 
                     "--resume", str(bad))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "momentum_buffer" in done.stderr
+
+
+MODEL = {"net_type": "resnet", "dataset": "cifar10", "depth": 1}
+
+
+def test_permissions_follow_the_umask(tmp_path: Path) -> None:
+    path = save_checkpoint(Checkpoint(model=MODEL, state_dict={}), tmp_path / "checkpoint.pth.tar")
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path: Path) -> None:
+    path = save_checkpoint(Checkpoint(model=MODEL, state_dict={"w": torch.ones(2)}), tmp_path / "checkpoint.pth.tar")
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for an unpicklable object
+        atomic_write(path, lambda fh: torch.save({"bad": lambda: None}, fh))
+
+    assert torch.equal(load_checkpoint(path).state_dict["w"], torch.ones(2))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pth.tar"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [(None, "does not exist"), (b"not a checkpoint", "cannot load"), ("list", "not an idml checkpoint")],
+    ids=["missing", "garbage", "foreign"],
+)
+def test_load_errors_are_one_line(tmp_path: Path, content, fragment: str) -> None:
+    path = tmp_path / "c.pth.tar"
+    if content == "list":
+        torch.save([1, 2], path)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(IdmlError) as info:
+        load_checkpoint(path)
+    assert fragment in str(info.value) and "\n" not in str(info.value)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import fake_data
+import idml
 from expect import one_error_line
-from runs import run_cli, run_train_process
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert one_error_line(err, *fragments, code=code).startswith("idml train: error:")
-
+from runs import run_cli, run_train_process, subprocess_env
 
 BAD_COMMAND_LINES = {
     "lr_zero": (["--lr", "0"], ["--lr", "positive"]),
@@ -44,7 +42,7 @@ def test_bad_values_exit_2_with_one_line(case: str, tmp_path: Path, capsys, monk
     monkeypatch.chdir(tmp_path)  # no data/ here: checks must not depend on data being present
     output = tmp_path / "runs"
     code, _, err = run_cli([*argv, "--output_dir", str(output), "--epochs", "1"], capsys)
-    assert_one_line_error(code, err, *fragments)
+    one_error_line(err, *fragments, code=code, prefix="idml train: error:")
     assert not output.exists(), "a refused run must not write anything"
 
 
@@ -53,7 +51,7 @@ def test_device_cuda_without_gpu(tmp_path: Path, capsys) -> None:
     fake_data.make_cifar10(tmp_path, n_train=10, n_test=5)
     code, _, err = run_cli(["--dataset", "cifar10", "--net_type", "resnet", "--depth", "8",
                                    "--no-bottleneck", "--device", "cuda", "--data_dir", str(tmp_path)], capsys)
-    assert_one_line_error(code, err, "--device cuda")
+    one_error_line(err, "--device cuda", code=code, prefix="idml train: error:")
 
 
 def test_refused_run_keeps_existing_checkpoint(tmp_path: Path, capsys) -> None:
@@ -62,7 +60,7 @@ def test_refused_run_keeps_existing_checkpoint(tmp_path: Path, capsys) -> None:
     (run_dir / "checkpoint.pth.tar").write_bytes(b"earlier run")
     code, _, err = run_cli(["--dataset", "cifar10", "--data_dir", str(tmp_path / "none"),
                                    "--output_dir", str(tmp_path / "runs"), "--lr", "-1"], capsys)
-    assert_one_line_error(code, err, "--lr")
+    one_error_line(err, "--lr", code=code, prefix="idml train: error:")
     assert (run_dir / "checkpoint.pth.tar").read_bytes() == b"earlier run"
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pth.tar"]
 
@@ -71,7 +69,7 @@ def test_train_py_process_exit_status(tmp_path: Path) -> None:
     """The real entry point (a separate process): exit status 2 and one stderr line."""
     proc = run_train_process(["--dataset", "cifar100", "--net_type", "resnet", "--depth", "20",
                               "--data_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")])
-    assert_one_line_error(proc.returncode, proc.stderr, "missing/cifar-100-python")
+    one_error_line(proc.stderr, "missing/cifar-100-python", code=proc.returncode, prefix="idml train: error:")
     assert not (tmp_path / "out").exists()
 
 
@@ -80,4 +78,27 @@ def test_bad_imagenet_depth_fails_before_reading_the_data(tmp_path: Path) -> Non
     fake_data.make_imagenet(tmp_path, per_class=1, val_per_class=1, size=(8, 8))
     proc = run_train_process(["--net_type", "resnet", "--dataset", "imagenet", "--depth", "51", "-j", "40",
                               "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
-    assert_one_line_error(proc.returncode, proc.stderr, "depth 51")
+    one_error_line(proc.stderr, "depth 51", code=proc.returncode, prefix="idml train: error:")
+
+
+def test_help_and_a_refused_flag_do_not_import_torch() -> None:
+    """The CLI starts fast: help texts and flag errors come before any heavy import."""
+    probe = ("import contextlib, io, sys\nfrom idml.cli import main\n"
+             "def code(argv):\n"
+             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+             "        try:\n            return main(argv)\n"
+             "        except SystemExit as stop:\n            return stop.code\n"
+             "codes = [code(argv) for argv in ({argvs})]\n"
+             "print(codes, 'torch' in sys.modules, 'numpy' in sys.modules)")
+    argvs = ("['--help'], ['--version'], ['train', '--help'], ['eval', '--help'], ['predict', '--help'], "
+             "['plot', '--help'], ['bench', '--help'], ['train', '--epoch', '2'], ['train', '--depth', '0'], "
+             "['eval', '--checkpoint']")
+    done = subprocess.run([sys.executable, "-c", probe.format(argvs=argvs)], capture_output=True, text=True,
+                          timeout=60, env=subprocess_env())
+    assert done.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0, 0, 0, 0, 2, 2, 2] False False", done.stdout
+
+
+def test_version() -> None:
+    done = subprocess.run([sys.executable, "-m", "idml", "--version"], capture_output=True, text=True, timeout=60,
+                          env=subprocess_env())
+    assert done.returncode == 0 and done.stdout.strip() == f"idml {idml.__version__}"

@@ -1,0 +1,69 @@
+"""The one safe write (idml.files): atomic replacement, and never through a symbolic link."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from expect import one_line_message
+from idml.errors import IdmlError
+from idml.files import atomic_write, open_for_lock, remove_stale_temps, write_text
+
+
+def test_a_write_replaces_the_file_whole(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "a.txt", "old")
+    write_text(path, "new")
+    assert path.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["a.txt"]
+
+
+def test_a_planted_link_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.write_text("precious")
+    link = tmp_path / "config.yaml"
+    link.symlink_to(target)
+    with pytest.raises(IdmlError) as info:
+        write_text(link, "overwritten?")
+    one_line_message(info, str(link), "symbolic link", "remove it")
+    assert target.read_text() == "precious" and link.is_symlink()
+
+
+def test_a_dangling_link_is_refused_too(tmp_path: Path) -> None:
+    link = tmp_path / "metrics.csv"
+    link.symlink_to(tmp_path / "elsewhere" / "new-file")
+    with pytest.raises(IdmlError, match="symbolic link"):
+        write_text(link, "x")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_lock_file_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.write_text("precious")
+    (tmp_path / ".lock").symlink_to(target)
+    with pytest.raises(IdmlError, match="symbolic link"):
+        open_for_lock(tmp_path / ".lock")
+    assert target.read_text() == "precious"
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "a.txt", "old")
+
+    def fail(fh) -> None:
+        fh.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(IdmlError) as info:
+        atomic_write(path, fail)
+    one_line_message(info, "No space left on device", "previous file, if any, is intact")
+    assert path.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["a.txt"]
+
+
+def test_stale_temps_are_removed_but_not_through_links(tmp_path: Path) -> None:
+    (tmp_path / ".checkpoint.pth.tar.123.0.tmp").write_bytes(b"partial")
+    outside = tmp_path / "outside"
+    outside.write_text("keep")
+    (tmp_path / ".planted.tmp").symlink_to(outside)
+    remove_stale_temps(tmp_path)
+    assert not (tmp_path / ".checkpoint.pth.tar.123.0.tmp").exists()
+    assert outside.read_text() == "keep"
