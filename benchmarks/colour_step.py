@@ -6,7 +6,9 @@ DataLoader workers; idml runs the same distribution
 (:class:`idml.data.augment.ColorLighting`) on a uint8 batch on the training device: one image at
 a time on a CPU (``per_image``), the whole batch at once elsewhere (``batched``, shown here on the
 CPU for comparison). Each round times every (batch size, variant) once, in a shuffled order;
-images/s are batch over the median time.
+images/s are batch over the median CPU time of this process (all its threads): on a machine
+that other work shares, CPU time counts the work done, where wall-clock time also counts the
+waits for a core.
 
     python benchmarks/colour_step.py --rounds 7
     python benchmarks/colour_step.py --threads 1 --json
@@ -65,9 +67,9 @@ def measure(rounds: int, size: int, batches: tuple[int, ...]) -> dict[tuple[str,
     for _ in range(rounds):
         for k in rng.permutation(len(order)):
             name, b = order[k]
-            start = time.perf_counter()
+            start = time.process_time()
             fns[name](data[b], floats[b], rng)
-            times[(name, b)].append(time.perf_counter() - start)
+            times[(name, b)].append(time.process_time() - start)
     return times
 
 
@@ -93,7 +95,7 @@ def main(argv: list[str]) -> int:
         return 0
     names = list(dict.fromkeys(name for name, _ in times))
     print(f"# {result['date']}; {result['cpu']['model']} ({' '.join(result['cpu']['flags'])}); "
-          f"{result['threads']} threads; load {result['load_average']}; {args.size}x{args.size}; images/s")
+          f"{result['threads']} threads; load {result['load_average']}; {args.size}x{args.size}; images per CPU-second")
     print(f"{'batch':>6}" + "".join(f"{name:>22}" for name in names) + f"{'per image / official':>22}")
     for b in batches:
         row = [rates[f"{name} @ {b}"] for name in names]

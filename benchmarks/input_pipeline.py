@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for name, sizes, quality in PHOTO_SETS:
                 folder = Path(tmp) / name
-                write_folder(folder, args.count, args.seed, sizes, quality, val_count=2)
+                write_folder(folder, args.count, args.seed, sizes, quality, val_count=4)
                 runs.append((name, measure(folder, 1, args)))
                 print(line(f"{name} -j 1", runs[-1][1]), flush=True)
     else:

@@ -60,6 +60,7 @@ def write_folder(out: Path, count: int, seed: int, sizes=SIZES, quality=QUALITY,
     """``count`` training and ``val_count`` validation JPEGs under ``out/imagenet-1k``; returns a summary."""
     rng = np.random.default_rng(seed)
     sources = sample_photos()
+    val_count = max(val_count, len(CLASSES))  # every class in val/ too, as ImageNet's layout needs
     written = {"files": 0, "bytes": 0, "sizes": {}, "qualities": []}
     for split, n in (("train", count), ("val", val_count)):
         for i in range(n):

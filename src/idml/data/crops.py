@@ -3,17 +3,17 @@
 The official workers decode every JPEG at full size, then ``RandomResizedCrop(224)`` throws most
 of it away. Here the crop box and the flip are drawn first, by torchvision's
 ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip()`` algorithm (on the full image's size, read
-from the file's header, from torch's global generator, which :class:`idml.data.imagenet.SeededImages`
+from the file's header, from torch's global generator, which :class:`idml.data.loaders.SeededImages`
 seeds per sample from (seed, epoch, index)). Then the file is decoded only as large as the box
 allows: libjpeg-turbo's DCT scaling gives the image 2, 4 or 8 times smaller per side when the box
 is still at least ``size`` pixels a side at that scale, so the resize that follows still only
-shrinks. The box is cut from that image and resized to ``size`` x ``size`` by PyTorch's uint8
-antialiased bilinear kernel (a port of Pillow-SIMD's), then flipped.
+shrinks. The box is cut from that image, resized to ``size`` x ``size`` (bilinear, antialiased)
+and flipped.
 
 So the boxes, flips and their distribution are torchvision's; the pixels differ from the official
-crop only by resampling: at full scale at most 1 grey level (rounding; the crop-then-resize of the
-official code), and where a reduced scale was used, by the DCT-domain downscaling and a box
-position rounded to that scale's pixel grid (measured in benchmarks/RESULTS.md).
+crop only by resampling: at full scale by at most 1 grey level (rounding), and where a reduced
+scale was used by the DCT-domain downscaling (measured in benchmarks/RESULTS.md and
+docs/input-pipeline.md).
 """
 
 from __future__ import annotations
