@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU measurement of issue 3 in under 8 minutes on one H100/H200: run from the repository
+# The whole GPU measurement of issues 3 and 20 in under 8 minutes on one H100/H200: run from the repository
 # root on the GPU machine, commit its output to benchmarks/ and the figures to RESULTS.md.
 # Every `idml bench --json` object goes to stdout (one per line) and, when $OUT is set, to $OUT/.
 # Each run has its own time limit, so that a slow compile cannot push the script past 8 minutes.
@@ -41,6 +41,19 @@ bench() {  # bench NAME LIMIT_SECONDS FLAGS...
 }
 
 R50=(--net_type resnet --dataset imagenet --depth 50 --batch_size 256 --beta 1.0 --cutmix_prob 1.0)
+PIPE=(--input_pipeline --dataset imagenet --net_type resnet --depth 50 --batch_size 256 --images 2048 --steps 3
+      --warmup 1)
+
+# The ImageNet input pipeline alone (issue 20; images/s per GPU, and the CPU cores it keeps busy:
+# "cores_busy", "images_per_cpu_second"), on photos made by make_photos.py: --decode gpu (the
+# workers only read the files; nvJPEG decodes) with 4 workers, and --decode cpu beside the
+# official worker transform with 8 workers.
+PHOTOS=$(mktemp -d)  # 110 MB of JPEGs: not under $OUT, which comes back from the GPU machine
+trap 'rm -rf "$PHOTOS"' EXIT
+echo "# photos: $PYTHON benchmarks/make_photos.py --out $PHOTOS --count 2048"
+"$PYTHON" benchmarks/make_photos.py --out "$PHOTOS" --count 2048 || FAILED=1
+bench pipeline-gpu-decode 45 "${PIPE[@]}" --data_dir "$PHOTOS" -j 4 --decode gpu --variants idml
+bench pipeline-cpu-decode 45 "${PIPE[@]}" --data_dir "$PHOTOS" -j 8 --decode cpu --variants idml,official
 P110=(--net_type pyramidnet --dataset cifar10 --depth 110 --alpha 48 --no-bottleneck --batch_size 128
       --beta 1.0 --cutmix_prob 0.5)
 P200=(--net_type pyramidnet --dataset cifar10 --depth 200 --alpha 240 --batch_size 64 --beta 1.0 --cutmix_prob 0.5)

@@ -153,3 +153,19 @@ def make_image_folder(root: Path, per_class: int = 20, val_per_class: int = 5, s
                 pixels = np.clip(rng.normal(rgb, 50, size=(size[1], size[0], 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
+
+
+def photo(width: int, height: int, index: int = 0):
+    """A window of one of scikit-learn's two sample photographs (a PIL image), resized to width x height:
+    real photographic content, for tests where decoding or resampling must meet real images."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    source = Image.fromarray(load_sample_images().images[index])
+    return source.resize((width, height), Image.Resampling.LANCZOS, box=(20, 10, 620, 410))
+
+
+def jpeg(path: Path, img, quality: int = 90, **kwargs) -> Path:
+    """``img`` saved as a JPEG at ``path``."""
+    img.save(path, format="JPEG", quality=quality, **kwargs)
+    return path

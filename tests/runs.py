@@ -199,3 +199,13 @@ def learnable_cifar(root: Path, n_train: int = 160, n_test: int = 45) -> Path:
     fake_data.write_pickle(folder / "test_batch", batch(n_test), py2=False)
     fake_data.write_pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]}, py2=False)
     return root
+
+
+def fake_venv(folder: Path) -> None:
+    """``.venv/bin/python`` and ``.venv/bin/idml`` of this checkout, as ``pip install -e .`` makes them."""
+    bin_dir = folder / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name, tail in (("python", ""), ("idml", " -m idml")):  # scripts: a symlink would leave the venv
+        script = bin_dir / name
+        script.write_text(f'#!/bin/sh\nexec "{sys.executable}"{tail} "$@"\n')
+        script.chmod(0o755)

@@ -52,6 +52,7 @@ MAX_DIST_TIMEOUT = 7 * 24 * 3600
 MAX_EPOCHS = 100_000
 MAX_STEPS = 1_000_000_000
 SCHED_CHOICES = ("step", "cosine")
+DECODE_CHOICES = ("cpu", "gpu", "auto")
 EXPNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+=-]*"
 EXPNAME_WORDS = ("be a plain folder name (letters, digits and . _ + = -, starting with a letter or digit), "
                  "so that the run stays inside --output_dir")
@@ -193,6 +194,11 @@ class TrainConfig:
                                     rule=boolean(),
                                     help="ImageNet: skip (and count) unreadable images instead of stopping at "
                                     "the first one")
+    decode: str = setting("cpu", "--decode", choices=DECODE_CHOICES, rule=one_of(*DECODE_CHOICES),
+                          help="ImageNet: where the training JPEGs are decoded. cpu = in the -j workers, at a "
+                          "reduced scale where the crop allows it; gpu = the workers only read the files and the "
+                          "training GPU decodes, crops and flips them in batches (CUDA only; docs/input-pipeline.md); "
+                          "auto = gpu on CUDA, else cpu")
     tensorboard: bool = setting(False, "--tensorboard", action="on",
                                 rule=boolean(), help="also write TensorBoard event files to <run>/tensorboard (needs "
                                 "idml[tensorboard])")
@@ -307,6 +313,8 @@ class TrainConfig:
         checks = [
             (mix.cutmix_share + mix.mixup_share <= 1 + 1e-9,
              "--cutmix_prob + --mixup_prob must not exceed 1 (one draw per batch picks at most one)"),
+            (self.decode == "cpu" or self.dataset == "imagenet",
+             f"--decode {self.decode} applies to --dataset imagenet (other datasets decode on the CPU)"),
             (self.label_noise == 0 or self._can("in_memory"),
              f"--label_noise works on the in-memory datasets ({listing(datasets_that_can('in_memory'))}), "
              f"not {self.dataset}"),

@@ -8,8 +8,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 import fake_data
-from idml.data.augment import Normalize, RandomCropFlip
+from idml.data.augment import ColorLighting, Normalize, RandomCropFlip
 from idml.data.build import build_data
+from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC
 from idml.data.types import DataRequest
 
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
@@ -79,3 +80,18 @@ def test_cifar_bundle_uses_official_constants_and_flip(tmp_path) -> None:
     augmented = data.train_transform(train_images, np.random.default_rng(rng_seed))
     reference = per_image_reference(train_images, rng_seed, pad=4, flip=True)
     torch.testing.assert_close(augmented, (reference.float() / 255 - mean) / std)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7, 64])
+def test_colour_step_per_image_on_a_cpu_equals_the_batched_code(batch: int) -> None:
+    """The CPU's per-image colour step and the GPU's batched one give the same images from the same
+    draws, within float rounding, at every batch size (and with images that hit the clamps)."""
+    colour = ColorLighting(IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, torch.device("cpu"))
+    images = torch.randint(0, 256, (batch, 3, 24, 20), generator=torch.Generator().manual_seed(batch),
+                           dtype=torch.uint8)
+    images[0, :, :4] = 255  # saturated pixels: brightness and contrast above 1 must clamp them
+    draws = colour.draws(batch, np.random.default_rng(batch))
+    per_image, batched = colour.per_image(images, draws), colour.batched(images, draws)
+    assert per_image.dtype == batched.dtype == torch.float32 and per_image.is_contiguous()
+    torch.testing.assert_close(per_image, batched, atol=1e-5, rtol=0)
+    assert torch.equal(colour(images, np.random.default_rng(batch)), per_image)  # the CPU takes the per-image path

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from doc_blocks import ROOT, code_blocks, section
-from runs import subprocess_env
+from runs import fake_venv, subprocess_env
 
 DOC = ROOT / "docs" / "own-data.md"
 
@@ -23,16 +22,6 @@ def walkthrough() -> tuple[str, str]:
     blocks = code_blocks("bash", section(DOC.read_text(encoding="utf-8"), "Train on your own images"))
     assert len(blocks) == 2, blocks
     return blocks[0], blocks[1]
-
-
-def fake_venv(folder: Path) -> None:
-    """``.venv/bin/python`` and ``.venv/bin/idml`` of this checkout, as ``pip install -e .`` makes them."""
-    bin_dir = folder / ".venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    for name, tail in (("python", ""), ("idml", " -m idml")):  # scripts: a symlink would leave the venv
-        script = bin_dir / name
-        script.write_text(f'#!/bin/sh\nexec "{sys.executable}"{tail} "$@"\n')
-        script.chmod(0o755)
 
 
 def run_block(block: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -1,4 +1,5 @@
-"""Faults while training: failed and full-disk checkpoint writes, a diverging loss, hostile files."""
+"""Faults while training: failed and full-disk checkpoint writes, a diverging loss, hostile files;
+and the line that says how long each epoch's steps waited for their data."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import errno
 import io
 import os
 import pickle
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from expect import one_error_line
 from idml.checkpoint.io import load_checkpoint
 from idml.checkpoint.schema import CHECKPOINT_NAME
 from idml.data.cifar import load_cifar
+from idml.data.loaders import InMemoryLoader
 from idml.errors import DataError, IdmlError
 from runs import load, one_thread, run_cli, save_state, temp_files, train_args  # noqa: F401 - autouse fixture
 
@@ -128,3 +132,27 @@ def test_a_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IdmlError, match=r"refusing to load .* tampered"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+# -- waiting for data ----------------------------------------------------------------------------
+WAIT = re.compile(r"^\* Data wait: ([\d.]+) s of ([\d.]+) s of training \((\d+)%\)", re.M)
+
+
+def test_the_data_wait_line_measures_a_slow_loader(data, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(train_args(data, tmp_path, "fast", "--epochs", "1", "--no-verbose"), capsys)
+    assert code == 0, err
+    waited, total, share = WAIT.search(out).groups()
+    assert 0 <= float(waited) <= float(total) and int(share) < 50
+
+    batches = InMemoryLoader.__iter__
+
+    def slow(self):
+        for batch in batches(self):
+            time.sleep(0.2)  # 5 batches: a second of waiting for data
+            yield batch
+
+    monkeypatch.setattr(InMemoryLoader, "__iter__", slow)
+    code, out, err = run_cli(train_args(data, tmp_path, "slow", "--epochs", "1", "--no-verbose"), capsys)
+    assert code == 0, err
+    waited, total, share = WAIT.search(out).groups()
+    assert float(waited) >= 1.0 and int(share) >= 50, out

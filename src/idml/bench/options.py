@@ -29,6 +29,8 @@ DATA_ONLY = "data-only"
 STANDARD = ("fp32-eager", "default", "default-linear", DATA_ONLY)
 #: how the variants are kept apart: a worker process each, or all in this process
 ISOLATIONS = ("process", "none")
+#: the input pipelines ``idml bench --input_pipeline`` times: idml's, and the official worker transform
+PIPELINE_VARIANTS = ("idml", "official")
 
 
 def chosen_variants(spec: str | None, dataset: str) -> list[str]:
@@ -57,3 +59,16 @@ def chosen_aa(spec: str, names: list[str]) -> str | None:
         raise ConfigError(f"--aa {spec} is not among the variants run ({', '.join(names)}): "
                           "choose one of them, auto or none")
     return spec
+
+
+def pipeline_variants(spec: str | None, dataset: str) -> list[str]:
+    """The input pipelines to time (default: both); only ImageNet's pipeline is timed this way."""
+    if dataset != "imagenet":
+        raise ConfigError("--input_pipeline times the ImageNet input pipeline: give --dataset imagenet and "
+                          "--data_dir with imagenet-1k/train/<class>/*.JPEG (benchmarks/make_photos.py writes one)")
+    names = list(PIPELINE_VARIANTS) if spec is None else [v.strip() for v in spec.split(",") if v.strip()]
+    unknown = [v for v in names if v not in PIPELINE_VARIANTS]
+    if unknown or not names:
+        raise ConfigError(f"unknown --variants {', '.join(unknown) or spec!r} for --input_pipeline: "
+                          f"choose from {', '.join(PIPELINE_VARIANTS)}")
+    return list(dict.fromkeys(names))

@@ -10,7 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from idml.bench.options import DATA_ONLY, ISOLATIONS, MODEL_VARIANTS, STANDARD, chosen_aa, chosen_variants
+from idml.bench.options import (
+    DATA_ONLY,
+    ISOLATIONS,
+    MODEL_VARIANTS,
+    STANDARD,
+    chosen_aa,
+    chosen_variants,
+    pipeline_variants,
+)
 from idml.config import OneLineParser, TrainConfig, add_train_arguments, config_from_args
 from idml.errors import ConfigError
 
@@ -30,10 +38,18 @@ def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
                        help="process: each variant in its own worker process (default); none: all in this "
                             "process (faster to start, but variants can slow each other down)")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    bench.add_argument("--input_pipeline", action="store_true",
+                       help="time the ImageNet training input pipeline alone (files to normalised batches on "
+                            "--device, -j workers; variants idml,official), no model; see docs/input-pipeline.md")
+    bench.add_argument("--images", type=int, default=None,
+                       help="--input_pipeline: training images per timed turn (default: 8 batches)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("--steps must be at least 1 and --warmup at least 0")
+    if args.input_pipeline:
+        pipeline_variants(args.variants, cfg.dataset)  # a bad choice is refused before any work
+        return cfg, args
     if args.isolation not in ISOLATIONS:
         raise ConfigError(f"--isolation {args.isolation}: choose process or none")
     chosen_aa(args.aa, chosen_variants(args.variants, cfg.dataset))  # a bad choice is refused before any work
@@ -70,8 +86,30 @@ def aa_line(aa: dict) -> str:
             f"(within {aa['tolerance']:.0%} of 1.00 passes)")
 
 
+def format_pipeline(result: dict) -> str:
+    """The --input_pipeline result as a few lines."""
+    cpu, cfg = result["cpu"], result["config"]
+    lines = [f"idml bench --input_pipeline: {cfg['images']} images per turn, batch {cfg['batch_size']}, "
+             f"-j {cfg['workers']}, {result['device']}; CPU {cpu['model']} ({' '.join(cpu['flags'])}); "
+             f"load average {result['load_average']}",
+             f"{'variant':<10}{'images/s':>10}{'img/CPU-s':>11}{'cores':>7}  settings"]
+    for r in result["results"]:
+        per_cpu = "-" if r["images_per_cpu_second"] is None else f"{r['images_per_cpu_second']:.1f}"
+        lines.append(f"{r['variant']:<10}{r['images_per_second']:>10.1f}{per_cpu:>11}{r['cores_busy']:>7.2f}  "
+                     f"{r['settings']}")
+    lines += [f"{pair}: {ratio:.2f} (paired)" for pair, ratio in result.get("ratios", {}).items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     cfg, args = parse_bench_args(argv)
+    if args.input_pipeline:
+        from idml.bench.pipeline import measure_pipeline
+
+        variants = pipeline_variants(args.variants, cfg.dataset)
+        result = measure_pipeline(cfg, variants, args.steps, args.warmup, args.images)
+        print(json.dumps(result) if args.json else format_pipeline(result))
+        return 0
     from idml.bench.step import run_bench
 
     result = run_bench(cfg, args.variants, args.aa, args.steps, args.warmup, args.isolation)

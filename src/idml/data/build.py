@@ -12,12 +12,14 @@ from idml.data.catalog import dataset_info, dataset_kind, parse_classes
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
 from idml.data.folder import build_folder
+from idml.data.gpu_decode import DeviceDecoder, DeviceDecodingLoader
 from idml.data.hf import build_hf
 from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, load_imagenet
 from idml.data.loaders import InMemoryLoader, SeededImages, stream_loaders
 from idml.data.noise import symmetric_label_noise
 from idml.data.splits import select_classes, split_validation
 from idml.data.types import DataBundle, DataRequest, EvalTransform, TrainTransform
+from idml.errors import ConfigError
 
 #: The in-memory datasets (catalog capability ``in_memory``): how to load each (official train and
 #: test splits), its statistics, and whether its training images may be flipped.
@@ -66,10 +68,27 @@ def imagenet_transforms(device: torch.device) -> tuple[TrainTransform, EvalTrans
     return colour, Normalize(IMAGENET_MEAN, IMAGENET_STD, device)
 
 
+def training_decode(choice: str, device: torch.device) -> str:
+    """``--decode`` for a run on ``device``: ``auto`` is gpu on CUDA and cpu elsewhere; gpu needs CUDA."""
+    if choice == "auto":
+        return "gpu" if device.type == "cuda" else "cpu"
+    if choice == "gpu" and device.type != "cuda":
+        raise ConfigError(f"--decode gpu decodes the training JPEGs on a CUDA GPU, but this run trains on "
+                          f"{device.type}: use --decode cpu")
+    return choice
+
+
 def imagenet_bundle(req: DataRequest, device: torch.device) -> DataBundle:
-    data = load_imagenet(req.data_dir)
+    return imagenet_loaders(load_imagenet(req.data_dir, req.decode), req, device)
+
+
+def imagenet_loaders(data: dict, req: DataRequest, device: torch.device) -> DataBundle:
+    """Loaders and on-device transforms over :func:`load_imagenet`'s folders (``data``); with
+    ``req.decode == "gpu"`` the training batches are decoded on ``device`` as they arrive."""
     train_set, test_set = (SeededImages(data[split], req.seed, req.skip_bad_images) for split in ("train", "test"))
     train, test = stream_loaders(train_set, test_set, req, device)
+    if req.decode == "gpu":
+        train = DeviceDecodingLoader(train, DeviceDecoder(device, 224, req.skip_bad_images, train_set.note_skipped))
     train_transform, eval_transform = imagenet_transforms(device)
     return DataBundle(
         train, test, test, data["class_names"], IMAGENET_MEAN, IMAGENET_STD, 224,

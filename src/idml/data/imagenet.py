@@ -1,8 +1,10 @@
 """ImageNet-1K (or any class-folder dataset laid out like it) through torchvision's ImageFolder.
 
-DataLoader worker processes decode, crop and flip, and ship uint8 crops; the colour jitter, the
-PCA lighting and the normalisation run batched on the training device
-(:class:`idml.data.augment.ColorLighting`), from the step's own random draws.
+DataLoader worker processes read the training files, draw each crop and flip, and either decode,
+crop and flip them and ship uint8 crops (``decode="cpu"``, :mod:`idml.data.crops`), or ship the
+file's bytes with the draws, for the GPU to decode in batches (``decode="gpu"``,
+:mod:`idml.data.gpu_decode`). The colour jitter, the PCA lighting and the normalisation run on
+the training device (:class:`idml.data.augment.ColorLighting`), from the step's own random draws.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from torch import nn
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from idml.data.image_files import read_training_image
+from idml.data.crops import DecodeCropFlip
+from idml.data.gpu_decode import EncodedCropFlip
+from idml.data.image_files import read_training_file, read_training_image
 from idml.errors import DataError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,16 +32,13 @@ PCA_EIGVEC = (
 LAYOUT = "expected <data_dir>/imagenet-1k/train/<class>/*.JPEG and <data_dir>/imagenet-1k/val/<class>/*.JPEG"
 
 
-def train_transform(size: int = 224) -> v2.Compose:
-    """The workers' part of training augmentation: RandomResizedCrop and flip, as uint8 (C x H x W).
+def train_transform(decode: str = "cpu", size: int = 224) -> nn.Module:
+    """The workers' part of training augmentation, on an encoded file: RandomResizedCrop and flip,
+    as a uint8 crop (``cpu``), or only drawn, for the GPU to apply (``gpu``).
 
     Colour jitter, lighting and normalisation follow on the device (``augment.ColorLighting``).
     """
-    return v2.Compose([
-        v2.RandomResizedCrop(size, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.PILToTensor(),
-    ])
+    return EncodedCropFlip(size) if decode == "gpu" else DecodeCropFlip(size)
 
 
 def val_transform(size: int = 224, resize: int = 256) -> v2.Compose:
@@ -49,22 +50,24 @@ def val_transform(size: int = 224, resize: int = 256) -> v2.Compose:
     ])
 
 
-def image_folder(path: Path, transform: nn.Module) -> datasets.ImageFolder:
+def image_folder(path: Path, transform: nn.Module, loader=read_training_image) -> datasets.ImageFolder:
     if not path.is_dir():
         raise DataError(f"missing folder {path}; {LAYOUT} (download from https://image-net.org/)")
     try:
-        return datasets.ImageFolder(str(path), transform=transform, loader=read_training_image)
+        return datasets.ImageFolder(str(path), transform=transform, loader=loader)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{path}: {one_line(exc)}; {LAYOUT}") from exc
 
 
-def load_imagenet(data_dir: str | Path) -> dict:
+def load_imagenet(data_dir: str | Path, decode: str = "cpu") -> dict:
     """The two ImageFolder datasets of ``<data_dir>/imagenet-1k``; classes come from the folders.
 
     ``val/`` is ImageNet's test split here, as in the official code (and the literature).
+    ``decode``: where the training JPEGs are decoded (:func:`train_transform`); test images are
+    always decoded by Pillow in the workers, resized and centre-cropped as the official code does.
     """
     root = Path(data_dir) / "imagenet-1k"
-    train = image_folder(root / "train", train_transform())
+    train = image_folder(root / "train", train_transform(decode), loader=read_training_file)
     test = image_folder(root / "val", val_transform())
     if test.classes != train.classes:
         extra = sorted(set(test.classes) ^ set(train.classes))[:3]

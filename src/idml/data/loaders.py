@@ -160,20 +160,29 @@ class SeededImages(Dataset):
         except DataError:
             if not self.skip_bad:
                 raise
-            with self.skipped.get_lock():
-                self.skipped.value += 1
-                count = self.skipped.value
-            path = self.images.samples[index][0]
-            print(f"idml: warning: skipped unreadable image {path} ({count} so far)", file=sys.stderr, flush=True)
+            self.note_skipped(self.images.samples[index][0])
             return None
+
+    def note_skipped(self, path: str) -> None:
+        """Count an unreadable image skipped (by a worker, or by the GPU path's decoder in the
+        training process) and say so in one warning line with the running count."""
+        with self.skipped.get_lock():
+            self.skipped.value += 1
+            count = self.skipped.value
+        print(f"idml: warning: skipped unreadable image {path} ({count} so far)", file=sys.stderr, flush=True)
 
 
 def collate_readable(batch: list) -> Any:
-    """``default_collate`` of the samples that could be read."""
+    """The samples that could be read, collated: image tensors by ``default_collate``, anything else
+    (the GPU path's encoded files) by the sample type's own ``collate``."""
     readable = [sample for sample in batch if sample is not None]
     if not readable:
         raise DataError("every image of a batch was unreadable (--skip_bad_images); check the data folder")
-    return default_collate(readable)
+    first = readable[0][0]
+    if isinstance(first, Tensor):
+        return default_collate(readable)
+    images, labels = zip(*readable, strict=True)
+    return type(first).collate(list(images)), default_collate(list(labels))
 
 
 def default_workers() -> int:

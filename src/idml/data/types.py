@@ -76,3 +76,5 @@ class DataRequest:
     need_train: bool = True
     val_split: float = 0.0
     classes: str | None = None
+    #: where ImageNet's training JPEGs are decoded: "cpu" (the workers) or "gpu" (the training device)
+    decode: str = "cpu"

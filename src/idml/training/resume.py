@@ -98,7 +98,7 @@ RESUME_RULES: dict[str, str] = {
     **dict.fromkeys(["lr", "momentum", "weight_decay", "epochs", "batch_size", "beta", "cutmix_prob",
                      "mixup_alpha", "mixup_prob", "amp", "device", "sync_bn", "data_dir", "skip_bad_images",
                      "deterministic", "mean", "std", "data_memory_mb", "model_ema", "sched", "warmup_epochs",
-                     "grad_accum_steps", "label_smoothing", "clip_grad_norm"],
+                     "grad_accum_steps", "label_smoothing", "clip_grad_norm", "decode"],
                     RECIPE),
     **dict.fromkeys(["print_freq", "verbose", "expname", "output_dir", "workers", "resume", "save_every_steps",
                      "tensorboard", "compile", "channels_last", "dist_timeout", "init_from"], RUNTIME),

@@ -20,7 +20,7 @@ from torch import nn
 
 from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME, Checkpoint
 from idml.config import TrainConfig
-from idml.data.build import build_data
+from idml.data.build import build_data, training_decode
 from idml.data.hf import MISSING as MISSING_DATASETS
 from idml.data.hf import hf_available
 from idml.data.types import DataBundle, DataRequest
@@ -166,7 +166,7 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     torch.manual_seed(cfg.seed)
     req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,
                       cfg.skip_bad_images, cfg.label_noise, val_split=cfg.val_split, classes=cfg.classes,
-                      **user_data_fields(cfg))
+                      decode=training_decode(cfg.decode, rt.device), **user_data_fields(cfg))
     data = build_data(req, rt.device)
     spec = replace(cfg.model_spec, num_classes=data.num_classes)
     model = place_model(cfg, rt, spec)

@@ -283,7 +283,7 @@ class Trainer:
         steps = first + len(self.data.train)
         lr = self.set_lr(epoch, first, steps)
         start = last = time.perf_counter()
-        images_seen = 0
+        images_seen, waited = 0, 0.0
         batches = self.log.progress(self.stopping.batches(self.data.train), f"Epoch {epoch}/{cfg.epochs}",
                                     steps, first)
         for step, item in enumerate(batches, start=first):
@@ -293,6 +293,7 @@ class Trainer:
                 self.save_position(epoch, step, meter)
                 raise self._stopped(item.signum)
             data_time = time.perf_counter() - last
+            waited += data_time
             images, targets = (self.rt.to_device(t) for t in item)
             if self.schedule.per_step:
                 lr = self.set_lr(epoch, step, steps)
@@ -315,6 +316,9 @@ class Trainer:
         avg = meter.average()
         self.print(f"* Epoch: [{epoch}/{cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
                    f"Top 5-err {avg.top5_err:.3f}\t Train Loss {avg.loss:.3f}")
+        elapsed = time.perf_counter() - start
+        self.print(f"* Data wait: {waited:.1f} s of {elapsed:.1f} s of training ({waited / max(elapsed, 1e-9):.0%}): "
+                   "the time the steps waited for their batch (docs/input-pipeline.md)")
         self.check_loss(epoch, meter)
         return EpochResult(*avg, images_seen, time.perf_counter() - start)
 
