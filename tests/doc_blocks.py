@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +31,14 @@ def commands(prefix: str, text: str | None = None) -> list[list[str]]:
     """The arguments after ``prefix`` of every command containing it in the bash blocks."""
     lines = "\n".join(code_blocks("bash", text)).replace("\\\n", " ").splitlines()
     return [shlex.split(line.partition(prefix)[2]) for line in lines if prefix in line]
+
+
+def run_block(block: str, cwd: Path, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    """A documentation block run by bash in ``cwd``, with this checkout's ``src`` (or ``pythonpath``)
+    first on the path, single-threaded (:func:`runs.subprocess_env`)."""
+    from runs import subprocess_env
+
+    path = pythonpath or str(ROOT / "src")
+    env = subprocess_env() | {"PYTHONPATH": path + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(["bash", "-e", "-c", block], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)

@@ -91,11 +91,11 @@ def test_help_and_a_refused_flag_do_not_import_torch() -> None:
              "codes = [code(argv) for argv in ({argvs})]\n"
              "print(codes, 'torch' in sys.modules, 'numpy' in sys.modules)")
     argvs = ("['--help'], ['--version'], ['train', '--help'], ['eval', '--help'], ['predict', '--help'], "
-             "['plot', '--help'], ['bench', '--help'], ['train', '--epoch', '2'], ['train', '--depth', '0'], "
-             "['eval', '--checkpoint']")
+             "['plot', '--help'], ['bench', '--help'], ['export', '--help'], ['train', '--epoch', '2'], "
+             "['train', '--depth', '0'], ['eval', '--checkpoint'], ['export', '--format', 'onnx', '--opset', '3']")
     done = subprocess.run([sys.executable, "-c", probe.format(argvs=argvs)], capture_output=True, text=True,
                           timeout=60, env=subprocess_env())
-    assert done.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0, 0, 0, 0, 2, 2, 2] False False", done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2] False False", done.stdout
 
 
 def test_version() -> None:

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("idml.commands.train", "train a classifier (the official README's train.py)"),
     "eval": ("idml.commands.eval", "error, NLL, calibration and uncertainty AUROC of a checkpoint"),
     "predict": ("idml.commands.predict", "top-k classes and uncertainty score of image files"),
+    "export": ("idml.commands.export", "a checkpoint as an ONNX, TorchScript or safetensors file for deployment"),
     "plot": ("idml.commands.plot", "loss and error curves of runs from their metrics.csv"),
     "bench": ("idml.commands.bench", "training throughput of idml's settings vs the official code's, synthetic data"),
 }

@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from idml.data.augment import Normalize
 from idml.data.blends import blend_pairs
 from idml.data.build import build_data, load_in_memory
 from idml.data.catalog import canonical_name, dataset_info, datasets_that_can, parse_classes, user_dataset
 from idml.data.types import DataBundle, DataRequest
 from idml.device.runtime import resolve_device
 from idml.errors import ConfigError, listing
-from idml.inference import Outputs, TrainedModel, load_trained_model, run_model
+from idml.inference import Outputs, TrainedModel, load_trained_model, predict_images, run_model
 from idml.metrics import (
     aurc,
     calibration,
@@ -131,12 +130,6 @@ def predict_loader(trained: TrainedModel, loader, transform) -> tuple[Outputs, n
 def predict_test_split(trained: TrainedModel, data: DataBundle) -> tuple[Outputs, np.ndarray]:
     """Outputs and targets of every test image (the official test split, whatever the protocol)."""
     return predict_loader(trained, data.test, data.eval_transform)
-
-
-def predict_images(trained: TrainedModel, images: torch.Tensor, batch_size: int) -> Outputs:
-    """Outputs of in-memory images (pixel units, uint8 or float), normalised as the model's data."""
-    normalize = Normalize(trained.mean, trained.std, trained.device)
-    return run_model(trained, (normalize(chunk.to(trained.device)) for chunk in images.split(batch_size)))
 
 
 def ood_images(spec: str, trained: TrainedModel, req: EvalRequest) -> torch.Tensor:

@@ -11,7 +11,7 @@ unless ``--amp`` says otherwise.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +23,9 @@ from idml.checkpoint.io import load_checkpoint
 from idml.checkpoint.schema import Checkpoint, check_weights
 from idml.data.augment import Normalize
 from idml.data.catalog import dataset_info
-from idml.data.image_files import image_preparer, read_image
+from idml.data.image_files import Preparer, image_preparer, read_image
 from idml.device.runtime import Runtime, build_runtime
-from idml.errors import ConfigError, IdmlError, one_line
+from idml.errors import ConfigError, DataError, IdmlError, one_line
 from idml.ism import IntrospectiveClassifier, uncertainty_score
 from idml.metrics import check_finite_outputs, softmax, uncertainty_scores
 from idml.models.layout import channels_last_under_bf16
@@ -53,6 +53,8 @@ class TrainedModel:
     best_weights: str = "model"
     #: the softmax temperature fitted on the validation split (--val_split), or None
     temperature: float | None = None
+    #: the settings the network was built from
+    spec: ModelSpec | None = None
 
     @property
     def has_ism(self) -> bool:
@@ -137,7 +139,14 @@ def load_trained_model(path: str | Path, device: torch.device, amp: str | None =
     so any checkpoint gives either a model or one line.
     """
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    return trained_from_checkpoint(load_checkpoint(path), path, device, amp, ema)
+
+
+def trained_from_checkpoint(ckpt: Checkpoint, path: Path, device: torch.device, amp: str | None = None,
+                            ema: bool = False) -> TrainedModel:
+    """:func:`load_trained_model` of a checkpoint already read and checked: a file's, or the one
+    :mod:`idml.export.safetensors` assembles from an exported weights file and its settings
+    (``path`` names the file in messages)."""
     ckpt.require(INFERENCE_FIELDS, path)
     spec = ckpt.spec
     info = dataset_info(spec.dataset, spec.input_size)
@@ -159,7 +168,7 @@ def load_trained_model(path: str | Path, device: torch.device, amp: str | None =
     runtime.place(model).eval()
     names = list(ckpt.class_names or [str(i) for i in range(model.head.fc.out_features)])
     return TrainedModel(model, spec.dataset, names, tuple(ckpt.mean), tuple(ckpt.std), ckpt.input_size,
-                        runtime.device, runtime, ckpt.config, ckpt.best_weights, ckpt.temperature)
+                        runtime.device, runtime, ckpt.config, ckpt.best_weights, ckpt.temperature, spec)
 
 
 def _ism_exponent(head, features: Tensor, logits: Tensor, u_sq: Tensor) -> Tensor:
@@ -198,6 +207,12 @@ def run_model(trained: TrainedModel, batches: Iterable[Tensor]) -> Outputs:
     return Outputs(**arrays)
 
 
+def predict_images(trained: TrainedModel, images: Tensor, batch_size: int) -> Outputs:
+    """Outputs of in-memory images (pixel units, uint8 or float), normalised as the model's data."""
+    normalize = Normalize(trained.mean, trained.std, trained.device)
+    return run_model(trained, (normalize(chunk.to(trained.device)) for chunk in images.split(batch_size)))
+
+
 # -- classifying image files ----------------------------------------------------------------------
 @dataclass
 class Prediction:
@@ -209,33 +224,66 @@ class Prediction:
     probabilities: list[float]
 
 
-def check_score(trained: TrainedModel, score: str) -> None:
-    """Refuse an uncertainty score that needs the ISM head for a model trained without it."""
-    if SCORES[score][1] and not trained.has_ism:
-        raise ConfigError(f"--score {score} needs a model trained with the ISM head (this one was trained with "
-                          f"--no-ism); pick one of {', '.join(n for n, (_, ism) in SCORES.items() if not ism)}")
+@dataclass
+class Predictor:
+    """What ``idml predict`` needs of a model, whatever file it came from (a checkpoint, or an
+    export: :mod:`idml.export.predictor`): how to prepare an image, the outputs of a batch of
+    prepared images, and how to name and calibrate them."""
+
+    #: the file, for messages
+    where: str
+    class_names: list[str]
+    temperature: float | None
+    #: uint8 images N x 3 x H x W -> what :func:`run_model` returns for them
+    outputs: Callable[[Tensor], Outputs]
+    #: decoded image -> uint8 3 x H x W, as the model's validation images were prepared
+    prepare: Preparer
+    #: the scores of :data:`idml.scores.SCORES` these outputs give, and why the others are missing
+    scores: tuple[str, ...]
+    missing_scores: str = ""
 
 
-def predict_files(trained: TrainedModel, files: list[Path], topk: int, batch_size: int,
-                  score: str = DEFAULT_SCORE, checkpoint: str = "the checkpoint") -> Iterator[Prediction]:
+def checkpoint_predictor(trained: TrainedModel, where: str) -> Predictor:
+    """A trained network (a checkpoint's, or a rebuilt export's) as a :class:`Predictor`."""
+    scores = tuple(name for name, (_, ism) in SCORES.items() if trained.has_ism or not ism)
+    return Predictor(where, trained.class_names, trained.temperature,
+                     lambda images: predict_images(trained, images, len(images)),
+                     image_preparer(trained.dataset, trained.input_size), scores,
+                     "needs a model trained with the ISM head (this one was trained with --no-ism)")
+
+
+def check_score(model: Predictor, score: str) -> None:
+    """Refuse an uncertainty score the model's outputs do not give (one that needs the ISM head for
+    a model trained without it, say)."""
+    if score not in model.scores:
+        raise ConfigError(f"--score {score} {model.missing_scores}; pick one of {', '.join(model.scores)}")
+
+
+def _prepared(model: Predictor, path: Path) -> Tensor:
+    image = read_image(path)  # its errors name the file
+    try:
+        return model.prepare(image)
+    except DataError as exc:
+        raise DataError(f"cannot use image {path}: {exc}") from exc
+
+
+def predict_files(model: Predictor, files: list[Path], topk: int, batch_size: int,
+                  score: str = DEFAULT_SCORE) -> Iterator[Prediction]:
     """Classify ``files`` ``batch_size`` at a time, each prepared as the model's validation images.
 
-    Probabilities are the softmax of the plain logits divided by the checkpoint's temperature
-    (fitted on the validation split of a ``--val_split`` run; 1 without one); ``score`` is computed
-    as ``idml eval`` measures it. Files are decoded one batch at a time, so memory stays that of
-    one batch however many files there are.
+    Probabilities are the softmax of the plain logits divided by the model's temperature (fitted
+    on the validation split of a ``--val_split`` run; 1 without one); ``score`` is computed as
+    ``idml eval`` measures it. Files are decoded one batch at a time, so memory stays that of one
+    batch however many files there are.
     """
-    prepare = image_preparer(trained.dataset, trained.input_size)
-    normalize = Normalize(trained.mean, trained.std, trained.device)
-    topk = min(topk, len(trained.class_names))
+    topk = min(topk, len(model.class_names))
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        images = torch.stack([prepare(read_image(path)) for path in chunk])
-        outputs = run_model(trained, [normalize(images.to(trained.device))])
-        check_finite_outputs(outputs.logits, outputs.uncertainty, checkpoint)
-        probs = softmax(outputs.logits / (trained.temperature or 1.0))
+        outputs = model.outputs(torch.stack([_prepared(model, path) for path in chunk]))
+        check_finite_outputs(outputs.logits, outputs.uncertainty, model.where)
+        probs = softmax(outputs.logits / (model.temperature or 1.0))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
         scores = outputs.scores()[score]
         for i, path in enumerate(chunk):
-            yield Prediction(str(path), float(scores[i]), [trained.class_names[c] for c in order[i]],
+            yield Prediction(str(path), float(scores[i]), [model.class_names[c] for c in order[i]],
                              [float(q) for q in probs[i, order[i]]])

@@ -14,7 +14,9 @@ right, or every one wrong.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -23,6 +25,7 @@ from scipy.stats import entropy, spearmanr
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 from idml.errors import IdmlError
+from idml.scores import LOGIT_SCORE_NAMES
 
 #: Number of equal-width confidence bins of the expected calibration error (Guo et al., 2017).
 ECE_BINS = 15
@@ -97,6 +100,48 @@ def misclassification_auroc(score: np.ndarray, wrong: np.ndarray) -> float | Non
 
 # -- uncertainty scores: larger = more uncertain ---------------------------------------------------
 
+@dataclass(frozen=True)
+class ScoreOps:
+    """The array operations the logit scores are written with, each over the classes (axis 1) of
+    an N x C array.
+
+    :data:`NUMPY_OPS` computes them here, for ``idml eval`` and ``idml predict``; the exported
+    graph passes torch's (:mod:`idml.export.graph`), so that its ``uncertainty`` output is the
+    definition below and not a second copy of it.
+    """
+
+    softmax: Callable[[Any], Any]
+    amax: Callable[[Any], Any]
+    logsumexp: Callable[[Any], Any]
+    entropy: Callable[[Any], Any]  # of rows of probabilities, nats
+
+
+NUMPY_OPS = ScoreOps(softmax=softmax, amax=lambda x: x.max(axis=1), logsumexp=lambda x: logsumexp(x, axis=1),
+                     entropy=lambda p: entropy(p, axis=1))
+
+
+def _msp(logits: Any, ops: ScoreOps) -> Any:
+    return 1.0 - ops.amax(ops.softmax(logits))
+
+
+def _entropy(logits: Any, ops: ScoreOps) -> Any:
+    return ops.entropy(ops.softmax(logits))
+
+
+def _max_logit(logits: Any, ops: ScoreOps) -> Any:
+    return -ops.amax(logits)
+
+
+def _energy(logits: Any, ops: ScoreOps) -> Any:
+    return -ops.logsumexp(logits)
+
+
+#: :data:`idml.scores.LOGIT_SCORE_NAMES` -> the score, a function of the logits and the
+#: :class:`ScoreOps` to compute with.
+LOGIT_SCORES: dict[str, Callable[[Any, ScoreOps], Any]] = dict(
+    zip(LOGIT_SCORE_NAMES, (_msp, _entropy, _max_logit, _energy), strict=True))
+
+
 def uncertainty_scores(
     logits: np.ndarray, *, feature_sq: np.ndarray, introspective: np.ndarray | None = None,
     u_sq: np.ndarray | None = None, ism_exponent: np.ndarray | None = None,
@@ -108,14 +153,8 @@ def uncertainty_scores(
     for a model trained without ISM.
     """
     logits = np.asarray(logits, dtype=np.float64)
-    probs = softmax(logits)
-    scores = {
-        "msp": 1.0 - probs.max(axis=1),
-        "entropy": entropy(probs, axis=1),
-        "max_logit": -logits.max(axis=1),
-        "energy": -logsumexp(logits, axis=1),
-        "neg_f_norm": -np.sqrt(feature_sq),
-    }
+    scores = {name: score(logits, NUMPY_OPS) for name, score in LOGIT_SCORES.items()}
+    scores["neg_f_norm"] = -np.sqrt(feature_sq)
     if u_sq is not None and introspective is not None and ism_exponent is not None:
         scores |= {
             "u_norm2": u_sq,

@@ -20,3 +20,6 @@ SCORE_NAMES = list(SCORES)
 #: The uncertainty column of ``idml predict`` by default: the score that measured best in
 #: experiments/RESULTS.md (docs/uncertainty.md).
 DEFAULT_SCORE = "msp"
+#: The scores the plain logits alone decide (no features, no ISM head): those an exported model can
+#: return (``idml export --score``), computed by :data:`idml.metrics.LOGIT_SCORES`.
+LOGIT_SCORE_NAMES = ("msp", "entropy", "max_logit", "energy")

@@ -45,3 +45,22 @@ def test_image_files_expand_folders_sorted(tmp_path):
         image_files([str(tmp_path / "empty")])
     with pytest.raises(DataError, match="no such file or folder"):
         image_files([str(tmp_path / "nope.png")])
+
+
+@pytest.mark.parametrize(("pixels", "mode"), [(np.full((8, 8), 1000, np.uint16), "I;16"),
+                                              (np.full((8, 8), 70000, np.int32), "I"),
+                                              (np.full((8, 8), 0.5, np.float32), "F")])
+def test_images_of_more_than_8_bits_are_refused_not_clipped(tmp_path, pixels, mode):
+    path = tmp_path / "wide.tif"
+    Image.fromarray(pixels).save(path)
+    with pytest.raises(DataError, match=rf"{path}.*more than 8 bits per channel \(PIL mode {mode}\)"):
+        read_image(path)
+
+
+def test_an_image_too_elongated_to_resize_and_crop_is_refused_before_resizing(tmp_path):
+    Image.new("RGB", (3, 200)).save(tmp_path / "strip.png")  # Resize(256) would make it 256 x 17067
+    with pytest.raises(DataError, match="3x200 pixels is too elongated"):
+        image_preparer("imagenet", 224)(read_image(tmp_path / "strip.png"))
+    Image.new("RGB", (10, 300)).save(tmp_path / "tall.png")  # 30:1 is still resized
+    assert image_preparer("imagenet", 224)(read_image(tmp_path / "tall.png")).shape == (3, 224, 224)
+    assert image_preparer("cifar10", 32)(read_image(tmp_path / "strip.png")).shape == (3, 32, 32)

@@ -4,15 +4,13 @@ bash blocks, as written, in an empty folder with a ``.venv/bin`` that runs this 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from doc_blocks import ROOT, code_blocks, section
-from runs import fake_venv, subprocess_env
+from doc_blocks import ROOT, code_blocks, run_block, section
+from runs import fake_venv
 
 DOC = ROOT / "docs" / "own-data.md"
 
@@ -22,12 +20,6 @@ def walkthrough() -> tuple[str, str]:
     blocks = code_blocks("bash", section(DOC.read_text(encoding="utf-8"), "Train on your own images"))
     assert len(blocks) == 2, blocks
     return blocks[0], blocks[1]
-
-
-def run_block(block: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = subprocess_env() | {"PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run(["bash", "-e", "-c", block], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
 
 
 def test_the_walkthrough_has_three_commands() -> None:

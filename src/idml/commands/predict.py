@@ -4,6 +4,11 @@ Parses the command line, classifies the files (:func:`idml.inference.predict_fil
 table, CSV or JSON. The uncertainty column is one score of :data:`idml.scores.SCORES` (larger =
 less sure): by default :data:`idml.scores.DEFAULT_SCORE`, the score that measured best in
 experiments/RESULTS.md (see docs/uncertainty.md); ``--score NAME`` picks another.
+
+``--model FILE`` predicts with a file written by ``idml export`` instead of a checkpoint
+(:func:`idml.export.predictor.exported_predictor`): an ``.onnx`` file runs in onnxruntime, a
+``.safetensors`` file (with its ``.json``) is rebuilt in PyTorch; images are prepared and the output
+printed exactly as for the checkpoint (docs/export.md).
 """
 
 from __future__ import annotations
@@ -18,14 +23,18 @@ from idml.errors import ConfigError, printable
 from idml.scores import DEFAULT_SCORE, SCORE_NAMES
 
 if TYPE_CHECKING:
-    from idml.inference import Prediction
+    from idml.inference import Prediction, Predictor
 
 FORMATS = ("table", "csv", "json")
 
 
 def parse_args(argv: list[str]):
-    p = OneLineParser(prog="idml predict", description="Classify image files with a trained checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by idml train (e.g. model_best.pth.tar)")
+    p = OneLineParser(prog="idml predict", description="Classify image files with a trained checkpoint or an "
+                      "exported model.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint written by idml train (e.g. model_best.pth.tar)")
+    source.add_argument("--model", help="a model written by idml export: FILE.onnx (run by onnxruntime) or "
+                        "FILE.safetensors (with its FILE.json); see docs/export.md")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files, or folders (their image files at any depth, sorted)")
     p.add_argument("--topk", type=int, default=5, help="classes to list per image (default: %(default)s, at most all)")
@@ -82,15 +91,27 @@ def format_json(preds: list[Prediction], score: str = DEFAULT_SCORE) -> str:
 FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
 
 
+def load_predictor(args) -> Predictor:
+    """The model to predict with: the checkpoint's, or the exported file's (``--model``)."""
+    if args.model is not None:
+        from idml.export.predictor import exported_predictor
+
+        return exported_predictor(args.model, args.device, args.amp, args.ema)
+    from idml.device.runtime import resolve_device
+    from idml.inference import checkpoint_predictor, load_trained_model
+
+    trained = load_trained_model(args.checkpoint, resolve_device(args.device), amp=args.amp, ema=args.ema)
+    return checkpoint_predictor(trained, args.checkpoint)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from idml.data.image_files import image_files
-    from idml.device.runtime import resolve_device
-    from idml.inference import check_score, load_trained_model, predict_files
+    from idml.inference import check_score, predict_files
 
     files = image_files(args.images)
-    trained = load_trained_model(args.checkpoint, resolve_device(args.device), amp=args.amp, ema=args.ema)
-    check_score(trained, args.score)
-    preds = list(predict_files(trained, files, args.topk, args.batch_size, args.score, args.checkpoint))
+    model = load_predictor(args)
+    check_score(model, args.score)
+    preds = list(predict_files(model, files, args.topk, args.batch_size, args.score))
     print(FORMATTERS[args.format](preds, args.score))
     return 0

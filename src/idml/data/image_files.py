@@ -94,11 +94,20 @@ def opened(source: str | Path | bytes, name: str | Path) -> Iterator[Image.Image
         raise DataError(f"cannot read image {name}: {one_line(exc)}") from exc
 
 
+#: PIL modes of more than 8 bits per channel: converting them to RGB clips every value above 255
+#: (a 16-bit scan becomes white) or truncates fractions (a float image becomes black).
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
 def read_image(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully; a file that is not a readable image is a one-line :class:`DataError`."""
+    """Decode ``path`` fully; a file that is not a readable 8-bit image is a one-line :class:`DataError`."""
     with opened(path, path) as img:
         img.load()
-        return img.copy()
+        img = img.copy()
+    if img.mode in WIDE_MODES:
+        raise DataError(f"cannot read image {path}: it has more than 8 bits per channel (PIL mode {img.mode}), "
+                        "which converting to RGB would clip; convert it to 8-bit first")
+    return img
 
 
 def read_training_image(path: str | Path) -> Image.Image:
@@ -206,9 +215,21 @@ def _resize(size: int) -> Preparer:
     return lambda img: pipeline(img.convert("RGB"))
 
 
+#: Longest side / shortest side an image may have for Resize + CenterCrop: resizing the shorter side
+#: of a 1 x 100,000 strip to 256 pixels would allocate gigabytes for the central crop's sake.
+MAX_ASPECT = 32
+
+
 def _resize_crop(size: int) -> Preparer:
     pipeline = v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
-    return lambda img: pipeline(img.convert("RGB"))
+
+    def prepare(img: Image.Image) -> Tensor:
+        if max(img.size) > MAX_ASPECT * min(img.size):
+            raise DataError(f"an image of {img.width}x{img.height} pixels is too elongated to resize and centre-crop "
+                            f"(sides more than {MAX_ASPECT}:1); crop it first")
+        return pipeline(img.convert("RGB"))
+
+    return prepare
 
 
 def prepare_digit(img: Image.Image) -> Tensor:
@@ -231,8 +252,13 @@ PREPARERS: dict[str, Callable[[int], Preparer]] = {
 }
 
 
+def preparation(dataset: str, input_size: int) -> str:
+    """The name in :data:`PREPARERS` of how images are prepared for a model trained on ``dataset``
+    (what an exported model's metadata records, without the dataset's own name or path)."""
+    info = dataset_info(dataset, input_size)
+    return info.name if info.name in PREPARERS else info.family
+
+
 def image_preparer(dataset: str, input_size: int) -> Preparer:
     """How to turn a decoded image into the uint8 input of a model trained on ``dataset``."""
-    info = dataset_info(dataset, input_size)
-    make = PREPARERS.get(info.name) or PREPARERS[info.family]
-    return make(input_size)
+    return PREPARERS[preparation(dataset, input_size)](input_size)

@@ -48,12 +48,14 @@ def add_zero_padded(out: Tensor, shortcut: Tensor) -> Tensor:
     """``out + shortcut`` with the shortcut's missing trailing channels taken as zeros.
 
     Eagerly this allocates no padding (see :class:`_AddIntoLeadingChannels`); under
-    ``torch.compile`` the plain pad-and-add form is used, which inductor fuses into one kernel.
+    ``torch.compile`` the plain pad-and-add form is used, which inductor fuses into one kernel, and
+    under ``torch.jit.trace`` (``idml export --format torchscript``), which cannot record a Python
+    autograd function.
     """
     extra = out.shape[1] - shortcut.shape[1]
     if extra == 0:
         return out + shortcut
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return out + F.pad(shortcut, (0, 0, 0, 0, 0, extra))
     return _AddIntoLeadingChannels.apply(out, shortcut)
 
