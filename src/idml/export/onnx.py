@@ -1,10 +1,11 @@
 """ONNX: written with torch.onnx's ``torch.export``-based exporter, read back with onnx and onnxruntime.
 
-Why that exporter (``dynamo=True``): it is torch's default since 2.9, the TorchScript-based one is
-deprecated ("will be removed", torch 2.14) and cannot even trace the ISM head's bit-level float
-views. It writes opset 18 and later natively; for ``--opset`` below 18 the model is lowered with
-ONNX's version converter, and where that cannot express an operator the export stops with one line
-naming the operators whose current form is newer than the opset asked for.
+Why that exporter (``dynamo=True``): it is torch's default since 2.9 and records the batch
+dimension as symbolic; the TorchScript-based one is faster and writes low opsets itself, but torch
+2.14 warns that it is deprecated and will be removed, and it stops at opset 20. The chosen one
+writes opset 18 and later natively; for ``--opset`` below 18 the model is lowered with ONNX's
+version converter, and where that cannot express an operator the export stops with one line naming
+the operators whose current form is newer than the opset asked for.
 
 Reading a file (``idml predict --model model.onnx``) checks, in order: it parses; it refers to no
 external data (a path in a tensor would make onnxruntime read any file); it carries idml's
