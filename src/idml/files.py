@@ -12,8 +12,9 @@ exported models) goes through :func:`atomic_write`:
   it points to (the rename would replace the link, not the target, but silently doing so hides the
   plant; refusing says so).
 
-:func:`open_for_lock` opens a lock file the same way (``O_NOFOLLOW``), and
-:func:`remove_stale_temps` deletes the temporary files of a write that was killed.
+:func:`open_for_lock` opens a lock file the same way (``O_NOFOLLOW``),
+:func:`remove_stale_temps` deletes the temporary files of a write that was killed, and
+:func:`open_to_read` opens a file to read with one-line errors.
 """
 
 from __future__ import annotations
@@ -107,6 +108,19 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of UTF-8 text (newlines written as given)."""
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def open_to_read(path: str | Path, what: str) -> BinaryIO:
+    """``path`` opened for binary reading; a missing file, a folder or an unreadable one is one line
+    calling it ``what`` ("checkpoint", "model")."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError as exc:
+        raise IdmlError(f"{what} {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise IdmlError(f"{what} {path} is a folder, not a {what} file") from exc
+    except OSError as exc:
+        raise IdmlError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
 def open_for_lock(path: Path) -> int:

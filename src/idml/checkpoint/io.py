@@ -30,7 +30,7 @@ import torch
 
 from idml.checkpoint.schema import Checkpoint
 from idml.errors import IdmlError, one_line
-from idml.files import atomic_write
+from idml.files import atomic_write, open_to_read
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
@@ -104,15 +104,7 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> tup
     containers) for any file ``torch.save`` wrote, e.g. a state_dict for ``--init_from``; returns
     what it holds and the file's size."""
     path = Path(path)
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below; one handle for the checks and the load
-    except FileNotFoundError as exc:
-        raise IdmlError(f"checkpoint {path} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise IdmlError(f"checkpoint {path} is a folder, not a checkpoint file") from exc
-    except OSError as exc:
-        raise IdmlError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
-    with fh:
+    with open_to_read(path, "checkpoint") as fh:  # one handle for the checks and the load
         try:
             size = os.fstat(fh.fileno()).st_size
             _check_archive(fh, path)

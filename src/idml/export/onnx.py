@@ -40,6 +40,7 @@ from idml.errors import DataError, IdmlError, one_line
 from idml.export.formats import DEFAULT_OPSET
 from idml.export.graph import DeployedClassifier, probe_images
 from idml.export.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ExportMetadata, bytes_sha256
+from idml.files import open_to_read
 
 #: An ONNX file is one protobuf message, which cannot exceed 2 GiB.
 MAX_BYTES = 2**31 - 1
@@ -247,16 +248,9 @@ def session_from_bytes(data: bytes, where: str) -> OnnxModel:
 def load_onnx(path: str | Path) -> OnnxModel:
     """An exported ONNX file, checked and ready to run; any problem is one line."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > MAX_BYTES:
-                raise IdmlError(f"cannot use {path}: {size} bytes, more than an ONNX file can hold")
-            data = fh.read()
-    except FileNotFoundError as exc:
-        raise IdmlError(f"model {path} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise IdmlError(f"model {path} is a folder, not a model file") from exc
-    except OSError as exc:
-        raise IdmlError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+    with open_to_read(path, "model") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_BYTES:
+            raise IdmlError(f"cannot use {path}: {size} bytes, more than an ONNX file can hold")
+        data = fh.read()
     return session_from_bytes(data, str(path))

@@ -29,6 +29,7 @@ from idml.checkpoint.schema import Checkpoint
 from idml.data.image_files import preparation
 from idml.errors import IdmlError, one_line
 from idml.export.metadata import MAX_METADATA_BYTES, ExportMetadata, bytes_sha256
+from idml.files import open_to_read
 from idml.inference import TrainedModel, trained_from_checkpoint
 
 #: Bytes per element of each safetensors dtype (the format's names).
@@ -123,18 +124,11 @@ def trained_from_bytes(data: bytes, metadata: ExportMetadata, where: str, device
     return trained
 
 
-def _read(path: Path, limit: int | None = None) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            if limit is not None and os.fstat(fh.fileno()).st_size > limit:
-                raise _fail(str(path), f"more than {limit} bytes; not the JSON idml export writes")
-            return fh.read()
-    except FileNotFoundError as exc:
-        raise IdmlError(f"{path} does not exist (a .safetensors export comes with its .json beside it)") from exc
-    except IsADirectoryError as exc:
-        raise IdmlError(f"{path} is a folder, not a model file") from exc
-    except OSError as exc:
-        raise IdmlError(f"cannot read {path}: {exc.strerror or exc}") from exc
+def _read(path: Path, what: str, limit: int | None = None) -> bytes:
+    with open_to_read(path, what) as fh:
+        if limit is not None and os.fstat(fh.fileno()).st_size > limit:
+            raise _fail(str(path), f"more than {limit} bytes; not the JSON idml export writes")
+        return fh.read()
 
 
 def load_safetensors_model(path: str | Path, device: torch.device, amp: str | None = None
@@ -143,5 +137,5 @@ def load_safetensors_model(path: str | Path, device: torch.device, amp: str | No
     docstring); ``amp`` as for a checkpoint (default: float32)."""
     path = Path(path)
     sidecar = sidecar_path(path)
-    metadata = ExportMetadata.from_json(_read(sidecar, MAX_METADATA_BYTES), str(sidecar))
-    return trained_from_bytes(_read(path), metadata, str(path), device, amp), metadata
+    metadata = ExportMetadata.from_json(_read(sidecar, "model settings", MAX_METADATA_BYTES), str(sidecar))
+    return trained_from_bytes(_read(path, "model"), metadata, str(path), device, amp), metadata
