@@ -93,6 +93,12 @@ def test_every_format_equals_idml_eval(family: dict, fmt: str, capsys) -> None:
     np.testing.assert_allclose(got["uncertainty"], outputs.scores()["msp"], rtol=1e-4, atol=1e-6)
     targets_err = 100.0 * np.mean(got["logits"].argmax(axis=1) != outputs.logits.argmax(axis=1))
     assert targets_err == 0.0  # the same class for every test image
+    if fmt == "torchscript":  # the metadata, as the extra file idml.json
+        extra = {"idml.json": ""}
+        torch.jit.load(str(output), map_location="cpu", _extra_files=extra)
+        meta = json.loads(extra["idml.json"])
+        assert meta["class_names"] == report["classes"] and meta["temperature"] == report["temperature"]
+        assert meta["score"] == "msp" and len(meta["checkpoint_sha256"]) == 64
     if fmt == "onnx":  # float32 weights, whatever the training precision and memory format
         kinds = {t.data_type for t in onnx.load(str(output)).graph.initializer}
         assert onnx.TensorProto.BFLOAT16 not in kinds and onnx.TensorProto.FLOAT16 not in kinds

@@ -65,3 +65,27 @@ def test_the_checkpoint_is_never_overwritten(checkpoint: Path, capsys) -> None:
                             capsys)
     one_error_line(err, "is the checkpoint itself", code=code)
     assert copy.read_bytes() == before
+
+
+def test_a_gray_checkpoint_mean_is_applied_to_the_three_channels(tmp_path: Path, capsys) -> None:
+    """A checkpoint may store one mean and std for all channels; the export states all three."""
+    import json
+
+    import onnxruntime
+    import torch
+
+    from idml.models.registry import build_from_spec
+    from idml.models.spec import ModelSpec
+
+    spec = ModelSpec("resnet", "cifar10", 8, bottleneck=False, num_classes=10, uncertainty_dim=16)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "gray.pth.tar"
+    torch.save({"model": spec.to_dict(), "state_dict": build_from_spec(spec).state_dict(), "mean": [0.4],
+                "std": [0.2], "input_size": 32, "class_names": [str(c) for c in range(10)]}, checkpoint)
+    output = tmp_path / "gray.onnx"
+    code, _, err = run_idml(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(output)],
+                            capsys)
+    assert code == 0, err
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["idml"])
+    assert meta["mean"] == pytest.approx([0.4] * 3) and meta["std"] == pytest.approx([0.2] * 3)

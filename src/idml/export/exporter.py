@@ -76,10 +76,15 @@ def _check_output(request: ExportRequest, fmt: Format) -> None:
         raise ConfigError("--opset applies to --format onnx only")
 
 
+def _per_channel(values: tuple[float, ...]) -> list[float]:
+    """A checkpoint's mean or std for the three RGB channels (one number stands for all three)."""
+    return list(values) * 3 if len(values) == 1 else list(values)
+
+
 def _metadata(trained: TrainedModel, request: ExportRequest) -> ExportMetadata:
     return ExportMetadata(
-        class_names=list(trained.class_names), input_size=trained.input_size, mean=list(trained.mean),
-        std=list(trained.std), temperature=trained.temperature, score=request.score,
+        class_names=list(trained.class_names), input_size=trained.input_size, mean=_per_channel(trained.mean),
+        std=_per_channel(trained.std), temperature=trained.temperature, score=request.score,
         preparation=preparation(trained.dataset, trained.input_size),
         weights="ema" if request.ema else "model", idml_version=idml.__version__,
         checkpoint_sha256=file_sha256(request.checkpoint))
