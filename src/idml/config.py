@@ -51,6 +51,12 @@ MAX_UNCERTAINTY_DIM = 2**16
 MAX_DIST_TIMEOUT = 7 * 24 * 3600
 MAX_EPOCHS = 100_000
 MAX_STEPS = 1_000_000_000
+#: ``--devices N``: processes one command may start (one per CUDA GPU, or Gloo processes on the CPU)
+MAX_DEVICES = 512
+#: ``--stop_after``: at most a year, in hours
+MAX_STOP_AFTER_H = 24 * 365
+#: signals ``--stop_signal`` may name (SIGTERM and SIGINT always stop a run cleanly)
+STOP_SIGNAL_CHOICES = ("USR1", "USR2", "HUP", "TERM")
 SCHED_CHOICES = ("step", "cosine")
 DECODE_CHOICES = ("cpu", "gpu", "auto")
 EXPNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+=-]*"
@@ -58,6 +64,18 @@ EXPNAME_WORDS = ("be a plain folder name (letters, digits and . _ + = -, startin
                  "so that the run stays inside --output_dir")
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
 IDML = "flags idml adds"
+
+
+def device_count(value: Any) -> int | None:
+    """``--devices`` as a number of processes (from the command line's text or a YAML number); None
+    for auto, or for a value that is no whole number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else None
+
+
+DEVICES_RULE = Rule(f"be auto or a number of devices in [1, {MAX_DEVICES}]",
+                    lambda v: v == "auto" or 1 <= (device_count(v) or 0) <= MAX_DEVICES)
 
 
 @dataclass(frozen=True)
@@ -211,6 +229,19 @@ class TrainConfig:
                                   rule=number(above=0, high=MAX_DIST_TIMEOUT),
                                   help="under torchrun: how long a process waits for a silent peer before the run "
                                   "stops with one line (covers rank 0 writing a checkpoint while the others wait)")
+    devices: str | int = setting("auto", "--devices", metavar="auto|N", rule=DEVICES_RULE,
+                                 help="outside torchrun: train on this many devices, one DDP process each, started "
+                                 "from this one command (auto = every visible CUDA GPU, else 1; with --device cpu, N "
+                                 "Gloo processes); --batch_size is then the total batch, split evenly. Under torchrun "
+                                 "it is ignored (see docs/cluster.md)")
+    stop_signal: str = setting("USR1", "--stop_signal", choices=STOP_SIGNAL_CHOICES,
+                               rule=one_of(*STOP_SIGNAL_CHOICES),
+                               help="besides SIGTERM and SIGINT, this signal (SLURM's --signal=B:USR1@120 warning) "
+                               "stops the run cleanly: every process stops at the same step, writes the checkpoint "
+                               "and exits with 128 + its number")
+    stop_after: float = setting(0.0, "--stop_after", metavar="HOURS", rule=number(0, MAX_STOP_AFTER_H),
+                                help="stop cleanly, as on --stop_signal, at the first step after HOURS of wall-clock "
+                                "time since idml train started, for schedulers that send no warning (0 = never)")
     # --- your own images (--dataset folder, hf:<path>); see docs/own-data.md ---
     input_size: int | None = setting(None, "--input_size", metavar="N", shown_default="32",
                                      rule=optional(integer(MIN_INPUT_SIZE, MAX_INPUT_SIZE)),
@@ -351,6 +382,11 @@ class TrainConfig:
             self.net_type, self.dataset, self.depth, self.alpha, self.bottleneck,
             None, self.ism, self.uncertainty_dim, self.ism_lambda, size,
         )
+
+    @property
+    def processes_requested(self) -> int | None:
+        """``--devices`` as a number of processes; None for auto."""
+        return device_count(self.devices)
 
     @property
     def mix(self) -> MixConfig:

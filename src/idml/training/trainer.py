@@ -168,7 +168,7 @@ class Trainer:
         self.print = printer if runtime.is_main else (lambda _msg: None)
         self.log = RunLog(cfg.run_dir, self.print, is_main=runtime.is_main, verbose=cfg.verbose,
                           tensorboard=cfg.tensorboard, world_size=runtime.world_size)
-        self.stopping = StopControl(runtime)
+        self.stopping = StopControl(runtime, cfg.stop_signal, cfg.stop_after)
         self.start = ResumePoint()  # epoch 0, step 0 unless load_state says otherwise
         self.best_err1, self.best_err5 = 100.0, 100.0
         self.best_weights = "model"  # or "ema": which weights scored best_err1
@@ -255,9 +255,10 @@ class Trainer:
                 f"without saving ({self.saved.last}): lower --lr (or try --amp off) and continue with --resume auto"
             )
 
-    def _stopped(self, signum: int) -> RunStopped:
-        return RunStopped(f"stopped by signal {signum}; saved {self.saved.last}: continue with the same "
-                          "command plus --resume auto", 128 + signum)
+    def _stopped(self, stop: StopRequest) -> RunStopped:
+        why = f"after --stop_after {self.cfg.stop_after:g} h" if stop.clock else f"by signal {stop.signum}"
+        return RunStopped(f"stopped {why}; saved {self.saved.last}: continue with the same "
+                          "command plus --resume auto", 128 + stop.signum)
 
     def _prints(self, step: int) -> bool:
         """Whether this step has a console line: verbose runs, every ``--print-freq`` steps, rank 0 only."""
@@ -291,7 +292,7 @@ class Trainer:
                 self.lines.flush()
                 self.log.end_progress()
                 self.save_position(epoch, step, meter)
-                raise self._stopped(item.signum)
+                raise self._stopped(item)
             data_time = time.perf_counter() - last
             waited += data_time
             images, targets = (self.rt.to_device(t) for t in item)
@@ -524,9 +525,9 @@ class Trainer:
                         self.test_at_best = self.test_at_last
                 self.print_best("Current best")
                 self.save(epoch, is_best)
-                signum = self.stopping.stop_signal()
-                if signum and epoch + 1 < self.cfg.epochs:
-                    raise self._stopped(signum)
+                stop = self.stopping.stop_requested()
+                if stop is not None and epoch + 1 < self.cfg.epochs:
+                    raise self._stopped(stop)
         self.log.close()
         self.print_best("Best")
         return self.best_err1, self.best_err5
