@@ -27,6 +27,7 @@ from torch import nn
 
 from idml.device.runtime import Runtime
 from idml.errors import AgreedError, ConfigError, IdmlError, exit_without_interruption, one_line
+from idml.training.rendezvous import generation_store
 
 T = TypeVar("T")
 _control: dict[str, dist.ProcessGroup | None] = {"group": None}
@@ -41,7 +42,9 @@ def init_distributed(rt: Runtime, timeout_s: float = 600.0) -> None:
         backend = "nccl" if rt.device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=timeout_s)
         with peer_failures_reported(rt, timeout_s):
-            dist.init_process_group(backend=backend, timeout=timeout)
+            store = generation_store(rt.rank, rt.world_size, timeout)  # None: the usual env:// rendezvous
+            joined = {} if store is None else {"store": store, "rank": rt.rank, "world_size": rt.world_size}
+            dist.init_process_group(backend=backend, timeout=timeout, **joined)
             _control["group"] = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
 
 

@@ -23,8 +23,9 @@ next checkpoint record is always what ran:
 
 from __future__ import annotations
 
+import os
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,31 @@ def resolve_resume_path(cfg: TrainConfig) -> Path | None:
     return path
 
 
+def restart_count(rt: Runtime) -> int:
+    """How often torchrun restarted this group (``--max-restarts``): the largest
+    ``TORCHELASTIC_RESTART_COUNT`` of any rank. Each agent counts only its own restarts (a node
+    whose workers did not fail keeps 0), so the ranks agree on the maximum."""
+    count = torch.tensor([int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)])
+    if rt.distributed:
+        dist.all_reduce(count, op=dist.ReduceOp.MAX, group=control_group())
+    return int(count.item())
+
+
+def resume_after_restart(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, str]:
+    """A group torchrun restarted continues its run instead of starting it over.
+
+    Without ``--resume`` the restarted group would move the first attempt's folder aside and train
+    from epoch 0 again; it resumes as with ``--resume auto``. Returns the settings and the line to
+    print ("" when nothing changes)."""
+    if cfg.resume is not None:
+        return cfg, ""
+    restarts = restart_count(rt)
+    if not restarts:
+        return cfg, ""
+    return replace(cfg, resume="auto"), f"=> torchrun restarted this run (restart {restarts}): it continues as " \
+        "with --resume auto"
+
+
 def check_same_model(ckpt: Checkpoint, spec: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint of another network with one line naming the settings that differ."""
     saved = ckpt.model
@@ -101,7 +127,8 @@ RESUME_RULES: dict[str, str] = {
                      "grad_accum_steps", "label_smoothing", "clip_grad_norm", "decode"],
                     RECIPE),
     **dict.fromkeys(["print_freq", "verbose", "expname", "output_dir", "workers", "resume", "save_every_steps",
-                     "tensorboard", "compile", "channels_last", "dist_timeout", "init_from"], RUNTIME),
+                     "tensorboard", "compile", "channels_last", "dist_timeout", "init_from", "devices", "stop_signal",
+                     "stop_after"], RUNTIME),
 }
 
 

@@ -43,7 +43,7 @@ from idml.training.distributed import (
     wrap_ddp,
 )
 from idml.training.init_from import apply_init_from
-from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path
+from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path, resume_after_restart
 from idml.training.run_folder import RunLock, belongs_to
 from idml.training.run_log import METRICS_NAME, MISSING_TENSORBOARD, tensorboard_available
 from idml.training.trainer import Trainer
@@ -232,6 +232,9 @@ def run_train(cfg: TrainConfig) -> tuple[float, float]:
     rt = agree_on_memory_format(rt)
     try:
         with contextlib.ExitStack() as hold, peer_failures_reported(rt, cfg.dist_timeout):
+            cfg, restarted = resume_after_restart(cfg, rt)
+            if restarted and rt.is_main:
+                print(restarted)
             trainer = build_trainer(cfg, rt, hold)
             return train(trainer, cfg, rt)
     finally:
