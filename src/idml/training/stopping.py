@@ -70,7 +70,7 @@ class StopControl:
     def __init__(self, rt: Runtime, stop_signal: str = "USR1", stop_after_h: float = 0.0) -> None:
         self.rt = rt
         self.scheduler_signal = int(getattr(signal, f"SIG{stop_signal}"))
-        self.deadline = STARTED + stop_after_h * 3600 if stop_after_h > 0 else math.inf
+        self.stop_after_s = stop_after_h * 3600 if stop_after_h > 0 else math.inf
         self.signum = 0  # received by this process
         self._first_signal_at = 0.0
 
@@ -101,7 +101,7 @@ class StopControl:
                     signal.signal(sig, handler)
 
     def _clock_ran_out(self) -> bool:
-        return time.monotonic() >= self.deadline
+        return time.monotonic() - STARTED >= self.stop_after_s
 
     def _flags(self, failed: bool, has_batch: bool = False) -> Tensor:
         return torch.tensor([int(failed), self.signum, int(has_batch), int(self._clock_ran_out())])
