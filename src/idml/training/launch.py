@@ -64,7 +64,7 @@ def device_kind(device: str) -> str:
     return device
 
 
-def plan_launch(cfg: TrainConfig, cuda_devices: Callable[[], int] = torch.cuda.device_count) -> LaunchPlan:
+def plan_launch(cfg: TrainConfig, cuda_devices: Callable[[], int] | None = None) -> LaunchPlan:
     """The processes ``idml train`` starts for ``--devices``: 1 (train here) or one per device.
 
     Refuses, with one line, more devices than are visible, several processes on MPS, and a total
@@ -73,7 +73,7 @@ def plan_launch(cfg: TrainConfig, cuda_devices: Callable[[], int] = torch.cuda.d
         return LaunchPlan(1, cfg.batch_size)
     kind, asked = device_kind(cfg.device), cfg.processes_requested
     if kind == "cuda":
-        visible = cuda_devices()
+        visible = (cuda_devices or torch.cuda.device_count)()
         if asked is not None and asked > visible:
             raise ConfigError(f"--devices {asked}: only {visible} CUDA GPU(s) are visible; give --devices "
                               f"{visible} or fewer, or auto")
