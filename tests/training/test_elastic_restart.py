@@ -107,7 +107,7 @@ def test_a_rank_that_reads_the_dead_generations_port_waits_for_the_live_one(monk
     rank 1 is refused there, reads the key again and joins the store rank 0 publishes a moment later."""
     agent = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     dead = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
-    agent.set(rendezvous.PORT_KEY, str(dead.port))
+    agent.set(rendezvous.PORT_KEY, f"{dead.port} token-of-the-dead-generation")
     del dead  # its process is gone: the port now refuses connections
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -126,6 +126,14 @@ def test_a_rank_that_reads_the_dead_generations_port_waits_for_the_live_one(monk
     assert not rank1.is_alive()
     joined[0].set("written by rank 0", "of this generation")
     assert joined[1].get("written by rank 0") == b"of this generation"  # one store, the live one
+
+
+def test_a_port_taken_by_another_store_is_not_joined(monkeypatch) -> None:
+    """The dead store's port now belongs to some other store (another job's): its token differs."""
+    other = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+    other.set(rendezvous.TOKEN_KEY, "another job's token")
+    assert rendezvous._client_if_live("127.0.0.1", other.port, "our token", 2) is None
+    assert rendezvous._client_if_live("127.0.0.1", other.port, "another job's token", 2) is not None
 
 
 def test_without_torchruns_agent_store_init_process_group_keeps_its_own_rendezvous(monkeypatch) -> None:
