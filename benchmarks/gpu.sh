@@ -40,6 +40,30 @@ bench() {  # bench NAME LIMIT_SECONDS FLAGS...
   echo "# $name: exit $rc after $((SECONDS - start))s"
 }
 
+# --devices on CUDA (docs/cluster.md): auto starts one process per visible GPU and splits the total
+# batch; asking for one GPU more than visible is one line and exit 2. About 30 s.
+devices_check() {
+  local gpus digits=(--dataset digits --net_type resnet --depth 8 --no-bottleneck --device cuda --epochs 1
+                     --no-verbose --output_dir "$LOGS/devices")
+  gpus=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+  echo "# devices: $gpus visible GPU(s)"
+  if timeout 120 "$PYTHON" -m idml train "${digits[@]}" --devices auto --batch_size $((32 * gpus)) --expname auto \
+      > "$LOGS/devices-auto.out" 2>&1; then
+    grep -m1 -E "DDP processes|training on" "$LOGS/devices-auto.out"
+  else
+    echo "# devices auto: FAILED" >&2; tail -n 20 "$LOGS/devices-auto.out" >&2; FAILED=1
+  fi
+  local rc=0
+  timeout 60 "$PYTHON" -m idml train "${digits[@]}" --devices $((gpus + 1)) --expname more > "$LOGS/devices-more.out" 2>&1 \
+    || rc=$?
+  if (( rc == 2 )) && grep -q "only $gpus CUDA GPU(s) are visible" "$LOGS/devices-more.out"; then
+    echo "# devices $((gpus + 1)): refused in one line, as expected"
+  else
+    echo "# devices $((gpus + 1)): FAILED (exit $rc)" >&2; cat "$LOGS/devices-more.out" >&2; FAILED=1
+  fi
+}
+devices_check
+
 R50=(--net_type resnet --dataset imagenet --depth 50 --batch_size 256 --beta 1.0 --cutmix_prob 1.0)
 PIPE=(--input_pipeline --dataset imagenet --net_type resnet --depth 50 --batch_size 256 --images 2048 --steps 3
       --warmup 1)
