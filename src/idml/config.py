@@ -131,7 +131,9 @@ class TrainConfig:
                            help="cifar10, cifar100, imagenet or digits (idml adds folder and hf:<path>: your own "
                            "images)")
     batch_size: int = setting(128, "-b", "--batch_size", group=OFFICIAL,
-                              rule=integer(1, MAX_BATCH), help="mini-batch size (per process under DDP)")
+                              rule=integer(1, MAX_BATCH),
+                              help="mini-batch size: per process under torchrun; the total, split evenly, when "
+                              "idml starts one process per device itself (--devices)")
     lr: float = setting(0.1, "--lr", "--learning-rate", group=OFFICIAL, rule=number(above=0),
                         help="initial learning rate")
     momentum: float = setting(0.9, "--momentum", group=OFFICIAL, rule=number(0), help="SGD momentum (Nesterov)")

@@ -81,7 +81,7 @@ def test_the_command_launches_what_the_plan_says(monkeypatch, no_launcher, capsy
     import idml.commands.train as train_command
 
     launched: list[tuple[list[str], LaunchPlan]] = []
-    monkeypatch.setattr(train_command, "run_processes", lambda argv, p, _sig: launched.append((argv, p)) or 0)
+    monkeypatch.setattr(train_command, "run_processes", lambda argv, p, _sig: launched.append((argv, p)) or (0, ""))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     argv = ["--dataset", "digits", "--batch_size", "256"]
@@ -92,15 +92,16 @@ def test_the_command_launches_what_the_plan_says(monkeypatch, no_launcher, capsy
 
 
 def test_exit_status_of_the_processes() -> None:
-    assert exit_status({0: 2, 1: -15}) == 2  # rank 0 failed with a one-line error; the agent stopped rank 1
-    assert exit_status({0: 138, 1: 138}) == 138  # a clean stop
-    assert exit_status({0: 1, 1: 2}) == 1  # a bug (traceback) wins over the others' errors
-    assert exit_status({0: -15, 1: -15}) == 143
+    assert exit_status({0: 2, 1: -15}) == (2, "")  # rank 0 failed with a one-line error; the agent stopped rank 1
+    assert exit_status({0: 138, 1: 138}) == (138, "")  # a clean stop
+    assert exit_status({0: 1, 1: 2}) == (1, "")  # a bug (traceback) wins over the others' errors
+    assert exit_status({0: -15, 1: -15}) == (143, "")
 
 
-def test_a_killed_process_is_named_in_one_line(capsys) -> None:
-    assert exit_status({0: 2, 1: -9}) == 137
-    one_error_line(capsys.readouterr().err, "rank 1 was killed by SIGKILL", "--resume auto")
+def test_a_killed_process_is_named_in_one_line() -> None:
+    status, why = exit_status({0: 2, 1: -9})
+    assert status == 137
+    one_error_line(why, "rank 1 was killed by SIGKILL", "--resume auto")
 
 
 # -- Gloo processes on the CPU -------------------------------------------------------------------

@@ -3,6 +3,8 @@ one process per device that each do (:mod:`idml.training.launch`)."""
 
 from __future__ import annotations
 
+import sys
+
 from idml.config import parse_train_args
 
 
@@ -13,7 +15,10 @@ def main(argv: list[str]) -> int:
     plan = plan_launch(cfg)
     if plan.processes > 1:  # --devices: one process per device, each this command with its share of the batch
         print(plan.describe(cfg.batch_size), flush=True)
-        return run_processes(argv, plan, cfg.stop_signal)
+        status, why = run_processes(argv, plan, cfg.stop_signal)
+        if why:
+            print(f"idml train: {why}", file=sys.stderr)
+        return status
     from idml.training.setup import run_train
 
     run_train(cfg)

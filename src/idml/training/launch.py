@@ -90,8 +90,9 @@ def plan_launch(cfg: TrainConfig, cuda_devices: Callable[[], int] | None = None)
     return LaunchPlan(processes, cfg.batch_size // processes, "cuda" if kind == "cuda" else "cpu")
 
 
-def run_processes(argv: list[str], plan: LaunchPlan, stop_signal: str) -> int:
-    """Run ``idml train ARGV --batch_size <share>`` in ``plan.processes`` DDP processes; their exit status."""
+def run_processes(argv: list[str], plan: LaunchPlan, stop_signal: str) -> tuple[int, str]:
+    """Run ``idml train ARGV --batch_size <share>`` in ``plan.processes`` DDP processes: their exit
+    status, and a line to print where the processes could not say what happened (else "")."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -109,26 +110,26 @@ def run_processes(argv: list[str], plan: LaunchPlan, stop_signal: str) -> int:
         except ChildFailedError as exc:
             return exit_status({rank: failure.exitcode for rank, failure in exc.failures.items()})
         except SignalException as exc:
-            return 128 + int(exc.sigval)
-    return 0
+            return 128 + int(exc.sigval), ""
+    return 0, ""
 
 
-def exit_status(codes: dict[int, int]) -> int:
-    """The status of a launch whose processes ended with ``codes`` (rank -> status; -N = killed by signal N).
+def exit_status(codes: dict[int, int]) -> tuple[int, str]:
+    """The status of a launch whose processes ended with ``codes`` (rank -> status; -N = killed by
+    signal N), and the line that explains it where no process could.
 
     A process killed by a signal other than the SIGTERM the agent sends to the others when one fails
-    (the OOM killer's SIGKILL, a crash) is the cause: one line names it. Otherwise the processes
+    (the OOM killer's SIGKILL, a crash) is the cause: the line names it. Otherwise the processes
     printed their own line (an error: 2; a bug's traceback: 1; a clean stop: 128 + signal)."""
     killed = {rank: -code for rank, code in codes.items() if code < 0 and -code != signal.SIGTERM}
     if killed:
         rank, signum = min(killed.items())
-        print(f"idml train: the process of rank {rank} was killed by {signal.Signals(signum).name}; the others "
-              "were stopped: continue from the last checkpoint with --resume auto", file=sys.stderr)
-        return 128 + signum
+        return 128 + signum, (f"the process of rank {rank} was killed by {signal.Signals(signum).name}; the others "
+                              "were stopped: continue from the last checkpoint with --resume auto")
     for status in (1, 2):
         if status in codes.values():
-            return status
-    return max(code if code >= 0 else 128 - code for code in codes.values())
+            return status, ""
+    return max(code if code >= 0 else 128 - code for code in codes.values()), ""
 
 
 @contextlib.contextmanager
