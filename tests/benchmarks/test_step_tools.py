@@ -83,3 +83,15 @@ def test_step_profile_prints_a_table(monkeypatch, capfd, onednn):
         assert "convolution" in out and "onednn_verbose" not in out  # summed, not echoed
     else:
         assert "all operators (self time)" in out and "aten::" in out
+
+
+def test_checkpoint_cost_times_the_real_step_checkpoint(monkeypatch, tmp_path):
+    checkpoint_cost = load(monkeypatch, "checkpoint_cost")
+    flags = ["--net_type", "resnet", "--depth", "8", "--no-bottleneck", "--batch_size", "16"]
+    result = checkpoint_cost.measure(flags, tmp_path, rounds=2)
+    path = tmp_path / "ckpt" / "checkpoint.pth.tar"
+    saved = torch.load(path, weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (0, 3)  # the position of the last step checkpoint timed
+    assert saved["optimizer"]["state"]  # with the momentum buffers, as a real step checkpoint
+    assert result["checkpoint_mb"] == round(path.stat().st_size / 2**20, 1)
+    assert result["save_s_median"] > 0 and result["step_s_median"] > 0
