@@ -21,24 +21,8 @@
 #   IDML_MAX_RESTARTS   torchrun --max-restarts after a crashed process (default: 2)
 set -euo pipefail
 
-(( $# >= 1 )) || { echo "usage: run.sh PROCESSES_PER_NODE TRAIN_PY_ARGUMENTS..." >&2; exit 2; }
-procs_per_node=$1
-shift
-: "${SLURM_JOB_ID:?run.sh runs inside a SLURM batch job: submit an sbatch script of examples/slurm/}"
-repo=${IDML_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
-python=${IDML_PYTHON:-python}
-entry=${IDML_ENTRY:-$repo/train.py}
+# first of all, so that a warning that comes at once is not lost: note it and pass it on to srun
 stop_signal=${IDML_STOP_SIGNAL:-USR1}
-nodes=${SLURM_JOB_NUM_NODES:-1}
-head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-port=${IDML_RDZV_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
-# torchrun gives stopped processes this long to write their checkpoint before SIGKILL (its default
-# is 30 s); the warning comes 120 s before the end
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-110}
-
-echo "idml: job $SLURM_JOB_ID start $((${SLURM_RESTART_COUNT:-0} + 1)) on $nodes node(s) x $procs_per_node" \
-  "process(es), rendezvous $head_node:$port, stop signal SIG$stop_signal"
-
 stop_requested=0
 srun_pid=""
 # shellcheck disable=SC2317  # called by the trap below (shellcheck cannot see a trap on "$stop_signal")
@@ -50,6 +34,23 @@ forward_stop() {
   fi
 }
 trap forward_stop "$stop_signal"
+
+(( $# >= 1 )) || { echo "usage: run.sh PROCESSES_PER_NODE TRAIN_PY_ARGUMENTS..." >&2; exit 2; }
+procs_per_node=$1
+shift
+: "${SLURM_JOB_ID:?run.sh runs inside a SLURM batch job: submit an sbatch script of examples/slurm/}"
+repo=${IDML_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+python=${IDML_PYTHON:-python}
+entry=${IDML_ENTRY:-$repo/train.py}
+nodes=${SLURM_JOB_NUM_NODES:-1}
+head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+port=${IDML_RDZV_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+# torchrun gives stopped processes this long to write their checkpoint before SIGKILL (its default
+# is 30 s); the warning comes 120 s before the end
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-110}
+
+echo "idml: job $SLURM_JOB_ID start $((${SLURM_RESTART_COUNT:-0} + 1)) on $nodes node(s) x $procs_per_node" \
+  "process(es), rendezvous $head_node:$port, stop signal SIG$stop_signal"
 
 status=0
 if (( ! stop_requested )); then
