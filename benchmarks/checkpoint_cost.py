@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from idml.commands.train import build_trainer, run_runtime
 from idml.config import parse_train_args
+from idml.training.setup import build_trainer, run_runtime
 from idml.training.trainer import Meter, step_rng
 
 NETWORKS = {

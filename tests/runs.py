@@ -76,6 +76,21 @@ def run_train_process(args: list[str], timeout: float = 120) -> subprocess.Compl
                           capture_output=True, timeout=timeout)
 
 
+def torchrun_command(args: list[str], *launcher_flags: str) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=2 [launcher_flags] train.py ARGS`` with this Python."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *launcher_flags,
+            str(TRAIN_PY), *args]
+
+
+def torchrun_reference(data: Path, out: Path, *extra: str) -> dict:
+    """The final checkpoint of a 2-process torchrun run trained start to end (the reference of the
+    multi-process resume tests)."""
+    proc = subprocess.run(torchrun_command(train_args(data, out, "ref", *extra, "--no-verbose")),
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return load(out / "ref" / "checkpoint.pth.tar")
+
+
 def load(path: Path) -> dict:
     """A checkpoint file as the plain dict torch.save wrote (not checked: tests tamper with it)."""
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -40,13 +40,14 @@ def once_on_rank_0_of_the_first_start(function):
 
 
 def main() -> None:
+    import idml.training.checkpoints as checkpoints
     import idml.training.trainer as trainer
 
     place = os.environ["IDML_TEST_PREEMPT_IN"]
     if place == "validation":
         trainer.Trainer.validate = once_on_rank_0_of_the_first_start(trainer.Trainer.validate)
     elif place == "checkpoint":
-        trainer.atomic_save = once_on_rank_0_of_the_first_start(trainer.atomic_save)
+        checkpoints.save_checkpoint = once_on_rank_0_of_the_first_start(checkpoints.save_checkpoint)
     else:
         raise SystemExit(f"IDML_TEST_PREEMPT_IN must be validation or checkpoint, not {place!r}")
     sys.argv = [str(TRAIN_PY), *sys.argv[1:]]

@@ -112,6 +112,12 @@ class Job:
         time.sleep(2)
         subprocess.run(["scontrol", "update", f"JobId={self.id}", "StartTime=now"], check=True, timeout=60)
 
+    def preempt_mid_epoch(self) -> None:
+        """Preempt at step 3 of epoch 0 (the stop comes a few steps later) and start the requeued job."""
+        self.wait_for_step(0, 3)
+        self.preempt()
+        self.start_now(restarts=1)
+
     def checkpoint(self) -> dict:
         return load(self.run_dir / "checkpoint.pth.tar")
 
@@ -164,9 +170,7 @@ def results(run_dir: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_preempted_mid_epoch_requeues_resumes_and_a_requeue_after_the_end_trains_nothing(jobs, reference) -> None:
     job = jobs()
-    job.wait_for_step(0, 3)
-    job.preempt()
-    job.start_now(restarts=1)
+    job.preempt_mid_epoch()
     job.wait_for_state("COMPLETED", restarts=1)
     epoch, step = stop_position(job)
     assert epoch == 0 and 0 < step < 23, "not stopped mid-epoch"
@@ -187,9 +191,7 @@ def test_preempted_mid_epoch_requeues_resumes_and_a_requeue_after_the_end_trains
 @pytest.mark.slow
 def test_a_second_preemption_right_after_the_requeue(jobs, reference) -> None:
     job = jobs()
-    job.wait_for_step(0, 3)
-    job.preempt()
-    job.start_now(restarts=1)
+    job.preempt_mid_epoch()
     job.wait("started again", lambda: "start 2 on" in job.text())
     job.preempt()  # at once: torchrun and the training processes are still starting
     job.start_now(restarts=2)

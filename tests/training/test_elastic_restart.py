@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -18,22 +17,18 @@ import torch.distributed as dist
 
 from idml.training import rendezvous
 from runs import (
-    TRAIN_PY,
     assert_same_weights,
     load,
     one_thread,  # noqa: F401 - autouse fixture
     subprocess_env,
     tiny_cifar,
+    torchrun_command,
+    torchrun_reference,
     train_args,
 )
 
-EPOCHS = ["--epochs", "2", "--no-verbose"]
+EPOCHS = ["--epochs", "2"]
 TIMEOUT_S = 300  # a hang in the restarted group is reported as a failure after this long
-
-
-def torchrun_command(args: list[str], max_restarts: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            f"--max-restarts={max_restarts}", str(TRAIN_PY), *args]
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +39,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """An uninterrupted 2-process run (10 steps per epoch, 2 epochs): its final checkpoint."""
-    out = tmp_path_factory.mktemp("reference")
-    proc = subprocess.run(torchrun_command(train_args(data, out, "ref", *EPOCHS), 0), env=subprocess_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert proc.returncode == 0, proc.stderr
-    return load(out / "ref" / "checkpoint.pth.tar")
+    return torchrun_reference(data, tmp_path_factory.mktemp("reference"), *EPOCHS)
 
 
 def workers(agent_pid: int) -> dict[int, int]:
@@ -79,8 +70,8 @@ def kill_job(proc: subprocess.Popen) -> None:
 def test_kill_9_of_a_worker_under_max_restarts_resumes_and_ends_identical(
     data, reference, tmp_path: Path, victim: int, resume: list[str]
 ) -> None:
-    args = train_args(data, tmp_path, "run", *EPOCHS, "--save_every_steps", "3", *resume)
-    proc = subprocess.Popen(torchrun_command(args, 1), env=subprocess_env(), text=True,
+    args = train_args(data, tmp_path, "run", *EPOCHS, "--no-verbose", "--save_every_steps", "3", *resume)
+    proc = subprocess.Popen(torchrun_command(args, "--max-restarts=1"), env=subprocess_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     checkpoint = tmp_path / "run" / "checkpoint.pth.tar"
     deadline = time.monotonic() + TIMEOUT_S

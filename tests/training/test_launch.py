@@ -26,6 +26,7 @@ from runs import (
     start_train,
     subprocess_env,
     tiny_cifar,
+    torchrun_reference,
     train_args,
 )
 
@@ -78,10 +79,10 @@ def test_under_torchrun_nothing_is_launched(monkeypatch) -> None:
 
 def test_the_command_launches_what_the_plan_says(monkeypatch, no_launcher, capsys) -> None:
     """``python train.py --batch_size 256`` on a (mocked) 4-GPU node: 4 processes of 64, said in one line."""
-    import idml.commands.train as train_command
+    import idml.training.launch as launch
 
     launched: list[tuple[list[str], LaunchPlan]] = []
-    monkeypatch.setattr(train_command, "run_processes", lambda argv, p, _sig: launched.append((argv, p)) or (0, ""))
+    monkeypatch.setattr(launch, "run_processes", lambda argv, p, _sig: launched.append((argv, p)) or (0, ""))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     argv = ["--dataset", "digits", "--batch_size", "256"]
@@ -111,14 +112,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def torchrun_reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``torchrun --nproc_per_node 2 train.py ... --batch_size 8``, 2 epochs: the final checkpoint."""
-    out = tmp_path_factory.mktemp("torchrun")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAIN_PY),
-               *train_args(data, out, "ref", *EPOCHS, "--no-verbose"), "--batch_size", "8"]
-    proc = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return load(out / "ref" / "checkpoint.pth.tar")
+    return torchrun_reference(data, tmp_path_factory.mktemp("torchrun"), *EPOCHS, "--batch_size", "8")
 
 
 def devices_args(data: Path, out: Path, expname: str, *extra: str) -> list[str]:
@@ -128,15 +124,16 @@ def devices_args(data: Path, out: Path, expname: str, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_gloo_processes_from_one_command_equal_torchrun_with_half_the_batch(
-    data, torchrun_reference, tmp_path
+    data, reference, tmp_path
 ) -> None:
     proc = subprocess.run([sys.executable, str(TRAIN_PY), *devices_args(data, tmp_path, "run", "--no-verbose")],
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == ("=> 2 DDP processes, Gloo processes on the CPU: --batch_size 16 is the "
                                            "total batch, 8 per process (--devices 1 for a single process)")
-    assert "rank 0/2" in proc.stdout and proc.stderr == ""
-    assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), torchrun_reference)
+    assert "rank 0/2" in proc.stdout
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr.lower(), proc.stderr  # torch may warn
+    assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), reference)
 
 
 def start_and_wait_for_training(args: list[str]) -> subprocess.Popen:
@@ -151,7 +148,7 @@ def start_and_wait_for_training(args: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_the_stop_signal_and_resume_auto_work_as_under_torchrun(data, torchrun_reference, tmp_path) -> None:
+def test_the_stop_signal_and_resume_auto_work_as_under_torchrun(data, reference, tmp_path) -> None:
     args = devices_args(data, tmp_path, "run")
     proc = start_and_wait_for_training(args)
     proc.send_signal(signal.SIGUSR1)  # as SLURM's warning reaches a job
@@ -166,7 +163,7 @@ def test_the_stop_signal_and_resume_auto_work_as_under_torchrun(data, torchrun_r
     assert resumed.returncode == 0, resumed.stderr
     assert f"=> resuming {tmp_path / 'run' / 'checkpoint.pth.tar'} at epoch {stopped['epoch']}, step " \
            f"{stopped['step']}" in resumed.stdout
-    assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), torchrun_reference)
+    assert_same_weights(load(tmp_path / "run" / "checkpoint.pth.tar"), reference)
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from expect import one_error_line
+from idml.device.runtime import build_runtime
 from idml.training import stopping
-from idml.training.runtime import build_runtime
 from idml.training.stopping import StopControl, StopRequest
 from runs import (
     assert_same_weights,
@@ -69,19 +69,28 @@ def test_the_scheduler_signal_stops_at_the_step_saves_and_resumes_exactly(
     resume_to_the_end(args, tmp_path / "run", capsys, reference)
 
 
+def signal_on_first_call(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[tuple]:
+    """Make ``owner.name`` send this process SIGUSR1 when it is first entered (the call then goes on);
+    returns the list of the calls' arguments."""
+    original = getattr(owner, name)
+    calls: list[tuple] = []
+
+    def signalled(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, signalled)
+    return calls
+
+
 def test_a_signal_during_validation_stops_after_the_epochs_checkpoint(
     data, reference, tmp_path, monkeypatch, capsys
 ) -> None:
     from idml.training.trainer import Trainer
 
-    validate = Trainer.validate
-
-    def signalled_validate(self, epoch, *args, **kwargs):
-        if epoch == 0:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return validate(self, epoch, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "validate", signalled_validate)
+    signal_on_first_call(monkeypatch, Trainer, "validate")  # epoch 0's validation
     args = train_args(data, tmp_path, "run", *EPOCHS)
     stopped = stop_then_resume(args, tmp_path / "run", capsys, 138, "resumes at epoch 1, step 0")
     assert (stopped["epoch"], stopped["step"]) == (1, 0)  # validation finished, the epoch was saved
@@ -92,18 +101,9 @@ def test_a_signal_during_validation_stops_after_the_epochs_checkpoint(
 def test_a_signal_during_a_checkpoint_write_lets_it_finish_then_stops(
     data, reference, tmp_path, monkeypatch, capsys
 ) -> None:
-    import idml.training.trainer as trainer_module
+    import idml.training.checkpoints as checkpoints
 
-    save = trainer_module.atomic_save
-    writes: list[Path] = []
-
-    def signalled_save(state, target):
-        writes.append(target)
-        if len(writes) == 1:  # the first step checkpoint: the signal arrives half-way through the write
-            os.kill(os.getpid(), signal.SIGUSR1)
-        save(state, target)
-
-    monkeypatch.setattr(trainer_module, "atomic_save", signalled_save)
+    writes = signal_on_first_call(monkeypatch, checkpoints, "save_checkpoint")  # the first step checkpoint
     args = train_args(data, tmp_path, "run", *EPOCHS, "--save_every_steps", "4")
     stopped = stop_then_resume(args, tmp_path / "run", capsys, 138, "stopped by signal 10")
     assert (stopped["epoch"], stopped["step"]) == (0, 4)  # the write finished; nothing else was trained
@@ -164,7 +164,7 @@ def test_a_repeated_scheduler_signal_never_aborts_but_a_repeated_sigterm_does(mo
 
 
 def test_bad_stop_settings_are_one_line(data, tmp_path, capsys) -> None:
-    for bad, fragment in ((["--stop_after", "-1"], "--stop_after must lie in"),
+    for bad, fragment in ((["--stop_after", "-1"], "--stop_after must be a number in [0, 8760]"),
                           (["--stop_signal", "KILL"], "--stop_signal")):
         code, _, err = run_cli(train_args(data, tmp_path, "run", *bad), capsys)
         one_error_line(err, fragment, code=code)
