@@ -77,11 +77,23 @@ start_munge() {
   if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
     return
   fi
-  [[ -s /etc/munge/munge.key ]] || fail "/etc/munge/munge.key is missing: reinstall munge (apt-get install --reinstall munge)"
-  mkdir -p /run/munge /var/log/munge /var/lib/munge
+  mkdir -p /etc/munge /run/munge /var/log/munge /var/lib/munge
+  if [[ ! -s /etc/munge/munge.key ]]; then  # the package makes one; a stripped image may not have it
+    mungekey --create --keyfile=/etc/munge/munge.key || fail "cannot create /etc/munge/munge.key"
+    chown munge:munge /etc/munge/munge.key
+    chmod 0400 /etc/munge/munge.key
+  fi
   chown munge:munge /run/munge /var/log/munge /var/lib/munge
   runuser -u munge -- /usr/sbin/munged
   munge -n </dev/null | unmunge >/dev/null 2>&1 || fail "munged does not answer (see /var/log/munge/munged.log)"
+}
+
+resolve_node_name() {
+  # jobs reach the first node by its name (torchrun's rendezvous): a container whose name is not in
+  # /etc/hosts gets it here, on the loopback address
+  if ! getent hosts "$NODE" >/dev/null; then
+    echo "127.0.0.1 $NODE  $MARK" >> /etc/hosts
+  fi
 }
 
 wait_for_idle() {
@@ -107,6 +119,7 @@ main() {
     fail "slurm-wlm and munge are not installed: apt-get install -y slurm-wlm munge"
   fi
   write_conf
+  resolve_node_name
   start_munge
   if ! scontrol ping 2>/dev/null | grep -q "is UP"; then
     slurmctld

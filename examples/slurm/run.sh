@@ -9,8 +9,9 @@
 # On that signal it forwards it to srun, which delivers it to torchrun and to the training processes
 # of every node; torchrun (told to handle it) waits for them instead of restarting them; they stop at
 # the same step, write the step checkpoint and exit. Then this script runs `scontrol requeue`: the job
-# goes back to the queue and its next start continues with --resume auto. A job that fails or
-# finishes is not requeued. Node failures are requeued by SLURM itself (`#SBATCH --requeue`).
+# goes back to the queue and its next start continues with --resume auto (a run that had already
+# finished says "nothing to train" there and ends). Without the warning, a job that fails or finishes
+# is not requeued. Node failures are requeued by SLURM itself (`#SBATCH --requeue`).
 #
 # Environment (all optional):
 #   IDML_REPO           the idml checkout (default: the folder sbatch was run from)
