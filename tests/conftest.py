@@ -8,6 +8,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fake_data
 
 
+@pytest.fixture(scope="module")
+def tiny_cifar_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs.tiny_cifar (160 training images), made once for the module whose runs all read it."""
+    from runs import tiny_cifar
+
+    return tiny_cifar(tmp_path_factory.mktemp("data"))
+
+
 @pytest.fixture
 def cifar10_dir(tmp_path: Path) -> Path:
     fake_data.make_cifar10(tmp_path)

@@ -21,7 +21,6 @@ from runs import (
     load,
     one_thread,  # noqa: F401 - autouse fixture
     subprocess_env,
-    tiny_cifar,
     torchrun_command,
     torchrun_reference,
     train_args,
@@ -32,14 +31,9 @@ TIMEOUT_S = 300  # a hang in the restarted group is reported as a failure after 
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_cifar(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def reference(tiny_cifar_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """An uninterrupted 2-process run (10 steps per epoch, 2 epochs): its final checkpoint."""
-    return torchrun_reference(data, tmp_path_factory.mktemp("reference"), *EPOCHS)
+    return torchrun_reference(tiny_cifar_data, tmp_path_factory.mktemp("reference"), *EPOCHS)
 
 
 def workers(agent_pid: int) -> dict[int, int]:
@@ -68,9 +62,9 @@ def kill_job(proc: subprocess.Popen) -> None:
 @pytest.mark.parametrize(("victim", "resume"), [(1, ["--resume", "auto"]), (0, [])],
                          ids=["rank1-resume-auto", "rank0-no-resume-flag"])
 def test_kill_9_of_a_worker_under_max_restarts_resumes_and_ends_identical(
-    data, reference, tmp_path: Path, victim: int, resume: list[str]
+    tiny_cifar_data, reference, tmp_path: Path, victim: int, resume: list[str]
 ) -> None:
-    args = train_args(data, tmp_path, "run", *EPOCHS, "--no-verbose", "--save_every_steps", "3", *resume)
+    args = train_args(tiny_cifar_data, tmp_path, "run", *EPOCHS, "--no-verbose", "--save_every_steps", "3", *resume)
     proc = subprocess.Popen(torchrun_command(args, "--max-restarts=1"), env=subprocess_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     checkpoint = tmp_path / "run" / "checkpoint.pth.tar"

@@ -25,7 +25,6 @@ from runs import (
     run_cli,
     start_train,
     subprocess_env,
-    tiny_cifar,
     torchrun_reference,
     train_args,
 )
@@ -107,14 +106,9 @@ def test_a_killed_process_is_named_in_one_line() -> None:
 
 # -- Gloo processes on the CPU -------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_cifar(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def reference(tiny_cifar_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``torchrun --nproc_per_node 2 train.py ... --batch_size 8``, 2 epochs: the final checkpoint."""
-    return torchrun_reference(data, tmp_path_factory.mktemp("torchrun"), *EPOCHS, "--batch_size", "8")
+    return torchrun_reference(tiny_cifar_data, tmp_path_factory.mktemp("torchrun"), *EPOCHS, "--batch_size", "8")
 
 
 def devices_args(data: Path, out: Path, expname: str, *extra: str) -> list[str]:
@@ -124,10 +118,11 @@ def devices_args(data: Path, out: Path, expname: str, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_gloo_processes_from_one_command_equal_torchrun_with_half_the_batch(
-    data, reference, tmp_path
+    tiny_cifar_data, reference, tmp_path
 ) -> None:
-    proc = subprocess.run([sys.executable, str(TRAIN_PY), *devices_args(data, tmp_path, "run", "--no-verbose")],
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    args = devices_args(tiny_cifar_data, tmp_path, "run", "--no-verbose")
+    proc = subprocess.run([sys.executable, str(TRAIN_PY), *args], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == ("=> 2 DDP processes, Gloo processes on the CPU: --batch_size 16 is the "
                                            "total batch, 8 per process (--devices 1 for a single process)")
@@ -148,8 +143,8 @@ def start_and_wait_for_training(args: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_the_stop_signal_and_resume_auto_work_as_under_torchrun(data, reference, tmp_path) -> None:
-    args = devices_args(data, tmp_path, "run")
+def test_the_stop_signal_and_resume_auto_work_as_under_torchrun(tiny_cifar_data, reference, tmp_path) -> None:
+    args = devices_args(tiny_cifar_data, tmp_path, "run")
     proc = start_and_wait_for_training(args)
     proc.send_signal(signal.SIGUSR1)  # as SLURM's warning reaches a job
     _, err = proc.communicate(timeout=300)
@@ -167,8 +162,10 @@ def test_the_stop_signal_and_resume_auto_work_as_under_torchrun(data, reference,
 
 
 @pytest.mark.slow
-def test_a_second_run_on_the_folder_is_refused_by_the_lock_and_sigterm_stops_with_143(data, tmp_path) -> None:
-    args = [*train_args(data, tmp_path, "run", "--epochs", "50"), "--devices", "2", "--batch_size", "16"]
+def test_a_second_run_on_the_folder_is_refused_by_the_lock_and_sigterm_stops_with_143(
+    tiny_cifar_data, tmp_path
+) -> None:
+    args = [*train_args(tiny_cifar_data, tmp_path, "run", "--epochs", "50"), "--devices", "2", "--batch_size", "16"]
     proc = start_and_wait_for_training(args)
     try:
         second = subprocess.run([sys.executable, str(TRAIN_PY), *args, "--resume", "auto"], env=subprocess_env(),
