@@ -53,6 +53,9 @@ MpiDefault=none
 JobRequeue=1
 ReturnToService=2
 KillWait=30
+# daemons on a machine whose cores other jobs keep busy answer slowly: SLURM's 10 s default made a
+# signal to the job time out (the job then ends as if never warned)
+MessageTimeout=60
 MinJobAge=300
 SlurmdParameters=config_overrides
 StateSaveLocation=$STATE/ctld

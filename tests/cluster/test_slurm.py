@@ -72,7 +72,13 @@ class Job:
         self.id = proc.stdout.strip().split(";")[0]
 
     def state(self) -> dict[str, str]:
-        proc = subprocess.run(["scontrol", "show", "job", "-o", self.id], capture_output=True, text=True, timeout=60)
+        """The job's fields; none while the controller is too busy to answer within a minute (a loaded
+        machine), so that a wait asks again until its own deadline."""
+        try:
+            proc = subprocess.run(["scontrol", "show", "job", "-o", self.id], capture_output=True, text=True,
+                                  timeout=60)
+        except subprocess.TimeoutExpired:
+            return {}
         return dict(item.split("=", 1) for item in proc.stdout.split() if "=" in item)
 
     def text(self) -> str:
