@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,53 @@ def code_blocks(language: str, text: str | None = None) -> list[str]:
 def commands(prefix: str, text: str | None = None) -> list[list[str]]:
     """The arguments after ``prefix`` of every command containing it in the bash blocks."""
     lines = "\n".join(code_blocks("bash", text)).replace("\\\n", " ").splitlines()
-    return [shlex.split(line.partition(prefix)[2]) for line in lines if prefix in line]
+    return [shlex.split(line.partition(prefix)[2]) for line in lines if prefix in line and not line.startswith("#")]
+
+
+def reading_order() -> list[Path]:
+    """README.md, then the pages of docs/ in the order its documentation table lists them (the
+    order a reader meets them), then any page the table does not list."""
+    readme = ROOT / "README.md"
+    listed = re.findall(r"\]\((docs/[\w.-]+\.md)\)", section(readme.read_text(encoding="utf-8"), "Documentation"))
+    pages = [ROOT / name for name in dict.fromkeys(listed)]
+    return [readme, *pages, *(p for p in doc_files()[1:] if p not in pages)]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block of a page: ``number`` counts the page's blocks from 1."""
+
+    page: Path
+    number: int
+    language: str
+    text: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.page.relative_to(ROOT)} block {self.number} ({self.language})"
+
+    @property
+    def needs(self) -> str | None:
+        """The block's ``# needs ...`` line (data, hardware or a setting a fresh clone lacks), or None."""
+        first = self.text.lstrip().splitlines()[0] if self.text.strip() else ""
+        return first[2:] if first.startswith("# needs ") else None
+
+    @property
+    def not_run(self) -> bool:
+        """A block that needs hardware this machine lacks says it is not run by the docs test."""
+        return self.needs is not None and "not run by the docs test" in self.needs
+
+    def commands(self) -> list[str]:
+        """The block's commands: continuation lines joined, comment lines dropped."""
+        lines = self.text.replace("\\\n", " ").splitlines()
+        return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def page_blocks(page: Path) -> list[Block]:
+    """The bash and python blocks of ``page``, in order (output and layout blocks have no language)."""
+    found = re.findall(r"```(\w*)\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+    runnable = [(language, text) for language, text in found if language in ("bash", "python")]
+    return [Block(page, i, language, text) for i, (language, text) in enumerate(runnable, start=1)]
 
 
 def run_block(block: str, cwd: Path, pythonpath: str | None = None) -> subprocess.CompletedProcess:

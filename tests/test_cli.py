@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import torch
 
 import fake_data
 import idml
+from doc_blocks import ROOT
 from expect import one_error_line
-from runs import run_cli, run_train_process, subprocess_env
+from runs import TRAIN_PY, run_cli, run_idml, run_train_process, subprocess_env
 
 BAD_COMMAND_LINES = {
     "lr_zero": (["--lr", "0"], ["--lr", "positive"]),
@@ -33,6 +35,17 @@ BAD_COMMAND_LINES = {
                            ["cifar-10-batches-py", "data_batch_1", "cifar.html"]),
     "missing_imagenet_data": (["--dataset", "imagenet", "--net_type", "resnet", "--depth", "18"],
                               ["imagenet-1k", "train"]),
+    # the official defaults on CIFAR (PyramidNet-32, bottleneck blocks): the depths of both block
+    # types and the switch between them, before the (missing) data is looked for
+    "official_default_network": (["--dataset", "cifar10"],
+                                 ["--depth 32", "bottleneck", "9n+2 (11, 20, 29", "6n+2 (8, 14, 20", "--no-bottleneck",
+                                  "--depth 29 or 38"]),
+    "depth_8_bottleneck": (["--dataset", "digits", "--depth", "8"], ["--depth 8", "add --no-bottleneck"]),
+    "depth_11_basic": (["--dataset", "cifar100", "--net_type", "resnet", "--depth", "11", "--no-bottleneck"],
+                       ["--depth 11", "drop --no-bottleneck", "--depth 8 or 14"]),
+    "abbreviated_flag": (["--dataset", "digits", "--epoch", "2"], ["unrecognized arguments: --epoch 2",
+                                                                   "did you mean --epochs?"]),
+    "zero_epochs": (["--dataset", "digits", "--epochs", "0"], ["--epochs"]),
 }
 
 
@@ -41,7 +54,7 @@ def test_bad_values_exit_2_with_one_line(case: str, tmp_path: Path, capsys, monk
     argv, fragments = BAD_COMMAND_LINES[case]
     monkeypatch.chdir(tmp_path)  # no data/ here: checks must not depend on data being present
     output = tmp_path / "runs"
-    code, _, err = run_cli([*argv, "--output_dir", str(output), "--epochs", "1"], capsys)
+    code, _, err = run_cli(["--epochs", "1", *argv, "--output_dir", str(output)], capsys)
     one_error_line(err, *fragments, code=code, prefix="idml train: error:")
     assert not output.exists(), "a refused run must not write anything"
 
@@ -102,3 +115,47 @@ def test_version() -> None:
     done = subprocess.run([sys.executable, "-m", "idml", "--version"], capture_output=True, text=True, timeout=60,
                           env=subprocess_env())
     assert done.returncode == 0 and done.stdout.strip() == f"idml {idml.__version__}"
+
+
+@pytest.mark.parametrize(("argv", "prefix"), [
+    (["train", "--epoch", "2"], "--epoch"), (["train", "--learning", "0.1"], "--learning"),
+    (["eval", "--checkpoint", "x.pth.tar", "--fit"], "--fit"),
+    (["predict", "--checkpoint", "x.pth.tar", "x.png", "--top", "3"], "--top"),
+    (["plot", "runs/x", "--ou", "x.png"], "--ou"), (["bench", "--step", "2"], "--step"),
+])
+def test_every_command_takes_its_flags_only_as_written(argv, prefix, capsys) -> None:
+    """argparse would read a prefix of a flag as the flag (--epoch as --epochs): refused instead."""
+    code, _, err = run_idml(argv, capsys)
+    one_error_line(err, f"unrecognized arguments: {prefix}", code=code, prefix=f"idml {argv[0]}: error:")
+
+
+def test_every_script_parser_refuses_abbreviations() -> None:
+    """The scripts' own parsers (benchmarks/, experiments/) take flags only as written too."""
+    for path in [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("experiments/*.py"), ROOT / "train.py"]:
+        text = path.read_text(encoding="utf-8")
+        for call in re.findall(r"ArgumentParser\((.*?)\)\n", text, flags=re.S):
+            assert "allow_abbrev=False" in call, f"{path.name}: ArgumentParser({call})"
+
+
+def missing_dependency_run(python_args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *python_args, str(TRAIN_PY), "--dataset", "digits"], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=ROOT)
+
+
+def test_train_py_without_the_dependencies_says_so_in_one_line(tmp_path: Path) -> None:
+    """As the README's official commands are written, run by a Python outside idml's environment."""
+    bare = missing_dependency_run(["-S", "-I"], subprocess_env())  # no site-packages at all: no yaml, no torch
+    one_error_line(bare.stderr, "lacks idml's dependencies", "source .venv/bin/activate", code=bare.returncode,
+                   prefix="python train.py: error:")
+    # a Python that has the command line's modules (yaml) but no torch: the run fails past the parsing
+    fake = tmp_path / "no_torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    no_torch = missing_dependency_run([], subprocess_env() | {"PYTHONPATH": str(fake.parent)})
+    one_error_line(no_torch.stderr, "no module named 'torch'", code=no_torch.returncode,
+                   prefix="python train.py: error:")
+
+
+def test_eval_refuses_a_blend_seed_without_blends(capsys) -> None:
+    code, _, err = run_idml(["eval", "--checkpoint", "x.pth.tar", "--blend_seed", "3"], capsys)
+    one_error_line(err, "--blend_seed 3 does nothing without --blends", code=code, prefix="idml eval: error:")

@@ -9,7 +9,9 @@ import yaml
 
 import doc_blocks
 from doc_blocks import ROOT, section
+from expect import one_line_message
 from idml.config import TrainConfig, flag_table, parse_train_args
+from idml.errors import ConfigError
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 OFFICIAL_PAIRS = [(f"official/{ds}_{m}.yaml", f"paper/{ds}/{m}.yaml")
@@ -87,7 +89,7 @@ def test_override_order_defaults_yaml_cli(tmp_path):
     assert cfg.lr == 0.5  # CLI beats YAML
     assert cfg.epochs == 7 and cfg.depth == 20 and cfg.bottleneck is False and cfg.verbose is False  # YAML
     assert cfg.momentum == TrainConfig.momentum and cfg.batch_size == TrainConfig.batch_size  # defaults
-    flags_first = parse_train_args(["--lr", "0.5", "--config", str(path)])
+    flags_first = parse_train_args(["--lr", "0.5", "--config", str(path), "--dataset", "cifar10"])
     assert flags_first.lr == 0.5  # position on the command line does not matter
 
 
@@ -130,3 +132,51 @@ def test_our_modern_configs_are_labelled_and_add_only_the_recipe(ours, paper):
     row = parse_train_args(["--config", str(ROOT / "configs" / "paper" / f"{paper}.yaml")])
     assert settings(cfg, *RECIPE_KEYS) == settings(row, *RECIPE_KEYS)
     assert cfg.sched == "cosine" and cfg.warmup_epochs > 0 and cfg.model_ema > 0 and cfg.label_smoothing > 0
+
+
+DO_NOTHING = {
+    "cutmix_prob_without_beta": (["--cutmix_prob", "0.5"], ["--cutmix_prob 0.5 does nothing with --beta 0"]),
+    "mixup_prob_without_alpha": (["--mixup_prob", "0.5"], ["--mixup_prob 0.5 does nothing with --mixup_alpha 0"]),
+    "mixup_alpha_without_prob": (["--mixup_alpha", "1"], ["--mixup_alpha 1 does nothing without --mixup_prob"]),
+    "uncertainty_dim_without_ism": (["--no-ism", "--uncertainty_dim", "64"], ["--uncertainty_dim", "--no-ism"]),
+    "ism_lambda_without_ism": (["--no-ism", "--ism_lambda", "2"], ["--ism_lambda", "--no-ism"]),
+    "alpha_for_resnet": (["--net_type", "resnet", "--depth", "20", "--alpha", "48"], ["--alpha 48", "resnet"]),
+    "depth_for_torchvision": (["--net_type", "torchvision:resnet18", "--depth", "50"], ["--depth", "torchvision"]),
+    "no_bottleneck_for_imagenet": (["--dataset", "imagenet", "--net_type", "resnet", "--depth", "50",
+                                    "--no-bottleneck"], ["--no-bottleneck does nothing", "follows --depth"]),
+    "print_freq_without_verbose": (["--no-verbose", "--print-freq", "10"], ["--print-freq 10", "--no-verbose"]),
+    "skip_bad_images_on_cifar": (["--skip_bad_images"], ["--skip_bad_images does nothing on cifar10"]),
+    "image_key_off_hf": (["--image_key", "picture"], ["--image_key applies to --dataset hf:<path> only"]),
+    "data_memory_off_user_data": (["--data_memory_mb", "10"], ["--data_memory_mb applies"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DO_NOTHING))
+def test_settings_that_would_do_nothing_are_refused(case) -> None:
+    argv, fragments = DO_NOTHING[case]
+    with pytest.raises(ConfigError) as info:
+        parse_train_args(["--dataset", "cifar10", *argv])
+    one_line_message(info, *fragments)
+
+
+def test_the_official_ism_baseline_commands_give_beta_without_cutmix_and_are_accepted() -> None:
+    assert parse_train_args(["--dataset", "cifar10", "--beta", "1.0", "--cutmix_prob", "0"]).mix.cutmix_share == 0
+
+
+@pytest.mark.parametrize(("argv", "network"), [
+    (["--dataset", "digits"], ("resnet", 20, False, True)),
+    (["--dataset", "folder", "--input_size", "48"], ("resnet", 20, False, True)),
+    (["--dataset", "folder", "--input_size", "96"], ("resnet", 18, True, True)),
+    (["--dataset", "hf:somewhere"], ("resnet", 20, False, True)),
+    # the official datasets keep the official defaults
+    (["--dataset", "cifar10"], ("pyramidnet", 32, True, False)),
+    (["--dataset", "imagenet"], ("pyramidnet", 32, True, False)),
+    # a network named by the user: the official defaults for what it leaves out
+    (["--dataset", "digits", "--net_type", "resnet"], ("resnet", 32, True, False)),
+    (["--dataset", "digits", "--depth", "11"], ("pyramidnet", 11, True, False)),
+    (["--dataset", "digits", "--no-bottleneck"], ("resnet", 20, False, True)),
+])
+def test_the_default_network(argv, network) -> None:
+    cfg = parse_train_args(argv)
+    assert (cfg.net_type, cfg.depth, cfg.bottleneck, cfg.own_default_network) == network
+    assert cfg.to_dict()["net_type"] == network[0]  # config.yaml and checkpoints record the network itself

@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from idml.ism import IntrospectiveClassifier, ISMHead
 from idml.metrics import (
+    NOT_FITTED,
     aurc,
     brier_score,
     calibration,
@@ -27,6 +28,7 @@ from idml.metrics import (
     risk_coverage,
     softmax,
     spearman,
+    temperature_fit,
     topk_error,
     uncertainty_scores,
 )
@@ -212,3 +214,16 @@ def test_no_temperature_without_validation_mistakes():
     logits = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
     assert fit_temperature(logits, np.array([0, 1, 0])) is None
     assert fit_temperature(logits, np.array([0, 1, 1])) is not None  # one mistake: an interior minimum
+
+
+def test_the_reason_there_is_no_temperature() -> None:
+    """No mistakes, and mistakes without an interior minimum, are told apart (the trainer and idml
+    eval print the reason; before any fit, NOT_FITTED says so)."""
+    logits = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+    assert temperature_fit(logits, np.array([0, 1, 0])).describe().startswith("none (no validation mistakes")
+    # every prediction confidently wrong: the NLL keeps falling as T grows, to the end of the range
+    wrong = temperature_fit(logits, np.array([1, 0, 1]))
+    assert wrong.value is None and wrong.reason.startswith("no interior minimum") and "T = 100" in wrong.reason
+    fitted = temperature_fit(logits, np.array([0, 1, 1]))
+    assert fitted.reason is None and fitted.describe() == f"{fitted.value:.4f}"
+    assert NOT_FITTED.describe() == "none (not fitted yet)"

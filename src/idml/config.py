@@ -6,12 +6,14 @@ also applied to the settings a checkpoint records) and the flag reference of
 docs/configuration.md are derived from those declarations. Every official flag keeps the official
 code's spelling, meaning and default. Building a ``TrainConfig`` checks types and values only;
 what depends on the machine (an installed package, a model name in timm's list) is checked when
-a run starts (:func:`idml.training.setup.preflight`). Nothing here imports torch.
+a run starts (:func:`idml.training.preflight.preflight`). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import shlex
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
@@ -28,6 +30,7 @@ from idml.data.catalog import (
     dataset_info,
     dataset_problem,
     datasets_that_can,
+    default_network,
     parse_classes,
     user_dataset,
 )
@@ -62,6 +65,9 @@ DECODE_CHOICES = ("cpu", "gpu", "auto")
 EXPNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+=-]*"
 EXPNAME_WORDS = ("be a plain folder name (letters, digits and . _ + = -, starting with a letter or digit), "
                  "so that the run stays inside --output_dir")
+#: The official defaults of --net_type, --depth and bottleneck blocks; idml's own datasets have
+#: their own default network (:data:`idml.data.catalog.OWN_DEFAULT_NETWORK`).
+OFFICIAL_NETWORK = ("pyramidnet", 32, True)
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
 IDML = "flags idml adds"
 
@@ -123,9 +129,12 @@ class TrainConfig:
     """Every setting of a training run. What the trainer, the checkpoint and ``config.yaml`` hold."""
 
     # --- the official flags, with the official defaults ---
-    net_type: str = setting("pyramidnet", "--net_type", group=OFFICIAL,
-                            rule=text(200, words="name a network", reason=net_type_problem),
-                            help="backbone: resnet or pyramidnet (idml adds torchvision:<name> and timm:<name>)")
+    net_type: str | None = setting(None, "--net_type", group=OFFICIAL, shown_default=OFFICIAL_NETWORK[0],
+                                   rule=optional(text(200, words="name a network", reason=net_type_problem)),
+                                   help="backbone: resnet or pyramidnet (idml adds torchvision:<name> and "
+                                   "timm:<name>); digits, folder and hf:<path> runs that give neither --net_type "
+                                   "nor --depth train idml's default network: ResNet-20 with basic blocks "
+                                   "(ResNet-18 for --input_size above 64)")
     dataset: str = setting("imagenet", "--dataset", group=OFFICIAL,
                            rule=text(words="name a dataset", reason=dataset_problem),
                            help="cifar10, cifar100, imagenet or digits (idml adds folder and hf:<path>: your own "
@@ -139,9 +148,13 @@ class TrainConfig:
     momentum: float = setting(0.9, "--momentum", group=OFFICIAL, rule=number(0), help="SGD momentum (Nesterov)")
     weight_decay: float = setting(1e-4, "--weight-decay", "--wd", group=OFFICIAL, rule=number(0), help="weight decay")
     print_freq: int = setting(1, "--print-freq", "-p", group=OFFICIAL, rule=integer(1), help="print every N batches")
-    depth: int = setting(32, "--depth", group=OFFICIAL, rule=integer(1, MAX_DEPTH), help="network depth")
-    bottleneck: bool = setting(True, "--no-bottleneck", group=OFFICIAL, action="off",
-                               rule=boolean(), help="basic blocks instead of bottlenecks (CIFAR networks)")
+    depth: int | None = setting(None, "--depth", group=OFFICIAL, shown_default=str(OFFICIAL_NETWORK[1]),
+                                rule=optional(integer(1, MAX_DEPTH)),
+                                help="network depth (CIFAR-style networks: 9n+2 with bottleneck blocks, 6n+2 with "
+                                "--no-bottleneck; ImageNet-style: 18, 34, 50, 101, 152, 200)")
+    bottleneck: bool | None = setting(None, "--no-bottleneck", group=OFFICIAL, action="off",
+                                      rule=optional(boolean()),
+                                      help="basic blocks instead of bottlenecks (CIFAR-style networks)")
     verbose: bool = setting(True, "--no-verbose", group=OFFICIAL, action="off", rule=boolean(),
                             help="per-epoch summaries only")
     alpha: float = setting(300.0, "--alpha", group=OFFICIAL, rule=number(0, MAX_ALPHA),
@@ -317,10 +330,26 @@ class TrainConfig:
         self._check_types()
         if isinstance(self.dataset, str) and dataset_problem(self.dataset) is None:  # one spelling from here on
             self.dataset = canonical_name(self.dataset)
+        self._resolve_network()
         if isinstance(self.net_type, str) and net_type_problem(self.net_type) is None:
             self.net_type = canonical_net_type(self.net_type)
 
         self.validate()
+
+    def _resolve_network(self) -> None:
+        """Fill in the network settings not given: idml's default network on its own datasets when
+        neither --net_type nor --depth is given, else the official defaults. ``own_default_network``
+        says which (for the run's first lines); what is saved is always the network itself."""
+        size = self.input_size if setting_problem("input_size", self.input_size) is None else None
+        known = isinstance(self.dataset, str) and dataset_problem(self.dataset) is None
+        own = None
+        if self.net_type is None and self.depth is None and known:
+            own = default_network(self.dataset, size)
+        self.own_default_network = own is not None
+        net_type, depth, bottleneck = own or OFFICIAL_NETWORK
+        self.net_type = net_type if self.net_type is None else self.net_type
+        self.depth = depth if self.depth is None else self.depth
+        self.bottleneck = bottleneck if self.bottleneck is None else self.bottleneck
 
     def _check_types(self) -> None:
         """Numbers in the form the settings hold them: YAML and JSON write 1 for 1.0, and a list of
@@ -357,7 +386,7 @@ class TrainConfig:
              f"--classes works on the in-memory datasets ({listing(datasets_that_can('in_memory'))}), "
              f"not {self.dataset}"),
         ]
-        for ok, message in checks + self._recipe_checks():
+        for ok, message in checks + self._recipe_checks() + self._do_nothing_checks() + self._network_checks():
             if not ok:
                 raise ConfigError(message)
         if self.classes is not None:
@@ -369,13 +398,75 @@ class TrainConfig:
 
     def _recipe_checks(self) -> list[tuple[bool, str]]:
         """The own-data settings apply to the user datasets only."""
-        user = user_dataset(self.dataset) is not None
+        user = user_dataset(self.dataset)
         own = "applies to --dataset folder and hf:<path> only"
         return [
             (self.input_size is None or user, f"--input_size {own} ({self.dataset} has fixed inputs)"),
             *((value is None or user, f"--{name} {own} ({self.dataset} uses the official statistics)")
               for name, value in (("mean", self.mean), ("std", self.std))),
+            (not self._changed("data_memory_mb") or user, f"--data_memory_mb {own} ({self.dataset} is read "
+             "as the official code reads it)"),
+            *((not self._changed(name) or getattr(user, "kind", None) == "hf",
+               f"--{name} applies to --dataset hf:<path> only (columns of a Hugging Face dataset)")
+              for name in ("image_key", "label_key")),
         ]
+
+    def _network_checks(self) -> list[tuple[bool, str]]:
+        """Network flags that change the network. (Whether the depth gives a network at all is
+        checked when the run builds it, :func:`idml.models.spec.depth_problem`: the official
+        defaults, PyramidNet-32 with bottleneck blocks, give none, yet are the defaults.)"""
+        family = dataset_info(self.dataset, self.input_size).family
+        external = ":" in self.net_type
+        return [
+            (not external or not any(self._changed(n) for n in ("depth", "alpha", "bottleneck")),
+             f"--depth, --alpha and --no-bottleneck do nothing for --net_type {self.net_type} (its architecture "
+             "comes from its name): drop them"),
+            (external or self.net_type == "pyramidnet" or not self._changed("alpha"),
+             f"--alpha {self.alpha:g} does nothing for --net_type {self.net_type} (it is PyramidNet's widening "
+             "factor): drop it, or use --net_type pyramidnet"),
+            (external or family == "cifar" or self.bottleneck,
+             f"--no-bottleneck does nothing for an ImageNet-style {self.net_type}: its block type follows --depth "
+             "(18 and 34 basic blocks, 50 and deeper bottlenecks): drop it"),
+        ]
+
+    def _do_nothing_checks(self) -> list[tuple[bool, str]]:
+        """Settings that would change nothing, which a user gives thinking they do something. (The
+        official ISM-Baseline commands give --beta 1.0 with --cutmix_prob 0, which is accepted.)"""
+        return [
+            (self.cutmix_prob == 0 or self.beta > 0,
+             f"--cutmix_prob {self.cutmix_prob:g} does nothing with --beta 0 (CutMix is off): add --beta 1.0 "
+             "(the official value), or drop --cutmix_prob"),
+            (self.mixup_prob == 0 or self.mixup_alpha > 0,
+             f"--mixup_prob {self.mixup_prob:g} does nothing with --mixup_alpha 0 (Mixup is off): add "
+             "--mixup_alpha 1.0, or drop --mixup_prob"),
+            (self.mixup_alpha == 0 or self.mixup_prob > 0,
+             f"--mixup_alpha {self.mixup_alpha:g} does nothing without --mixup_prob (the share of batches Mixup "
+             "mixes, 0 by default): add --mixup_prob 1.0, or drop --mixup_alpha"),
+            *((self.ism or not self._changed(name),
+               f"--{name} does nothing with --no-ism (the plain network has no uncertainty embedding): drop one "
+               "of them") for name in ("uncertainty_dim", "ism_lambda")),
+            (self.verbose or not self._changed("print_freq"),
+             f"--print-freq {self.print_freq} does nothing with --no-verbose (no per-batch lines are printed): "
+             "drop one of them"),
+            (not self.skip_bad_images or not self._can("in_memory"),
+             f"--skip_bad_images does nothing on {self.dataset} (it reads no image files): it applies to "
+             "imagenet, folder and hf:<path>"),
+        ]
+
+    def _changed(self, name: str) -> bool:
+        """Whether setting ``name`` differs from its default (the official one for the network)."""
+        official = dict(zip(("net_type", "depth", "bottleneck"), OFFICIAL_NETWORK, strict=True))
+        default = official.get(name, TrainConfig.__dataclass_fields__[name].default)
+        return getattr(self, name) != default
+
+    def steps_problem(self, steps_per_epoch: int) -> str | None:
+        """Why a setting does nothing for epochs of ``steps_per_epoch`` batches (known once the data
+        is read), or None."""
+        every = self.save_every_steps
+        if 0 < steps_per_epoch <= every:
+            return (f"--save_every_steps {every} does nothing here: an epoch has {steps_per_epoch} steps and "
+                    "its end is always saved; give fewer steps (or 0)")
+        return None
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -389,6 +480,13 @@ class TrainConfig:
     def processes_requested(self) -> int | None:
         """``--devices`` as a number of processes; None for auto."""
         return device_count(self.devices)
+
+    @property
+    def official_protocol(self) -> bool:
+        """An official dataset, whole, chosen on its test split as the official code does: the
+        run's console shows the official code's lines (idml's own lines otherwise)."""
+        return (dataset_info(self.dataset).official if user_dataset(self.dataset) is None else False) \
+            and self.val_split == 0 and self.classes is None and self.label_noise == 0
 
     @property
     def mix(self) -> MixConfig:
@@ -434,7 +532,18 @@ class OneLineParser(argparse.ArgumentParser):
 
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._suggestion(message)} (see --help)\n")
+
+    def _suggestion(self, message: str) -> str:
+        """For an unknown flag that is close to a known one (``--epoch``), the known one."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [flag for flag in self._option_string_actions if flag.startswith("--")]
+        for word in message.split(":", 1)[1].split():
+            close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.8)
+            if word.startswith("--") and close:
+                return f"; did you mean {close[0]}?"
+        return ""
 
 
 def shown_default(f: Any) -> str:
@@ -540,6 +649,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         return TrainConfig(**values)
     except TypeError as exc:
         raise ConfigError(f"invalid setting: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """How a training run was started (``prog`` and its arguments): what the run prints to say
+    exactly how to continue another run."""
+
+    prog: str
+    argv: tuple[str, ...]
+
+    def continuing(self, expname: str) -> str:
+        """This command line with ``--expname expname --resume auto`` in place of its own."""
+        kept: list[str] = []
+        args = iter(self.argv)
+        for arg in args:
+            if arg in ("--expname", "--resume"):
+                next(args, None)
+            elif not arg.startswith(("--expname=", "--resume=")):
+                kept.append(arg)
+        return shlex.join([*self.prog.split(), *kept, "--expname", expname, "--resume", "auto"])
 
 
 def parse_train_args(argv: list[str], prog: str = "idml train") -> TrainConfig:

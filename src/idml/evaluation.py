@@ -39,8 +39,8 @@ from idml.metrics import (
     calibration,
     check_finite_outputs,
     detection_metrics,
-    fit_temperature,
     spearman,
+    temperature_fit,
     topk_error,
 )
 from idml.scores import SCORES
@@ -182,10 +182,10 @@ def resolve_temperature(trained: TrainedModel, data: DataBundle, fit: bool) -> t
                           "--val_split (fitting on the test set would flatter its calibration); retrain with "
                           "--val_split 0.1")
     outputs, targets = predict_loader(trained, data.selection, data.eval_transform)
-    fitted = fit_temperature(outputs.logits, targets)
-    if fitted is None:
-        return None, "not identifiable on the validation split: its NLL has no minimum, no mistakes there?"
-    return fitted, "fitted on the validation split"
+    fitted = temperature_fit(outputs.logits, targets)
+    if fitted.value is None:
+        return None, f"not identifiable on the validation split: {fitted.reason}"
+    return fitted.value, "fitted on the validation split"
 
 
 def detection_table(scores: dict[str, np.ndarray], positive: np.ndarray) -> dict[str, dict[str, float | None]]:

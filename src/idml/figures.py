@@ -1,7 +1,7 @@
 """The figures of ``idml plot`` and ``idml eval --plot``, drawn with matplotlib's Agg backend.
 
-matplotlib is an optional extra (``pip install 'idml[plot]'``); without it these functions stop
-with one line saying how to install it.
+matplotlib is part of the base install; where it is missing all the same (an install without
+dependencies), these functions stop with one line saying how to install it, before any work.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import numpy as np
 from idml.errors import IdmlError, one_line
 from idml.files import atomic_write
 from idml.metrics import ReliabilityBins, reliability_bins, risk_coverage, softmax
+from idml.training.run_log import best_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from idml.inference import Outputs
 
-MISSING_MATPLOTLIB = "plots need matplotlib: pip install 'idml[plot]' (or pip install matplotlib)"
+MISSING_MATPLOTLIB = ("plots need matplotlib, part of idml's base install (not installed here): pip install -e . "
+                      "in the idml checkout (or pip install matplotlib)")
 
 
 def require_matplotlib() -> None:
@@ -162,14 +164,15 @@ def training_curves_figure(runs: Mapping[str, Mapping[str, Sequence[float]]]) ->
         for ax, key in ((loss_ax, "loss"), (err_ax, "top1_err")):
             ax.plot(table["epoch"], table[f"train_{key}"], "--", color=colour)
             ax.plot(table["epoch"], table[f"val_{key}"], "-", color=colour, marker="o", markersize=3)
-        best = int(np.argmin(table["val_top1_err"]))
+        best, _ = best_row(table)
         at = (table["epoch"][best], table["val_top1_err"][best])
         err_ax.plot(*at, marker="*", markersize=12, color=colour)
         err_ax.annotate(f"{at[1]:.2f}", at, textcoords="offset points", xytext=(0, 8), ha="center", color=colour,
                         fontsize=9, fontweight="bold")
     loss_ax.set(title="Loss (train: training objective; validation: cross-entropy)", xlabel="epoch",
                 ylabel="loss (log scale)", yscale="log")
-    err_ax.set(title="Top-1 error (star: lowest validation error)", xlabel="epoch", ylabel="top-1 error (%)")
+    err_ax.set(title="Top-1 error (star: the best epoch, model_best.pth.tar)", xlabel="epoch",
+               ylabel="top-1 error (%)")
     for ax in (loss_ax, err_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

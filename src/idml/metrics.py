@@ -234,13 +234,31 @@ def calibration(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.
 TEMPERATURE_BOUNDS = (1e-2, 1e2)
 
 
-def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float | None:
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted softmax temperature, or why there is none (``reason``, one phrase for messages)."""
+
+    value: float | None
+    reason: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.value:.4f}" if self.value is not None else f"none ({self.reason})"
+
+
+#: before any fit (a run's first epoch, or a resumed run that has not fitted one itself)
+NOT_FITTED = TemperatureFit(None, "not fitted yet")
+
+
+def temperature_fit(logits: np.ndarray, targets: np.ndarray) -> TemperatureFit:
     """The temperature T > 0 that minimises the NLL of softmax(logits / T) (Guo et al., 2017), or
-    None where the minimum lies at the end of :data:`TEMPERATURE_BOUNDS` (not identifiable).
+    no value where the minimum lies at an end of :data:`TEMPERATURE_BOUNDS` (not identifiable),
+    with the reason: no mistakes at all (a sharper softmax always lowers the NLL), or mistakes but
+    no interior minimum (e.g. predictions no better than a uniform guess: T wants to grow without end).
 
     A bounded one-dimensional search over log T (scipy's minimize_scalar); the NLL is convex in 1/T.
     """
     logits = np.asarray(logits, dtype=np.float64)
+    targets = np.asarray(targets)
     if len(targets) == 0:
         raise ValueError("no images to fit a temperature on")
 
@@ -249,9 +267,18 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float | None:
 
     low, high = np.log(TEMPERATURE_BOUNDS)
     result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
-    if min(nll(low), nll(high)) <= result.fun + 1e-12:  # the minimum is at an end: none inside
-        return None
-    return float(np.exp(result.x))
+    if min(nll(low), nll(high)) > result.fun + 1e-12:
+        return TemperatureFit(float(np.exp(result.x)))
+    if bool((logits.argmax(axis=1) == targets).all()):
+        return TemperatureFit(None, "no validation mistakes: a sharper softmax always lowers their NLL")
+    end = TEMPERATURE_BOUNDS[0] if nll(low) <= nll(high) else TEMPERATURE_BOUNDS[1]
+    return TemperatureFit(None, f"no interior minimum: the validation NLL is lowest at the end of the range "
+                                f"searched, T = {end:g}")
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float | None:
+    """The fitted temperature of :func:`temperature_fit`, or None where there is none."""
+    return temperature_fit(logits, targets).value
 
 
 # -- ambiguity -----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """idml bench: its JSON schema on a tiny model, variant and A/A selection, and bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -16,7 +17,7 @@ TINY = ["--net_type", "resnet", "--dataset", "cifar10", "--depth", "8", "--no-bo
 
 def test_json_output_schema(capsys):
     assert cli.main(["bench", *TINY, "--steps", "2", "--warmup", "1", "--isolation", "none", "--json"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     result = json.loads(out)  # exactly one JSON object and nothing else
     assert set(result) == {"device", "torch", "threads", "load_average", "config", "results", "ratios", "aa"}
     assert result["device"].startswith("cpu") and isinstance(result["torch"], str)
@@ -34,6 +35,11 @@ def test_json_output_schema(capsys):
     assert set(result["ratios"]) == {"default / fp32-eager", "default / default-linear", "data-only / default"}
     aa = result["aa"]
     assert aa["variant"] == "default" and aa["tolerance"] == 0.03
+    progress = err.splitlines()  # on stderr, as the benchmark goes: variant, round, elapsed, estimate
+    assert all(re.match(r"idml bench \[\d+ s\]: ", line) for line in progress), err
+    assert any(line.endswith("warming up fp32-eager (1/5): 1 untimed step(s)") for line in progress)
+    assert sum(bool(re.search(r"round [12]/2 done \(\d+\.\d s\), about \d+ s left, \d+ s in all", line))
+               for line in progress) == 2
     if abs(abs(aa["ratio"] - 1) - 0.03) > 0.001:  # "ratio" is rounded to 3 decimals: no verdict on the edge
         assert aa["passed"] == (abs(aa["ratio"] - 1) <= 0.03)
 

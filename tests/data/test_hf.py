@@ -4,6 +4,7 @@ read without network access, trained and evaluated; bad datasets are one line.""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +117,6 @@ def test_a_dataset_without_a_validation_split_is_one_line(tmp_path: Path, capsys
 
 
 def test_without_the_datasets_package_the_run_says_how_to_install_it(monkeypatch, capsys, tmp_path: Path) -> None:
-    from idml.data import hf
-
-    monkeypatch.setattr(hf, "hf_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     code, _, err = idml(["train", "--dataset", "hf:/anywhere", "--output_dir", str(tmp_path), *SMALL_NET], capsys)
-    one_error_line(err, "pip install 'idml[hf]'", code=code)
+    one_error_line(err, "--dataset hf:<path> needs idml[hf]", "pip install -e '.[hf]'", code=code)

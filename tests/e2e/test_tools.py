@@ -181,3 +181,11 @@ def test_plot_one_and_two_runs(tiny, tmp_path):
     assert status == 0 and is_png(tmp_path / "one" / "c.png")
     status, _, err = run_cli(["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert status == 2 and "metrics.csv" in err and not (tmp_path / "x.png").exists()
+
+
+def test_plot_names_a_missing_run_folder_and_the_runs_beside_it(tiny, tmp_path):
+    missing = tiny["run"].parent / "digits_mixup"
+    status, out, err = run_cli(["plot", str(tiny["run"]), str(missing), "--out", str(tmp_path / "x.png")])
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert f"no run folder {missing} ({missing.parent}/ holds: {tiny['run'].name})" in err
+    assert not (tmp_path / "x.png").exists()

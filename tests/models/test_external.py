@@ -55,7 +55,7 @@ def test_backbone_that_cannot_take_the_input_size_is_refused(monkeypatch):
     """Like a ViT fixed at 224x224 on CIFAR: refused with one line before training."""
     fixed_size = Source(lambda name: nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 8)), lambda: ["fixed224"])
     monkeypatch.setitem(SOURCES, "fake", fixed_size)
-    monkeypatch.setitem(EXTERNAL_SOURCES, "fake", ExternalSource("torch", ""))
+    monkeypatch.setitem(EXTERNAL_SOURCES, "fake", ExternalSource("torch"))
     with pytest.raises(ConfigError, match="fake:fixed224 cannot run on 32x32 images"):
         idml.build_model("fake:fixed224", "cifar10", depth=0)
     assert idml.build_model("fake:fixed224", "imagenet", depth=0).backbone.num_features == 8

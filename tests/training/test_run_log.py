@@ -1,6 +1,7 @@
 """metrics.csv, TensorBoard and the progress bar of idml.training.run_log, with made-up epoch results."""
 
 import csv
+import re
 import sys
 from dataclasses import dataclass
 
@@ -11,8 +12,9 @@ import idml.config
 import idml.training.run_log
 from idml.cli import main as cli_main
 from idml.errors import ConfigError
-from idml.training import setup
-from idml.training.run_log import COLUMNS, METRICS_NAME, RunLog, read_metrics, tensorboard_available
+from idml.extras import installed
+from idml.training.preflight import preflight
+from idml.training.run_log import COLUMNS, METRICS_NAME, RunLog, read_metrics
 
 
 @dataclass
@@ -35,15 +37,16 @@ def rows(run_dir):
 
 def test_metrics_csv_columns_and_values(tmp_path):
     log = RunLog(tmp_path, is_main=True, verbose=False, world_size=2)
-    log.epoch_end(0, 0.1, TRAIN, VAL)
-    log.epoch_end(1, 0.01, TRAIN, VAL)
+    log.epoch_end(0, 0.1, TRAIN, VAL, best=True)
+    log.epoch_end(1, 0.01, TRAIN, VAL, best=False)
     log.close()
     table = rows(tmp_path)
-    assert list(table[0]) == COLUMNS == [
+    assert list(table[0]) == [*COLUMNS, "best"] and COLUMNS == [
         "epoch", "lr", "train_loss", "train_top1_err", "train_top5_err", "val_loss", "val_top1_err",
         "val_top5_err", "epoch_seconds", "images_per_s",
     ]
     assert [r["epoch"] for r in table] == ["0", "1"] and table[1]["lr"] == "0.01"
+    assert [r["best"] for r in table] == ["1", "0"]  # the trainer's choice of model_best, row by row
     first = read_metrics(tmp_path / METRICS_NAME)[0]
     assert first["train_loss"] == 1.5 and first["val_top1_err"] == 35.0 and first["val_top5_err"] == 8.0
     assert first["epoch_seconds"] == 5.0  # training + validation
@@ -72,7 +75,7 @@ def test_only_rank_zero_writes(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(not tensorboard_available(), reason="tensorboard not installed")
+@pytest.mark.skipif(not installed("tensorboard"), reason="tensorboard not installed")
 def test_tensorboard_event_files(tmp_path):
     log = RunLog(tmp_path, verbose=False, tensorboard=True)
     log.epoch_end(0, 0.1, TRAIN, VAL)
@@ -82,10 +85,10 @@ def test_tensorboard_event_files(tmp_path):
 
 
 def test_missing_tensorboard_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(setup, "tensorboard_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
     cfg = idml.config.parse_train_args(["--tensorboard"])  # the settings alone are valid...
-    with pytest.raises(ConfigError, match="pip install 'idml\\[tensorboard\\]'"):
-        setup.preflight(cfg)  # ...but this machine cannot honour them
+    with pytest.raises(ConfigError, match=re.escape("--tensorboard needs idml[tensorboard]")):
+        preflight(cfg)  # ...but this machine cannot honour them
     assert cli_main(["train", "--tensorboard", "--dataset", "digits", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tensorboard" in err

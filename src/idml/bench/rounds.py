@@ -181,31 +181,86 @@ def round_orders(n: int, rounds: int, seed: int) -> list[list[int]]:
     return [[int(i) for i in rng.permutation(n)] for _ in range(rounds)]
 
 
+def clock(seconds: float) -> str:
+    """A duration as people read it: 42 s, 3 min 05 s, 1 h 02 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class Progress:
+    """Where a benchmark stands, for people waiting on it: one line per stage and per round
+    (variant or round, steps, elapsed time, an estimate of the rest), through ``report``."""
+
+    def __init__(self, report: Callable[[str], None] | None, rounds: int) -> None:
+        self.report = report
+        self.rounds = rounds
+        self.start = time.perf_counter()
+        self.round_seconds: list[float] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def say(self, text: str) -> None:
+        if self.report is not None:
+            self.report(f"idml bench [{clock(self.elapsed())}]: {text}")
+
+    def estimate(self, round_seconds: float, rounds_left: int) -> str:
+        """The rest of the run: ``rounds_left`` rounds and the memory measurement (about one more)."""
+        left = round_seconds * (rounds_left + 1)
+        return f"about {clock(left)} left, {clock(self.elapsed() + left)} in all"
+
+    def warmed(self, slots: list[Slot], last_turns: list[float]) -> None:
+        self.say(f"warm-up done ({', '.join(f'{s.label} {s.first_step_seconds:.1f} s' for s in slots)} for the "
+                 f"first step); {self.rounds} timed rounds of one step per variant next, "
+                 f"{self.estimate(sum(last_turns), self.rounds)}")
+
+    def round_done(self, turn: int, seconds: float) -> None:
+        self.round_seconds.append(seconds)
+        mean = sum(self.round_seconds) / len(self.round_seconds)
+        rest = self.estimate(mean, self.rounds - turn - 1)
+        self.say(f"round {turn + 1}/{self.rounds} done ({seconds:.1f} s), {rest}")
+
+
 def measure_rounds(slots: list[Slot], steps: int, warmup: int, *, isolation: str = "process",
-                   threads: int | None = None, seed: int = 0) -> None:
+                   threads: int | None = None, seed: int = 0, report: Callable[[str], None] | None = None) -> None:
     """Warm every slot up, time ``steps`` rounds in shuffled order, then measure peak memory.
 
     With ``isolation="process"`` each slot runs in a worker process of its own, else all in this one.
+    ``report`` receives a line at each stage and after each round (:class:`Progress`).
     """
     if isolation not in ISOLATIONS:
         raise IdmlError(f"unknown isolation {isolation!r}: choose from {', '.join(ISOLATIONS)}")
     threads = torch.get_num_threads() if threads is None else threads
     kind = _Worker if isolation == "process" else _Local
+    progress = Progress(report, steps)
     hosts: list[_Worker | _Local] = []
     try:
+        where = "a worker process each" if isolation == "process" else "in this process"
+        progress.say(f"building {len(slots)} variants ({', '.join(s.label for s in slots)}), {where}")
         for slot in slots:  # workers build their models concurrently; local runners one by one
             hosts.append(kind(slot, threads))
         for slot, host in zip(slots, hosts, strict=True):
             slot.images_per_turn, slot.settings, _ = host.ask("info")
-        for slot, host in zip(slots, hosts, strict=True):
-            slot.first_step_seconds = host.ask("turn", 0)[0]
+        last_turns = []
+        for i, (slot, host) in enumerate(zip(slots, hosts, strict=True)):
+            progress.say(f"warming up {slot.label} ({i + 1}/{len(slots)}): {warmup} untimed step(s)")
+            slot.first_step_seconds = last = host.ask("turn", 0)[0]
             for turn in range(1, warmup):
-                host.ask("turn", turn)
+                last = host.ask("turn", turn)[0]
+            last_turns.append(last)
+        progress.warmed(slots, last_turns)
         for turn, order in enumerate(round_orders(len(slots), steps, seed)):
+            started = time.perf_counter()
             for i in order:
                 wall, cpu = hosts[i].ask("turn", warmup + turn)
                 slots[i].step_seconds.append(wall)
                 slots[i].cpu_seconds.append(cpu)
+            progress.round_done(turn, time.perf_counter() - started)
+        progress.say("measuring peak memory (one more step per variant)")
         for slot, host in zip(slots, hosts, strict=True):
             slot.peak_bytes = host.ask("memory", warmup + steps)
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -180,13 +181,14 @@ def config_fields(cfg: TrainConfig, steps: int, warmup: int) -> dict:
 
 
 def run_bench(cfg: TrainConfig, variants: str | None, aa_spec: str, steps: int, warmup: int,
-              isolation: str) -> dict:
+              isolation: str, progress: Callable[[str], None] | None = None) -> dict:
     """Time the chosen variants of one training step (see the module docstring): the report that
-    ``idml bench --json`` prints."""
+    ``idml bench --json`` prints. ``progress`` receives a line at each stage and round."""
+    run_runtime(cfg)  # settings this machine cannot run (--amp fp16 on a CPU): one line before any worker starts
     names = chosen_variants(variants, cfg.dataset)
     aa = chosen_aa(aa_spec, names)
     slots = variant_slots(cfg, names, aa)
     threads = torch.get_num_threads()
-    measure_rounds(slots, steps, warmup, isolation=isolation, threads=threads, seed=cfg.seed)
+    measure_rounds(slots, steps, warmup, isolation=isolation, threads=threads, seed=cfg.seed, report=progress)
     device = build_runtime(cfg.device, "off", False).device
     return report(slots, config_fields(cfg, steps, warmup), device, isolation, aa, threads)

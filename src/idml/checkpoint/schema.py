@@ -269,6 +269,8 @@ class Checkpoint:
     arch: str | None = entry(None, optional(text(200)))
     best_err1: float | None = entry(None, optional(PERCENTAGE))
     best_err5: float | None = entry(None, optional(PERCENTAGE))
+    #: the epoch (counted from 0) whose model is model_best.pth.tar (None in checkpoints before idml recorded it)
+    best_epoch: int | None = entry(None, optional(integer(0)))
     #: which weights scored best_err1: the trained ones or their moving average
     best_weights: str = entry("model", one_of("model", "ema"))
     #: the softmax temperature fitted on the validation split (--val_split)

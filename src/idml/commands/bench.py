@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from idml.bench.options import (
     DATA_ONLY,
@@ -101,6 +102,11 @@ def format_pipeline(result: dict) -> str:
     return "\n".join(lines)
 
 
+def progress(line: str) -> None:
+    """Progress goes to stderr, so that stdout holds the table or the JSON object alone."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str]) -> int:
     cfg, args = parse_bench_args(argv)
     if args.input_pipeline:
@@ -110,8 +116,11 @@ def main(argv: list[str]) -> int:
         result = measure_pipeline(cfg, variants, args.steps, args.warmup, args.images)
         print(json.dumps(result) if args.json else format_pipeline(result))
         return 0
+    from idml.training.preflight import preflight
+
+    preflight(cfg, data=False)  # synthetic data; an impossible network or a missing part: one line first
     from idml.bench.step import run_bench
 
-    result = run_bench(cfg, args.variants, args.aa, args.steps, args.warmup, args.isolation)
+    result = run_bench(cfg, args.variants, args.aa, args.steps, args.warmup, args.isolation, progress)
     print(json.dumps(result) if args.json else format_table(result))
     return 0

@@ -49,6 +49,8 @@ def parse_args(argv: list[str]):
         raise ConfigError("--batch_size must be at least 1 and --workers at least 0")
     if args.blends < 0 or args.blends > 1_000_000:
         raise ConfigError(f"--blends must lie in [0, 1000000] (got {args.blends})")
+    if args.blend_seed != 0 and args.blends == 0:
+        raise ConfigError(f"--blend_seed {args.blend_seed} does nothing without --blends N (no blends are made)")
     return args
 
 
@@ -64,8 +66,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"checkpoint   {printable(report['checkpoint'])}",
         f"dataset      {report['dataset']} ({report['test_images']} test images, "
         f"{len(report['classes'])} classes; ISM {'on' if report['ism'] else 'off'})",
-        f"top-1 error  {report['top1_err']:.2f} %   top-5 error {report['top5_err']:.2f} %   "
-        f"mistakes {report['mistakes']['errors']}",
+        f"top-1 error  {report['top1_err']:.2f} %   "
+        + (f"top-5 error {report['top5_err']:.2f} %   " if len(report["classes"]) > 5 else "")
+        + f"mistakes {report['mistakes']['errors']}",
         f"calibration  NLL {cal['before_scaling']['nll']:.4f}  Brier {cal['before_scaling']['brier']:.4f}  "
         f"ECE {cal['before_scaling']['ece']:.2f} %   (before temperature scaling)",
     ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from idml.config import OneLineParser
-from idml.errors import IdmlError
-from idml.training.run_log import read_run
+from idml.errors import IdmlError, printable
+from idml.training.run_log import best_row, read_run
 
 
 def parse_args(argv: list[str]):
@@ -22,13 +22,25 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
     return [name if names.count(name) == 1 else str(d) for name, d in zip(names, run_dirs, strict=True)]
 
 
+def best_line(label: str, table: dict[str, list[float]]) -> str:
+    """Which epoch the run's best model is (the star of the figure), as the trainer chose it."""
+    row, recorded = best_row(table)
+    source = "model_best.pth.tar" if recorded else \
+        "the lowest validation error, later epoch on a tie: this metrics.csv predates the best column"
+    return (f"{label}: best epoch {int(table['epoch'][row])}, validation top-1 error "
+            f"{table['val_top1_err'][row]:.2f} % ({source})")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from idml.figures import save_figure, training_curves_figure
+    from idml.figures import require_matplotlib, save_figure, training_curves_figure
 
+    require_matplotlib()  # before any work
     run_dirs = [Path(r) for r in args.runs]
     runs = {label: read_run(d) for label, d in zip(run_labels(run_dirs), run_dirs, strict=True)}
     if len(runs) < len(run_dirs):
         raise IdmlError("the same run folder was given twice")
+    for label, table in runs.items():
+        print(best_line(printable(label), table))
     print(f"plot: {save_figure(training_curves_figure(runs), args.out)}")
     return 0

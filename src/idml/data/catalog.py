@@ -31,15 +31,24 @@ class DatasetInfo:
     input_size: int
     #: the :data:`CAPABILITIES` it has
     can: frozenset[str] = frozenset()
+    #: a dataset of the official code (its commands, defaults and console lines apply unchanged)
+    official: bool = False
 
 
 _IN_MEMORY = frozenset({"in_memory", "val_split"})
 DATASETS = {
-    "cifar10": DatasetInfo("cifar10", 10, "cifar", 32, _IN_MEMORY),
-    "cifar100": DatasetInfo("cifar100", 100, "cifar", 32, _IN_MEMORY),
-    "imagenet": DatasetInfo("imagenet", 1000, "imagenet", 224),
+    "cifar10": DatasetInfo("cifar10", 10, "cifar", 32, _IN_MEMORY, official=True),
+    "cifar100": DatasetInfo("cifar100", 100, "cifar", 32, _IN_MEMORY, official=True),
+    "imagenet": DatasetInfo("imagenet", 1000, "imagenet", 224, official=True),
     "digits": DatasetInfo("digits", 10, "cifar", 32, _IN_MEMORY),
 }
+
+#: The network of a run on idml's own datasets (digits, folder, hf:<path>) that names neither
+#: --net_type nor --depth, by input family: (net_type, depth, bottleneck). The official default,
+#: PyramidNet-32 with bottleneck blocks, is no network at all (32 is not 9n+2), and a ResNet-20 of
+#: basic blocks (the quick start's) trains the small datasets in minutes on a CPU. The official
+#: datasets keep the official defaults.
+OWN_DEFAULT_NETWORK = {"cifar": ("resnet", 20, False), "imagenet": ("resnet", 18, True)}
 
 #: Uncertainty-embedding width K of the official models, by input family.
 DEFAULT_UNCERTAINTY_DIM = {"cifar": 128, "imagenet": 512}
@@ -124,6 +133,12 @@ def dataset_info(name: str, input_size: int | None = None) -> DatasetInfo:
         return DATASETS[name.lower()]
     except KeyError as exc:
         raise ConfigError(dataset_problem(name)) from exc
+
+
+def default_network(name: str, input_size: int | None = None) -> tuple[str, int, bool] | None:
+    """idml's default (net_type, depth, bottleneck) for ``name``; None for an official dataset."""
+    info = dataset_info(name, input_size)
+    return None if info.official else OWN_DEFAULT_NETWORK[info.family]
 
 
 def datasets_that_can(capability: str) -> list[str]:

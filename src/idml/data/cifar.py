@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from idml.data.layouts import CIFAR_DOWNLOAD_HINT, CIFAR_LAYOUTS, cifar_missing, is_file
 from idml.data.safe_pickle import load_pickle
 from idml.errors import DataError
 
@@ -20,33 +21,8 @@ from idml.errors import DataError
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 
-LAYOUTS = {
-    "cifar10": {
-        "folder": "cifar-10-batches-py",
-        "train": [f"data_batch_{i}" for i in range(1, 6)],
-        "test": ["test_batch"],
-        "meta": ["batches.meta", "batch.meta"],
-        "labels": "labels",
-        "names": "label_names",
-        "classes": 10,
-    },
-    "cifar100": {
-        "folder": "cifar-100-python",
-        "train": ["train"],
-        "test": ["test"],
-        "meta": ["meta"],
-        "labels": "fine_labels",
-        "names": "fine_label_names",
-        "classes": 100,
-    },
-}
-DOWNLOAD_HINT = "get the 'CIFAR python version' archive from https://www.cs.toronto.edu/~kriz/cifar.html"
-
-
-def _layout_message(name: str, root: Path) -> str:
-    layout = LAYOUTS[name]
-    files = layout["train"] + layout["test"] + layout["meta"][:1]
-    return f"expected {root / layout['folder']}/ holding {', '.join(files)}; {DOWNLOAD_HINT} and unpack it there"
+#: kept under their old names (the layouts live in :mod:`idml.data.layouts`)
+LAYOUTS, DOWNLOAD_HINT = CIFAR_LAYOUTS, CIFAR_DOWNLOAD_HINT
 
 
 def _describe(value: object) -> str:
@@ -130,20 +106,11 @@ def _name(value: object) -> str | None:
     return None
 
 
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, with a folder we may not search (``chmod 000``) as a one-line error."""
-    try:
-        return path.is_file()
-    except OSError as exc:  # PermissionError: is_file only swallows "does not exist"
-        raise DataError(f"cannot read {path}: {exc.strerror or exc} (check the permissions of "
-                        f"{path.parent} and its files)") from exc
-
-
 def _class_names(folder: Path, layout: dict) -> list[str]:
     key, classes = layout["names"], layout["classes"]
     for meta_name in layout["meta"]:
         path = folder / meta_name
-        if _is_file(path):
+        if is_file(path):
             meta = load_pickle(path)
             names = meta.get(key) if isinstance(meta, dict) else None
             if not isinstance(names, list | tuple):
@@ -162,11 +129,10 @@ def _class_names(folder: Path, layout: dict) -> list[str]:
 def load_cifar(name: str, data_dir: str | Path) -> dict:
     """Read ``cifar10`` or ``cifar100`` under ``data_dir``: uint8 N x 3 x 32 x 32 tensors + labels."""
     layout = LAYOUTS[name]
-    root = Path(data_dir)
-    folder = root / layout["folder"]
-    missing = [f for f in layout["train"] + layout["test"] if not _is_file(folder / f)]
-    if missing:
-        raise DataError(f"{name}: missing {folder / missing[0]}; {_layout_message(name, root)}")
+    folder = Path(data_dir) / layout["folder"]
+    problem = cifar_missing(name, data_dir)
+    if problem:
+        raise DataError(problem)
     splits = {}
     for split in ("train", "test"):
         parts = [_read_batch(folder / f, layout["labels"], layout["classes"]) for f in layout[split]]

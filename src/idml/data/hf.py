@@ -18,7 +18,6 @@ in memory or streamed).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,14 @@ from PIL import Image
 from idml.data.catalog import MAX_CLASSES
 from idml.data.types import DataBundle, DataRequest
 from idml.data.user import UserData, user_bundle
-from idml.errors import ConfigError, DataError, one_line
+from idml.errors import DataError, one_line
+from idml.extras import require
 
-MISSING = "--dataset hf:<path> needs the datasets package: pip install 'idml[hf]'"
 VAL_SPLITS = ("validation", "val", "test")
 
 
-def hf_available() -> bool:
-    return importlib.util.find_spec("datasets") is not None
-
-
 def _datasets() -> Any:
-    if not hf_available():
-        raise ConfigError(MISSING)
+    require("hf", "--dataset hf:<path>")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read before the first import of datasets
     import datasets
 
@@ -50,10 +44,10 @@ def _datasets() -> Any:
 
 def open_dataset(path: Path) -> Any:
     """The DatasetDict stored at ``path`` (save_to_disk folder, parquet folder or image folder)."""
-    datasets = _datasets()
-    if not path.is_dir():
+    if not path.is_dir():  # before importing datasets, which takes seconds
         raise DataError(f"--dataset hf:{path}: no such folder (save a dataset there with save_to_disk, or put an "
                         "imagefolder or parquet files there)")
+    datasets = _datasets()
     try:
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             return datasets.load_from_disk(str(path))

@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 from idml.data.crops import DecodeCropFlip
 from idml.data.gpu_decode import EncodedCropFlip
 from idml.data.image_files import read_training_file, read_training_image
+from idml.data.layouts import IMAGENET_FOLDER, IMAGENET_LAYOUT, imagenet_folder_missing
 from idml.errors import DataError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,7 +30,7 @@ PCA_EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-LAYOUT = "expected <data_dir>/imagenet-1k/train/<class>/*.JPEG and <data_dir>/imagenet-1k/val/<class>/*.JPEG"
+LAYOUT = IMAGENET_LAYOUT
 
 
 def train_transform(decode: str = "cpu", size: int = 224) -> nn.Module:
@@ -51,8 +52,9 @@ def val_transform(size: int = 224, resize: int = 256) -> v2.Compose:
 
 
 def image_folder(path: Path, transform: nn.Module, loader=read_training_image) -> datasets.ImageFolder:
-    if not path.is_dir():
-        raise DataError(f"missing folder {path}; {LAYOUT} (download from https://image-net.org/)")
+    problem = imagenet_folder_missing(path)
+    if problem:
+        raise DataError(problem)
     try:
         return datasets.ImageFolder(str(path), transform=transform, loader=loader)
     except (FileNotFoundError, RuntimeError) as exc:
@@ -66,7 +68,7 @@ def load_imagenet(data_dir: str | Path, decode: str = "cpu") -> dict:
     ``decode``: where the training JPEGs are decoded (:func:`train_transform`); test images are
     always decoded by Pillow in the workers, resized and centre-cropped as the official code does.
     """
-    root = Path(data_dir) / "imagenet-1k"
+    root = Path(data_dir) / IMAGENET_FOLDER
     train = image_folder(root / "train", train_transform(decode), loader=read_training_file)
     test = image_folder(root / "val", val_transform())
     if test.classes != train.classes:

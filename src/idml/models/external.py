@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from idml.errors import ConfigError, one_line
+from idml.extras import missing
 from idml.models.spec import EXTERNAL_SOURCES, form_problem
 
 
@@ -87,7 +88,9 @@ def name_problem(net_type: str) -> str | None:
     prefix, _, name = net_type.partition(":")
     facts = EXTERNAL_SOURCES[prefix.lower()]
     if importlib.util.find_spec(facts.package) is None:
-        return f"--net_type {net_type} needs the {facts.package} package: {facts.install}"
+        if facts.extra is not None:
+            return missing(facts.extra, f"--net_type {net_type}")
+        return f"--net_type {net_type} needs the {facts.package} package: pip install {facts.package}"
     if name not in SOURCES[prefix.lower()].names():
         return (f"{facts.package} has no model {name!r} (--net_type {net_type}); "
                 f"list them with python -c 'import {facts.package}; print({facts.package}.list_models())'")

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 
 from idml.errors import ConfigError
 from idml.models.resnet import _init_weights, blocks_per_stage
+from idml.models.spec import depth_problem
 
-IMAGENET_STAGES = {
+IMAGENET_STAGES = {  # one layout per depth of idml.models.spec.IMAGENET_DEPTHS
     18: (False, [2, 2, 2, 2]),
     34: (False, [3, 4, 6, 3]),
     50: (True, [3, 4, 6, 3]),
@@ -126,14 +127,14 @@ class PyramidNet(nn.Module):
 
 
 def cifar_pyramidnet(depth: int, alpha: float, bottleneck: bool = True) -> PyramidNet:
-    n = blocks_per_stage(depth, bottleneck)
+    n = blocks_per_stage(depth, bottleneck, "pyramidnet")
     return PyramidNet([n, n, n], alpha, bottleneck, imagenet=False)
 
 
 def imagenet_pyramidnet(depth: int, alpha: float) -> PyramidNet:
-    if depth not in IMAGENET_STAGES:
-        valid = ", ".join(map(str, IMAGENET_STAGES))
-        raise ConfigError(f"depth {depth} is impossible for an ImageNet PyramidNet: use one of {valid}")
+    problem = depth_problem("pyramidnet", "imagenet", depth, True)
+    if problem:
+        raise ConfigError(problem)
     bottleneck, stages = IMAGENET_STAGES[depth]
     return PyramidNet(stages, alpha, bottleneck, imagenet=True)
 

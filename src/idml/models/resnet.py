@@ -10,8 +10,9 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
 from idml.errors import ConfigError
+from idml.models.spec import cifar_depth_step, depth_problem
 
-IMAGENET_LAYERS = {
+IMAGENET_LAYERS = {  # one layout per depth of idml.models.spec.IMAGENET_DEPTHS
     18: (tv_resnet.BasicBlock, [2, 2, 2, 2]),
     34: (tv_resnet.BasicBlock, [3, 4, 6, 3]),
     50: (tv_resnet.Bottleneck, [3, 4, 6, 3]),
@@ -21,17 +22,12 @@ IMAGENET_LAYERS = {
 }
 
 
-def blocks_per_stage(depth: int, bottleneck: bool, stages: int = 3) -> int:
+def blocks_per_stage(depth: int, bottleneck: bool, net_type: str = "resnet") -> int:
     """Blocks per stage for a CIFAR-style depth (6n+2 basic, 9n+2 bottleneck), or a clear error."""
-    layers_per_block = 3 if bottleneck else 2
-    step = stages * layers_per_block
-    if depth < step + 2 or (depth - 2) % step:
-        kind = "bottleneck" if bottleneck else "basic (--no-bottleneck)"
-        examples = ", ".join(str(step * n + 2) for n in range(1, 6))
-        raise ConfigError(
-            f"depth {depth} is impossible for {kind} blocks: use depth = {step}n+2, e.g. {examples}, ..."
-        )
-    return (depth - 2) // step
+    problem = depth_problem(net_type, "cifar", depth, bottleneck)
+    if problem:
+        raise ConfigError(problem)
+    return (depth - 2) // cifar_depth_step(bottleneck)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -81,9 +77,9 @@ class CifarResNet(nn.Module):
 
 def imagenet_resnet(depth: int) -> nn.Module:
     """torchvision's ResNet of the given depth with its classifier removed (features: B x D)."""
-    if depth not in IMAGENET_LAYERS:
-        valid = ", ".join(map(str, IMAGENET_LAYERS))
-        raise ConfigError(f"depth {depth} is impossible for an ImageNet ResNet: use one of {valid}")
+    problem = depth_problem("resnet", "imagenet", depth, True)
+    if problem:
+        raise ConfigError(problem)
     block, layers = IMAGENET_LAYERS[depth]
     net = tv_resnet.ResNet(block, layers)
     net.num_features = net.fc.in_features

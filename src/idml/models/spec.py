@@ -11,20 +11,24 @@ from dataclasses import asdict, dataclass
 
 #: The networks idml builds itself (the official code's two).
 BUILTIN_NET_TYPES = ("pyramidnet", "resnet")
+#: The depths of the ImageNet-style ResNets and PyramidNets (torchvision's stage layouts; 200 adds
+#: the official code's [3, 24, 36, 3]): 18 and 34 have basic blocks, the deeper ones bottlenecks.
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)
 
 
 @dataclass(frozen=True)
 class ExternalSource:
-    """A library of networks usable as ``--net_type <prefix>:<name>``."""
+    """A library of networks usable as ``--net_type <prefix>:<name>``: its package, and the
+    extra of :mod:`idml.extras` that installs it (None: part of the base install)."""
 
     package: str
-    install: str
+    extra: str | None = None
 
 
 #: ``<prefix>:<name>`` -> the library the network comes from (:mod:`idml.models.external` builds it).
 EXTERNAL_SOURCES: dict[str, ExternalSource] = {
-    "torchvision": ExternalSource("torchvision", "pip install torchvision"),
-    "timm": ExternalSource("timm", "pip install 'idml[timm]'"),
+    "torchvision": ExternalSource("torchvision"),
+    "timm": ExternalSource("timm", "timm"),
 }
 
 
@@ -83,3 +87,47 @@ def net_type_problem(net_type: str) -> str | None:
         return None
     choices = ", ".join([*BUILTIN_NET_TYPES, *(f"{prefix}:<name>" for prefix in EXTERNAL_SOURCES)])
     return f"unknown --net_type {net_type!r}: choose one of {choices}"
+
+
+def cifar_depth_step(bottleneck: bool) -> int:
+    """A CIFAR-style network of 3 stages has depth ``step * n + 2``: 3 layers per bottleneck
+    block, 2 per basic block, n blocks per stage."""
+    return 9 if bottleneck else 6
+
+
+def cifar_depth_fits(depth: int, bottleneck: bool) -> bool:
+    step = cifar_depth_step(bottleneck)
+    return depth >= step + 2 and (depth - 2) % step == 0
+
+
+def _blocks(bottleneck: bool) -> str:
+    return "bottleneck blocks" if bottleneck else "basic blocks (--no-bottleneck)"
+
+
+def _depths(bottleneck: bool) -> str:
+    step = cifar_depth_step(bottleneck)
+    return f"{step}n+2 ({', '.join(str(step * n + 2) for n in range(1, 6))}, ...)"
+
+
+def depth_problem(net_type: str, family: str, depth: int, bottleneck: bool) -> str | None:
+    """Why ``--depth`` gives no ``net_type`` network for ``family`` inputs ("cifar" or "imagenet"),
+    naming the depths that work for either block type and the switch between them; None if it fits.
+    Networks of other libraries take their depth from their name (None)."""
+    if net_type not in BUILTIN_NET_TYPES:
+        return None
+    if family == "imagenet":
+        if depth in IMAGENET_DEPTHS:
+            return None
+        return (f"--depth {depth} is impossible for an ImageNet-style {net_type}: use one of "
+                f"{', '.join(map(str, IMAGENET_DEPTHS))}")
+    if cifar_depth_fits(depth, bottleneck):
+        return None
+    step = cifar_depth_step(bottleneck)
+    n = max(1, (depth - 2) // step)
+    near = sorted({step * k + 2 for k in (n, n + 1)} - {depth})
+    fix = f"give --depth {' or '.join(map(str, near))}"
+    if cifar_depth_fits(depth, not bottleneck):
+        switch = "add --no-bottleneck" if bottleneck else "drop --no-bottleneck"
+        fix = f"{switch} ({_blocks(not bottleneck).split(' (')[0]} take depth {depth}), or {fix}"
+    return (f"--depth {depth} is impossible for {net_type} with {_blocks(bottleneck)}, whose depth is "
+            f"{_depths(bottleneck)}; {_blocks(not bottleneck)} take {_depths(not bottleneck)}; {fix}")

@@ -10,7 +10,6 @@ the first epoch, so building a trainer creates nothing.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import sys
 from collections.abc import Callable, Iterable
@@ -21,15 +20,11 @@ from typing import Protocol
 from tqdm import tqdm
 
 from idml.errors import IdmlError
+from idml.extras import require
 from idml.files import write_text
 
 METRICS_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
-MISSING_TENSORBOARD = "--tensorboard needs the tensorboard package: pip install 'idml[tensorboard]'"
-
-
-def tensorboard_available() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 class PhaseResult(Protocol):
@@ -51,6 +46,8 @@ class EpochRecord:
     covers training and validation; ``images_per_s`` is the training throughput of all processes.
     ``val_*`` is the selection set: the test split under the official protocol, the held-out share
     of the training set with --val_split, whose runs also fill ``test_*`` (empty otherwise).
+    ``best`` is 1 when the epoch's model was written as model_best.pth.tar (the trainer's choice,
+    EMA included; a tie goes to the later epoch), else 0: the last row with 1 is the best model.
     """
 
     epoch: int
@@ -66,27 +63,31 @@ class EpochRecord:
     test_loss: float | None = None
     test_top1_err: float | None = None
     test_top5_err: float | None = None
+    best: int | None = None
 
     @classmethod
     def from_results(
         cls, epoch: int, lr: float, train: PhaseResult, val: PhaseResult, world_size: int = 1,
-        test: PhaseResult | None = None,
+        test: PhaseResult | None = None, best: bool | None = None,
     ) -> EpochRecord:
         throughput = train.images * world_size / train.seconds if train.seconds > 0 else 0.0
         tested = (test.loss, test.top1_err, test.top5_err) if test is not None else (None, None, None)
         seconds = train.seconds + val.seconds + (test.seconds if test is not None else 0.0)
         return cls(epoch, lr, train.loss, train.top1_err, train.top5_err, val.loss, val.top1_err, val.top5_err,
-                   seconds, throughput, *tested)
+                   seconds, throughput, *tested, None if best is None else int(best))
 
 
 ALL_COLUMNS = [f.name for f in fields(EpochRecord)]
-#: the columns every metrics.csv has; the test columns only runs with --val_split have
-OPTIONAL_COLUMNS = ["test_loss", "test_top1_err", "test_top5_err"]
+#: the test columns, which only runs with --val_split have
+TEST_COLUMNS = ["test_loss", "test_top1_err", "test_top5_err"]
+#: columns a metrics.csv may lack: the test columns, and ``best``, which older runs did not write
+OPTIONAL_COLUMNS = [*TEST_COLUMNS, "best"]
+#: the columns every metrics.csv has
 COLUMNS = [c for c in ALL_COLUMNS if c not in OPTIONAL_COLUMNS]
 
 
 def _value(key: str, text: str | None) -> float | int | None:
-    if key == "epoch":
+    if key == "epoch" or (key == "best" and text not in (None, "")):
         return int(text or "")
     return None if text in (None, "") else float(text)
 
@@ -111,8 +112,11 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 
 def read_run(run_dir: Path) -> dict[str, list[float]]:
-    """A run's metrics.csv as columns; one-line errors for a missing or empty file."""
+    """A run's metrics.csv as columns; one-line errors for a missing folder, file or rows."""
     path = run_dir / METRICS_NAME
+    if not run_dir.is_dir():
+        raise IdmlError(f"no run folder {run_dir}{_neighbours(run_dir)}: give a folder written by idml train "
+                        "(<output_dir>/<expname>), or train that run first")
     if not path.is_file():
         raise IdmlError(f"{run_dir} has no {METRICS_NAME}: give a run folder written by idml train (runs/<expname>)")
     rows = read_metrics(path)
@@ -121,9 +125,37 @@ def read_run(run_dir: Path) -> dict[str, list[float]]:
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 
+def _neighbours(run_dir: Path, shown: int = 8) -> str:
+    """The run folders beside a missing one (for its message), e.g. " (runs/ holds: a, b)"."""
+    parent = run_dir.parent
+    try:
+        runs = sorted(d.name for d in parent.iterdir() if (d / METRICS_NAME).is_file())
+    except OSError:
+        return ""
+    if not runs:
+        return f" ({parent}/ holds no run)" if parent.is_dir() else ""
+    more = f", ... ({len(runs)} in all)" if len(runs) > shown else ""
+    return f" ({parent}/ holds: {', '.join(runs[:shown])}{more})"
+
+
+def best_row(table: dict[str, list[float]]) -> tuple[int, bool]:
+    """The row of the run's best model (model_best.pth.tar), and whether metrics.csv records it.
+
+    The ``best`` column is the trainer's own choice (EMA weights included). A metrics.csv written
+    before it existed gives the trainer's rule applied to ``val_top1_err`` instead: the lowest,
+    the later epoch on a tie (``False``: derived, and blind to an EMA that scored best).
+    """
+    marked = [i for i, flag in enumerate(table.get("best", [])) if flag == 1]
+    if marked:
+        return marked[-1], True
+    errors = table["val_top1_err"]
+    return max(i for i, err in enumerate(errors) if err == min(errors)), False
+
+
 def _formatted(row: dict) -> dict[str, str]:
-    """A row as text: the epoch as an integer, other numbers to 6 significant digits, None empty."""
-    return {k: str(v) if k == "epoch" else "" if v is None else f"{v:.6g}" for k, v in row.items()}
+    """A row as text: the epoch (and ``best``) as an integer, other numbers to 6 significant digits,
+    None empty."""
+    return {k: "" if v is None else str(v) if k in ("epoch", "best") else f"{v:.6g}" for k, v in row.items()}
 
 
 class MetricsCSV:
@@ -136,7 +168,7 @@ class MetricsCSV:
 
     def __init__(self, path: Path, first_epoch: int, with_test: bool = False) -> None:
         self.path = path
-        self.columns = ALL_COLUMNS if with_test else COLUMNS
+        self.columns = ALL_COLUMNS if with_test else [c for c in ALL_COLUMNS if c not in TEST_COLUMNS]
         self.rows = [_formatted(row) for row in self._rows_before(path, first_epoch)]
         self._save()
 
@@ -168,15 +200,14 @@ class TensorBoardLog:
     """The same numbers as TensorBoard scalars, under ``<run>/tensorboard``."""
 
     def __init__(self, log_dir: Path) -> None:
-        if not tensorboard_available():
-            raise IdmlError(MISSING_TENSORBOARD)
+        require("tensorboard", "--tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, record: EpochRecord) -> None:
         for name, value in asdict(record).items():
-            if name != "epoch" and value is not None:
+            if name not in ("epoch", "best") and value is not None:
                 split, _, metric = name.partition("_")
                 tag = f"{split}/{metric}" if split in ("train", "val", "test") else f"run/{name}"
                 self.writer.add_scalar(tag, value, record.epoch)
@@ -233,13 +264,14 @@ class RunLog:
         return sinks
 
     def epoch_end(self, epoch: int, lr: float, train: PhaseResult, val: PhaseResult,
-                  test: PhaseResult | None = None) -> None:
-        """Record one finished epoch (called once per epoch by the trainer; ``test`` with --val_split)."""
+                  test: PhaseResult | None = None, best: bool | None = None) -> None:
+        """Record one finished epoch (called once per epoch by the trainer; ``test`` with --val_split;
+        ``best``: whether its model became model_best.pth.tar)."""
         if not self.is_main:
             return
         if self._sinks is None:
             self._sinks = self._open(epoch, test is not None)
-        record = EpochRecord.from_results(epoch, lr, train, val, self.world_size, test)
+        record = EpochRecord.from_results(epoch, lr, train, val, self.world_size, test, best)
         for sink in self._sinks:
             sink.write(record)
 

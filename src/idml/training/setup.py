@@ -19,16 +19,13 @@ import yaml
 from torch import nn
 
 from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME, Checkpoint
-from idml.config import TrainConfig
+from idml.config import CommandLine, TrainConfig
 from idml.data.build import build_data, training_decode
-from idml.data.hf import MISSING as MISSING_DATASETS
-from idml.data.hf import hf_available
 from idml.data.types import DataBundle, DataRequest
 from idml.device.memory import device_memory_bytes
 from idml.device.runtime import Runtime, build_runtime
 from idml.errors import ConfigError, IdmlError, one_line
 from idml.files import remove_stale_temps, write_text
-from idml.models.external import name_problem
 from idml.models.layout import channels_last_under_bf16
 from idml.models.registry import build_from_spec
 from idml.models.spec import ModelSpec
@@ -43,26 +40,14 @@ from idml.training.distributed import (
     wrap_ddp,
 )
 from idml.training.init_from import apply_init_from
+from idml.training.preflight import preflight
 from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path, resume_after_restart
 from idml.training.run_folder import RunLock, belongs_to
-from idml.training.run_log import METRICS_NAME, MISSING_TENSORBOARD, tensorboard_available
+from idml.training.run_log import METRICS_NAME
 from idml.training.trainer import Trainer
 
 #: The settings of the run as given (plus what the command line left to defaults), in the run folder.
 CONFIG_NAME = "config.yaml"
-
-
-def preflight(cfg: TrainConfig) -> None:
-    """Checks that depend on this machine, not on the settings alone: optional packages that a
-    setting needs, and a backbone name that the installed timm or torchvision must know."""
-    if cfg.tensorboard and not tensorboard_available():
-        raise ConfigError(MISSING_TENSORBOARD)
-    if cfg.dataset.startswith("hf:") and not hf_available():
-        raise ConfigError(MISSING_DATASETS)
-    if ":" in cfg.net_type:
-        problem = name_problem(cfg.net_type)
-        if problem:
-            raise ConfigError(problem)
 
 
 def archive_earlier_run(run_dir: Path) -> Path | None:
@@ -81,9 +66,18 @@ def archive_earlier_run(run_dir: Path) -> Path | None:
     return target
 
 
-def prepare_run_dir(cfg: TrainConfig, resumed_from: Path | None, printer: Callable[[str], None]) -> RunLock:
+def continuing_hint(moved: Path, command: CommandLine | None, distributed: bool) -> str:
+    """How to continue a run moved aside to ``moved``: the exact command where it is known."""
+    if command is None or distributed:
+        return f"the same command with --expname {moved.name} --resume auto"
+    return command.continuing(moved.name)
+
+
+def prepare_run_dir(cfg: TrainConfig, resumed_from: Path | None, printer: Callable[[str], None],
+                    command: CommandLine | None = None, distributed: bool = False) -> RunLock:
     """Lock ``<output_dir>/<expname>`` for this run, move aside an earlier run that this one does
-    not continue, and record the resolved settings as ``config.yaml``.
+    not continue (saying exactly how to continue that one: ``command`` is how this run was
+    started), and record the resolved settings as ``config.yaml``.
 
     This run continues the folder's run only when it resumes from one of the folder's own files;
     a fresh run, or one resumed from another folder's checkpoint, gets the folder to itself.
@@ -97,8 +91,9 @@ def prepare_run_dir(cfg: TrainConfig, resumed_from: Path | None, printer: Callab
         if resumed_from is None or not belongs_to(resumed_from, run_dir):
             moved = archive_earlier_run(run_dir)
             if moved is not None:
-                how = "continue it with --resume auto" if resumed_from is None else f"this run continues {resumed_from}"
-                printer(f"=> {run_dir} held an earlier run: moved it to {moved} ({how})")
+                this = "" if resumed_from is None else f"this run continues {resumed_from}; "
+                printer(f"=> {run_dir} held an earlier run: moved it to {moved} ({this}to continue that run: "
+                        f"{continuing_hint(moved, command, distributed)})")
                 run_dir.mkdir(parents=True, exist_ok=True)
                 lock, earlier = RunLock(run_dir), lock
                 earlier.release()
@@ -122,6 +117,8 @@ def check_model_settings(cfg: TrainConfig, rt: Runtime) -> None:
         with torch.device("meta"):
             spec = cfg.model_spec
             model = build_from_spec(replace(spec, num_classes=spec.num_classes or 2))  # user data: classes unread
+    except ConfigError:  # a depth the network cannot have, a backbone name no library knows: its own line
+        raise
     except (RuntimeError, ValueError, OverflowError, MemoryError) as exc:
         raise ConfigError(f"these model settings give an impossible network ({one_line(exc)[:200]}); "
                           "lower --depth, --alpha or --uncertainty_dim") from exc
@@ -168,6 +165,9 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
                       cfg.skip_bad_images, cfg.label_noise, val_split=cfg.val_split, classes=cfg.classes,
                       decode=training_decode(cfg.decode, rt.device), **user_data_fields(cfg))
     data = build_data(req, rt.device)
+    problem = cfg.steps_problem(len(data.train))
+    if problem:
+        raise ConfigError(problem)
     spec = replace(cfg.model_spec, num_classes=data.num_classes)
     model = place_model(cfg, rt, spec)
     state = load_resume_state(resume_path, spec.to_dict(), model.state_dict()) if resume_path else None
@@ -186,7 +186,8 @@ def user_data_fields(cfg: TrainConfig) -> dict:
             "label_key": cfg.label_key, "memory_mb": cfg.data_memory_mb}
 
 
-def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | None = None) -> Trainer:
+def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | None = None,
+                  command: CommandLine | None = None) -> Trainer:
     """The trainer of this run, resumed if asked, with its run folder prepared (agreed by all ranks).
 
     Rank 0 locks the run folder; the lock is held until ``hold`` closes (without ``hold``, as in
@@ -204,7 +205,8 @@ def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | No
         trainer.print(f"=> resuming {path} at epoch {trainer.start.epoch}, step {trainer.start.step}")
         for note in notes:
             trainer.print(f"=> note: {note}")
-    lock = run_agreed(lambda: prepare_run_dir(cfg, inputs.resume_path, trainer.print) if rt.is_main else None, rt)
+    lock = run_agreed(lambda: prepare_run_dir(cfg, inputs.resume_path, trainer.print, command, rt.distributed)
+                      if rt.is_main else None, rt)
     if lock is not None and hold is not None:
         hold.callback(lock.release)
     elif lock is not None:
@@ -225,7 +227,9 @@ def report_files(trainer: Trainer, cfg: TrainConfig) -> None:
         trainer.print("=> " + "  ".join(f"{names.get(p.name, 'file')}: {p}" for p in sorted(written, key=str)))
 
 
-def run_train(cfg: TrainConfig) -> tuple[float, float]:
+def run_train(cfg: TrainConfig, command: CommandLine | None = None) -> tuple[float, float]:
+    """Train as ``cfg`` says (``command``: how the run was started, for the messages that name
+    another command)."""
     preflight(cfg)
     rt = run_runtime(cfg)
     init_distributed(rt, cfg.dist_timeout)
@@ -235,7 +239,7 @@ def run_train(cfg: TrainConfig) -> tuple[float, float]:
             cfg, restarted = resume_after_restart(cfg, rt)
             if restarted and rt.is_main:
                 print(restarted)
-            trainer = build_trainer(cfg, rt, hold)
+            trainer = build_trainer(cfg, rt, hold, command)
             return train(trainer, cfg, rt)
     finally:
         shutdown_distributed()
@@ -245,6 +249,11 @@ def train(trainer: Trainer, cfg: TrainConfig, rt: Runtime) -> tuple[float, float
     """Fit the built trainer, with the console lines of the official code around it."""
     n_params = sum(p.numel() for p in trainer.model.parameters())
     trainer.print(f"=> creating model '{cfg.net_type}' (depth {cfg.depth}, ISM {'on' if cfg.ism else 'off'})")
+    if cfg.own_default_network:
+        blocks = " with basic blocks" if not cfg.bottleneck else ""
+        trainer.print(f"=> no --net_type or --depth given: idml's default network for {cfg.dataset}, "
+                      f"{cfg.net_type}-{cfg.depth}{blocks} (the official default, PyramidNet-32, is no network; "
+                      "give --net_type and --depth to choose another)")
     trainer.print(f"the number of model parameters: {n_params}")
     trainer.print(f"=> training on {rt.describe()}; {len(trainer.data.class_names)} classes")
     result = trainer.fit()

@@ -33,7 +33,7 @@ from idml.config import TrainConfig
 from idml.data.types import DataBundle
 from idml.device.runtime import Runtime, sum_dtype
 from idml.errors import IdmlError, NonFiniteLossError, RunStopped, one_line
-from idml.metrics import fit_temperature
+from idml.metrics import NOT_FITTED, TemperatureFit, temperature_fit
 from idml.mixing import MixedBatch, mix_batch, mixed_cross_entropy
 from idml.training.checkpoints import RunCheckpoints
 from idml.training.distributed import broadcast_buffers, gather_rows
@@ -171,15 +171,26 @@ class Trainer:
         self.stopping = StopControl(runtime, cfg.stop_signal, cfg.stop_after)
         self.start = ResumePoint()  # epoch 0, step 0 unless load_state says otherwise
         self.best_err1, self.best_err5 = 100.0, 100.0
+        self.best_epoch: int | None = None  # whose model is model_best.pth.tar
         self.best_weights = "model"  # or "ema": which weights scored best_err1
         self.grads_pending = False  # inside a group of --grad_accum_steps batches
-        #: with --val_split: the softmax temperature fitted on the validation split, and the test
-        #: errors at the best-validation and at the last epoch ({"epoch", "top1_err", "top5_err", "loss"})
+        #: with --val_split: the softmax temperature fitted on the validation split (this epoch's, saved
+        #: with its checkpoint; and the best model's), and the test errors at the best-validation and
+        #: at the last epoch ({"epoch", "top1_err", "top5_err", "loss"})
         self.temperature: float | None = None
+        self.best_temperature: TemperatureFit = NOT_FITTED
         self.test_at_best: dict[str, float] | None = None
         self.test_at_last: dict[str, float] | None = None
         self.saved = RunCheckpoints(cfg.run_dir, runtime)  # what was written, for messages and the report
         self.lines = DeferredLines(runtime.device)  # per-step lines, read back without waiting for the GPU
+        #: the official code's console lines verbatim (its datasets and protocol), else idml's own
+        self.official_console = cfg.official_protocol
+        #: top-5 errors are shown only where they say something (more than 5 classes)
+        self.shows_top5 = len(data.class_names) > 5
+
+    def _top5(self, text: str) -> str:
+        """``text`` (a top-5 part of a line) where top-5 errors are shown, else nothing."""
+        return text if self.shows_top5 else ""
 
     # -- one step -----------------------------------------------------------------------------
     def prepare_batch(self, images: Tensor, targets: Tensor, rng: np.random.Generator) -> MixedBatch:
@@ -270,8 +281,8 @@ class Trainer:
             self.log.step(
                 f"Epoch: [{epoch}/{self.cfg.epochs}][{step}/{steps}]\tLR: {lr:.6f}\t{timing}\t"
                 f"Loss {batch.loss:.4f} ({running.loss:.4f})\t"
-                f"Top 1-err {batch.top1_err:.4f} ({running.top1_err:.4f})\t"
-                f"Top 5-err {batch.top5_err:.4f} ({running.top5_err:.4f})",
+                f"Top 1-err {batch.top1_err:.4f} ({running.top1_err:.4f})"
+                + self._top5(f"\tTop 5-err {batch.top5_err:.4f} ({running.top5_err:.4f})"),
                 loss=running.loss, top1_err=running.top1_err,
             )
         self.lines.add(meter.snapshot(), emit)
@@ -315,8 +326,8 @@ class Trainer:
         self.lines.flush()
         meter.all_reduce()
         avg = meter.average()
-        self.print(f"* Epoch: [{epoch}/{cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
-                   f"Top 5-err {avg.top5_err:.3f}\t Train Loss {avg.loss:.3f}")
+        self.print(f"* Epoch: [{epoch}/{cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}"
+                   f"{self._top5(f'  Top 5-err {avg.top5_err:.3f}')}\t Train Loss {avg.loss:.3f}")
         elapsed = time.perf_counter() - start
         self.print(f"* Data wait: {waited:.1f} s of {elapsed:.1f} s of training ({waited / max(elapsed, 1e-9):.0%}): "
                    "the time the steps waited for their batch (docs/input-pipeline.md)")
@@ -363,23 +374,23 @@ class Trainer:
         self.lines.flush()
         meter.all_reduce()
         avg = meter.average()
-        self.print(f"* {label}Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}  "
-                   f"Top 5-err {avg.top5_err:.3f}\t {loss_name} {avg.loss:.3f}")
+        self.print(f"* {label}Epoch: [{epoch}/{self.cfg.epochs}]\t Top 1-err {avg.top1_err:.3f}"
+                   f"{self._top5(f'  Top 5-err {avg.top5_err:.3f}')}\t {loss_name} {avg.loss:.3f}")
         return EpochResult(*avg, meter.images, time.perf_counter() - start)
 
     def _print_test_step(self, title: str, epoch: int, step: int, steps: int, values: list[float]) -> None:
         batch = Meter.averages(values)
         self.log.step(f"{title}: [{epoch}/{self.cfg.epochs}][{step}/{steps}]\t"
-                      f"Top 1-err {batch.top1_err:.4f}\tTop 5-err {batch.top5_err:.4f}",
+                      f"Top 1-err {batch.top1_err:.4f}" + self._top5(f"\tTop 5-err {batch.top5_err:.4f}"),
                       batch_top1_err=batch.top1_err)
 
-    def fit_temperature(self, kept: list[tuple[Tensor, Tensor]]) -> float | None:
-        """The softmax temperature minimising the NLL of the validation logits of every rank (None
-        where it is not identifiable, e.g. no validation mistakes)."""
+    def fit_temperature(self, kept: list[tuple[Tensor, Tensor]]) -> TemperatureFit:
+        """The softmax temperature minimising the NLL of the validation logits of every rank (or why
+        there is none: no validation mistakes, no interior minimum)."""
         logits = torch.cat([batch[0] for batch in kept]).cpu().double().numpy()
         targets = torch.cat([batch[1] for batch in kept]).cpu().numpy()
         logits, targets = gather_rows(logits, self.rt), gather_rows(targets, self.rt)
-        return fit_temperature(logits, targets)
+        return temperature_fit(logits, targets)
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint(self, epoch: int, step: int | None = None, meter: Meter | None = None) -> Checkpoint:
@@ -395,6 +406,7 @@ class Trainer:
             arch=self.cfg.net_type,
             best_err1=self.best_err1,
             best_err5=self.best_err5,
+            best_epoch=self.best_epoch,
             best_weights=self.best_weights,
             temperature=self.temperature,
             test_at_best=self.test_at_best,
@@ -431,7 +443,11 @@ class Trainer:
             self.scaler.load_state_dict(ckpt.scaler)
         self.best_err1 = float(ckpt.best_err1)
         self.best_err5 = float(ckpt.best_err5 if ckpt.best_err5 is not None else 100.0)
+        self.best_epoch = ckpt.best_epoch
         self.temperature = ckpt.temperature
+        if ckpt.temperature is not None and ckpt.best_epoch is not None and ckpt.step == 0 \
+                and ckpt.best_epoch + 1 == ckpt.epoch:  # the checkpoint's own epoch was the best
+            self.best_temperature = TemperatureFit(ckpt.temperature)
         self.test_at_best, self.test_at_last = ckpt.test_at_best, ckpt.test_at_last
         notes: list[str] = []
         own = own_rank_state(ckpt, self.rt, notes)
@@ -513,16 +529,17 @@ class Trainer:
                 best, weights = (ema_val, "ema") if ema_val and ema_val.top1_err < val.top1_err else (val, "model")
                 # the test split and the temperature: with the weights that scored best this epoch
                 test = self.validate(epoch, ema=weights == "ema", split="test") if held_out else None
-                self.log.epoch_end(epoch, self.optimizer.param_groups[0]["lr"], train, val, test)
-                is_best = best.top1_err <= self.best_err1
+                is_best = best.top1_err <= self.best_err1  # a tie: the later epoch, as the official code
+                self.log.epoch_end(epoch, self.optimizer.param_groups[0]["lr"], train, val, test, best=is_best)
                 self.best_err1 = min(best.top1_err, self.best_err1)
                 if is_best:
-                    self.best_err5, self.best_weights = best.top5_err, weights
+                    self.best_err5, self.best_weights, self.best_epoch = best.top5_err, weights, epoch
                 if test is not None and kept is not None and ema_kept is not None:
-                    self.temperature = self.fit_temperature(ema_kept if weights == "ema" else kept)
+                    fitted = self.fit_temperature(ema_kept if weights == "ema" else kept)
+                    self.temperature = fitted.value
                     self.test_at_last = test_record(epoch, test)
                     if is_best:
-                        self.test_at_best = self.test_at_last
+                        self.test_at_best, self.best_temperature = self.test_at_last, fitted
                 self.print_best("Current best")
                 self.save(epoch, is_best)
                 stop = self.stopping.stop_requested()
@@ -533,20 +550,32 @@ class Trainer:
         return self.best_err1, self.best_err5
 
     def print_best(self, prefix: str) -> None:
-        """The official line; with --val_split, the test errors at the best and last epochs too."""
-        if not self.data.held_out:
+        """After each epoch (``prefix`` "Current best") and at the end ("Best"): the official line
+        in the official code's runs, else idml's lines (errors in percent; the test errors at the
+        best and last epochs and the best model's temperature with --val_split)."""
+        if self.official_console:
             self.print(f"{prefix} accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}{self._best_note()}")
             return
-        self.print(f"{prefix} validation accuracy (top-1 and 5 error): {self.best_err1} {self.best_err5}"
-                   f"{self._best_note()}")
+        held_out = self.data.held_out
+        epoch = "" if self.best_epoch is None else f"epoch {self.best_epoch}, "
+        line = f"{prefix}: {epoch}{'validation' if held_out else 'test'} {self._errors(self.best_err1, self.best_err5)}"
+        if prefix != "Best":  # one line per epoch
+            at_best = self.test_at_best
+            test = f"; test {self._errors(at_best['top1_err'], at_best['top5_err'])}" if held_out and at_best else ""
+            self.print(f"{line}{test}{self._best_note()}")
+            return
+        self.print(f"{line}{self._best_note()}")
         for when, record in (("the best validation epoch", self.test_at_best), ("the last epoch", self.test_at_last)):
             if record is not None:
-                self.print(f"  test at {when} ({record['epoch']}) (top-1 and 5 error): "
-                           f"{record['top1_err']} {record['top5_err']}")
-        if self.test_at_last is not None:
-            fitted = "none (the validation NLL has no minimum: no validation mistakes?)" if self.temperature is None \
-                else f"{self.temperature:.4f}"
-            self.print(f"  softmax temperature (fitted on the validation split): {fitted}")
+                errors = self._errors(record["top1_err"], record["top5_err"])
+                self.print(f"  test at {when} ({record['epoch']}): {errors}")
+        if held_out:
+            self.print(f"  softmax temperature of the best model (fitted on the validation split): "
+                       f"{self.best_temperature.describe()}")
+
+    def _errors(self, top1: float, top5: float) -> str:
+        """idml's way to show errors: percent, 2 decimals, top-5 only with more than 5 classes."""
+        return f"error {top1:.2f} %" + self._top5(f" (top-5 {top5:.2f} %)")
 
 
 def test_record(epoch: int, result: EpochResult) -> dict[str, float]:
