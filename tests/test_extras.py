@@ -32,7 +32,8 @@ def test_the_extras_of_pyproject_are_the_ones_idml_names() -> None:
     for name, extra in EXTRAS.items():  # each installs the package whose absence its message reports
         assert any(re.match(rf"{re.escape(extra.package)}\b", req) for req in extras[name]), name
     assert extras_of(extras[ALL]) == set(EXTRAS)  # all = every optional part
-    assert extras_of(extras[DEV]) == {ALL} and {"pytest", "ruff"} <= {re.split(r"[<>=]", r)[0] for r in extras[DEV]}
+    in_dev = {name for name, extra in EXTRAS.items() if extra.in_dev}
+    assert extras_of(extras[DEV]) == in_dev and {"pytest", "ruff"} <= {re.split(r"[<>=]", r)[0] for r in extras[DEV]}
 
 
 def test_the_base_install_has_what_every_command_needs() -> None:

@@ -215,6 +215,16 @@ def test_the_own_images_walkthrough_prints_what_its_page_quotes(walk) -> None:
 
 
 @pytest.mark.slow
+def test_the_input_pipeline_measurement_prints_both_pipelines(walk) -> None:
+    """docs/input-pipeline.md's way to measure a machine: its photos, then idml's pipeline timed
+    beside the official one."""
+    repo, results = walk
+    bench = next(ran for ran in results if "--input_pipeline" in ran.command)
+    assert len(list((repo / "data" / "photos" / "imagenet-1k" / "train").rglob("*.JPEG"))) == 256
+    assert re.search(r"^idml\s+[\d.]+\s+[\d.]+", bench.out, re.M) and "idml / official:" in bench.out
+
+
+@pytest.mark.slow
 def test_plot_stars_the_epoch_of_the_best_model(walk) -> None:
     """The epoch idml plot names is the one model_best.pth.tar holds."""
     from idml.checkpoint.io import load_checkpoint
