@@ -12,7 +12,8 @@ from idml.training.run_log import best_row, read_run
 def parse_args(argv: list[str]):
     p = OneLineParser(prog="idml plot", description="Plot the training curves of runs (their metrics.csv).")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by idml train (runs/<expname>)")
-    p.add_argument("--out", default="curves.png", metavar="FILE.png", help="image to write (default: %(default)s)")
+    p.add_argument("--out", default="figures/curves.png", metavar="FILE.png",
+                   help="image to write (default: %(default)s; folders are created)")
     return p.parse_args(argv)
 
 
