@@ -74,7 +74,7 @@ def measure(rounds: int, size: int, batches: tuple[int, ...]) -> dict[tuple[str,
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=None,

@@ -63,7 +63,7 @@ def differences(img: Image.Image, quality: int, draws: list[CropDraw]) -> list[t
 def main(argv: list[str]) -> int:
     from sklearn.datasets import load_sample_images
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--crops", type=int, default=15, help="crops per photo, size and quality and kind")
     args = parser.parse_args(argv)
     sources = [Image.fromarray(a) for a in load_sample_images().images]

@@ -168,7 +168,7 @@ def dali_rates(paths: list[str], rounds: int) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("data_dir", help="a folder of JPEGs (searched recursively), e.g. from make_photos.py")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--limit", type=int, default=200, help="at most this many files (default: %(default)s)")

@@ -59,7 +59,7 @@ def line(label: str, result: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--data_dir", help="a folder with imagenet-1k/train/<class>/*.JPEG (not with --photo_sets)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="-j values (default: 1 2)")
     parser.add_argument("--photo_sets", action="store_true", help="measure -j 1 on photo folders of several sizes "

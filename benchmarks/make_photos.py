@@ -83,7 +83,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--out", required=True, help="folder to write imagenet-1k/ into")
     parser.add_argument("--count", type=int, default=512, help="training images (default: %(default)s)")
     parser.add_argument("--val_count", type=int, default=8, help="validation images (default: %(default)s)")
