@@ -51,6 +51,8 @@ class Block:
     number: int
     language: str
     text: str
+    #: where the page asks the reader to save the block ("Save this as `PATH`" just before it)
+    saved_as: str | None = None
 
     @property
     def name(self) -> str:
@@ -74,10 +76,17 @@ class Block:
 
 
 def page_blocks(page: Path) -> list[Block]:
-    """The bash and python blocks of ``page``, in order (output and layout blocks have no language)."""
-    found = re.findall(r"```(\w*)\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.DOTALL)
-    runnable = [(language, text) for language, text in found if language in ("bash", "python")]
-    return [Block(page, i, language, text) for i, (language, text) in enumerate(runnable, start=1)]
+    """The bash and python blocks of ``page``, in order (output and layout blocks have no language),
+    and the ``python3`` blocks the page asks the reader to save as a file."""
+    text = page.read_text(encoding="utf-8")
+    blocks, start = [], 0
+    for match in re.finditer(r"```(\w*)\n(.*?)```", text, flags=re.DOTALL):
+        language, body = match.groups()
+        saved = re.search(r"Save this as `([^`]+)`[^`]*$", text[start:match.start()], flags=re.S)
+        start = match.end()
+        if language in ("bash", "python") or (language == "python3" and saved):
+            blocks.append(Block(page, len(blocks) + 1, language, body, saved[1] if saved else None))
+    return blocks
 
 
 def run_block(block: str, cwd: Path, pythonpath: str | None = None) -> subprocess.CompletedProcess:

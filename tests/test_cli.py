@@ -122,6 +122,7 @@ def test_version() -> None:
     (["eval", "--checkpoint", "x.pth.tar", "--fit"], "--fit"),
     (["predict", "--checkpoint", "x.pth.tar", "x.png", "--top", "3"], "--top"),
     (["plot", "runs/x", "--ou", "x.png"], "--ou"), (["bench", "--step", "2"], "--step"),
+    (["export", "--checkpoint", "x.pth.tar", "--format", "onnx", "--output", "m.onnx", "--ops", "18"], "--ops"),
 ])
 def test_every_command_takes_its_flags_only_as_written(argv, prefix, capsys) -> None:
     """argparse would read a prefix of a flag as the flag (--epoch as --epochs): refused instead."""

@@ -29,8 +29,9 @@ def extras_of(requirements: list[str]) -> set[str]:
 def test_the_extras_of_pyproject_are_the_ones_idml_names() -> None:
     extras = declared()
     assert set(extras) - {ALL, DEV} == set(EXTRAS)
-    for name, extra in EXTRAS.items():  # each installs the package whose absence its message reports
-        assert any(re.match(rf"{re.escape(extra.package)}\b", req) for req in extras[name]), name
+    for name, extra in EXTRAS.items():  # each installs the packages whose absence its message reports
+        for package in extra.packages:
+            assert any(re.match(rf"{re.escape(package)}\b", req) for req in extras[name]), (name, package)
     assert extras_of(extras[ALL]) == set(EXTRAS)  # all = every optional part
     in_dev = {name for name, extra in EXTRAS.items() if extra.in_dev}
     assert extras_of(extras[DEV]) == in_dev and {"pytest", "ruff"} <= {re.split(r"[<>=]", r)[0] for r in extras[DEV]}

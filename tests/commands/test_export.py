@@ -11,16 +11,18 @@ import pytest
 from expect import one_error_line
 from runs import run_idml
 
+ONNX_EXPORT = ["export", "--format", "onnx", "--output", "m.onnx"]
+
 
 @pytest.mark.parametrize(("hidden", "argv", "fragment"), [
-    ("onnxscript", ["export", "--format", "onnx", "--output", "m.onnx"], "--format onnx needs the onnxscript package"),
-    ("onnx", ["export", "--format", "onnx", "--output", "m.onnx"], "--format onnx needs the onnx package"),
-    ("onnxruntime", ["export", "--format", "onnx", "--output", "m.onnx"], "needs the onnxruntime package"),
+    ("onnxscript", ONNX_EXPORT, "--format onnx needs idml[onnx] (onnxscript is not installed)"),
+    ("onnx", ONNX_EXPORT, "--format onnx needs idml[onnx] (onnx is not installed)"),
+    ("onnxruntime", ONNX_EXPORT, "needs idml[onnx] (onnxruntime is not installed)"),
     ("safetensors", ["export", "--format", "safetensors", "--output", "m.safetensors"],
-     "--format safetensors needs the safetensors package: pip install 'idml[safetensors]'"),
+     "--format safetensors needs idml[safetensors] (safetensors is not installed): pip install -e '.[safetensors]'"),
     ("onnxruntime", ["predict", "--model", "m.onnx", "x.png"],
-     "idml predict --model FILE.onnx needs the onnxruntime package: pip install 'idml[onnx]'"),
-    ("safetensors", ["predict", "--model", "m.safetensors", "x.png"], "pip install 'idml[safetensors]'"),
+     "idml predict --model FILE.onnx needs idml[onnx] (onnxruntime is not installed): pip install -e '.[onnx]'"),
+    ("safetensors", ["predict", "--model", "m.safetensors", "x.png"], "pip install -e '.[safetensors]'"),
 ])
 def test_a_missing_extra_is_one_line_before_any_work(hidden: str, argv: list[str], fragment: str, tmp_path: Path,
                                                      monkeypatch, capsys) -> None:
@@ -30,7 +32,7 @@ def test_a_missing_extra_is_one_line_before_any_work(hidden: str, argv: list[str
     if argv[0] == "export":
         argv = [*argv, "--checkpoint", "no_such_checkpoint.pth.tar"]
     code, out, err = run_idml(argv, capsys)
-    one_error_line(err, fragment, "pip install 'idml[", code=code)
+    one_error_line(err, fragment, "pip install -e '.[", code=code)
     assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
 
 

@@ -93,7 +93,7 @@ from pathlib import Path
 args = sys.argv[1:]
 if args[:2] != ["install", "-e"] or len(args) != 3:
     sys.exit(f"docs test: pip {' '.join(args)} is not what the docs run")
-extras = re.fullmatch(r"\\.(?:\\[([\\w,]+)\\])?", args[2])
+extras = re.fullmatch(r"\\.(?:\\[([\\w,-]+)\\])?", args[2])
 if extras is None:
     sys.exit(f"docs test: pip install -e {args[2]}: not the checkout")
 declared = tomllib.loads(Path("pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -131,6 +131,10 @@ def shell(repo: Path, block: Block, command: str, text: str) -> Ran:
 
 
 def run_block(repo: Path, block: Block) -> list[Ran]:
+    if block.saved_as is not None:  # the reader saves it, as the page asks
+        (repo / block.saved_as).parent.mkdir(parents=True, exist_ok=True)
+        (repo / block.saved_as).write_text(block.text, encoding="utf-8")
+        return [Ran(block, f"save as {block.saved_as}", 0)]
     if block.language == "python":
         return [Ran(block, "", None, skipped="a Python API example: tests/models/test_external.py runs it")]
     if SELF in block.text:

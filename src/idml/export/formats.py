@@ -6,10 +6,9 @@ and a missing package is named before any work (:func:`require`).
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
-from idml.errors import IdmlError
+from idml import extras
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,7 @@ DEFAULT_OPSET = 18
 
 
 def require(packages: tuple[str, ...], extra: str | None, purpose: str) -> None:
-    """One line naming the extra to install when any of ``packages`` is missing."""
-    missing = [name for name in packages if importlib.util.find_spec(name) is None]
-    if missing:
-        raise IdmlError(f"{purpose} needs the {' and '.join(missing)} package{'s' if len(missing) > 1 else ''}: "
-                        f"pip install 'idml[{extra}]'")
+    """One line naming the extra to install when any of ``packages`` is missing (the line of
+    :func:`idml.extras.require`, which every optional part's check gives)."""
+    if extra is not None:
+        extras.require(extra, purpose, packages)
