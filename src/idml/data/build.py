@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from idml.data.augment import ColorLighting, Normalize, TrainAugment
-from idml.data.catalog import dataset_info, dataset_kind, parse_classes
+from idml.data.catalog import dataset_info, dataset_kind, decode_problem, parse_classes
 from idml.data.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar
 from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
 from idml.data.folder import build_folder
@@ -72,9 +72,9 @@ def training_decode(choice: str, device: torch.device) -> str:
     """``--decode`` for a run on ``device``: ``auto`` is gpu on CUDA and cpu elsewhere; gpu needs CUDA."""
     if choice == "auto":
         return "gpu" if device.type == "cuda" else "cpu"
-    if choice == "gpu" and device.type != "cuda":
-        raise ConfigError(f"--decode gpu decodes the training JPEGs on a CUDA GPU, but this run trains on "
-                          f"{device.type}: use --decode cpu")
+    problem = decode_problem(choice, device.type)
+    if problem:
+        raise ConfigError(problem)
     return choice
 
 

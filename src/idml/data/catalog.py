@@ -174,3 +174,13 @@ def parse_classes(spec: str, num_classes: int | None = None, flag: str = "--clas
     if num_classes is not None and len(classes) < 2:
         raise ConfigError(f"{flag} {spec!r}: a classifier needs at least 2 classes")
     return classes
+
+
+def decode_problem(decode: str, device_type: str) -> str | None:
+    """Why ``--decode`` cannot be honoured on a run training on ``device_type`` ("cpu", "cuda",
+    "mps"), or None: the GPU decoding path is CUDA's (nvJPEG). Checked on the settings when
+    ``--device`` names the device, and again on the device a run resolves."""
+    if decode == "gpu" and device_type != "cuda":
+        return (f"--decode gpu decodes the training JPEGs on a CUDA GPU, but this run trains on {device_type}: "
+                "use --decode cpu")
+    return None
