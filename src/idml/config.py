@@ -30,7 +30,6 @@ from idml.data.catalog import (
     dataset_info,
     dataset_problem,
     datasets_that_can,
-    decode_problem,
     default_network,
     parse_classes,
     user_dataset,
@@ -378,8 +377,6 @@ class TrainConfig:
              "--cutmix_prob + --mixup_prob must not exceed 1 (one draw per batch picks at most one)"),
             (self.decode == "cpu" or self.dataset == "imagenet",
              f"--decode {self.decode} applies to --dataset imagenet (other datasets decode on the CPU)"),
-            (self.device == "auto" or decode_problem(self.decode, self.device) is None,
-             decode_problem(self.decode, self.device) or ""),
             (self.label_noise == 0 or self._can("in_memory"),
              f"--label_noise works on the in-memory datasets ({listing(datasets_that_can('in_memory'))}), "
              f"not {self.dataset}"),

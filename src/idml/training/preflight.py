@@ -1,6 +1,7 @@
 """The checks of a run that depend on this machine, not on the settings alone, made before anything
-heavy is imported: an optional part a setting needs, a depth the network cannot have, an official
-dataset missing under ``--data_dir``, a backbone name the installed library does not know.
+heavy is imported: an optional part a setting needs, a depth the network cannot have, ``--decode
+gpu`` on a named device that is not CUDA, an official dataset missing under ``--data_dir``, a
+backbone name the installed library does not know.
 
 ``idml train`` runs them right after parsing its flags, so that a newcomer's mistake costs a
 fraction of a second instead of torch's import; :func:`idml.training.setup.run_train` runs them too.
@@ -10,7 +11,7 @@ Only a backbone of another library (``timm:<name>``) needs that library imported
 from __future__ import annotations
 
 from idml.config import TrainConfig
-from idml.data.catalog import dataset_info, user_dataset
+from idml.data.catalog import dataset_info, decode_problem, user_dataset
 from idml.data.layouts import missing_data
 from idml.errors import ConfigError
 from idml.extras import require
@@ -26,7 +27,9 @@ def preflight(cfg: TrainConfig, data: bool = True) -> None:
     if getattr(user_dataset(cfg.dataset), "kind", None) == "hf":
         require("hf", "--dataset hf:<path>")
     family = dataset_info(cfg.dataset, cfg.input_size).family
+    named_device = None if cfg.device == "auto" else cfg.device  # auto: known once torch looks (training_decode)
     problem = depth_problem(cfg.net_type, family, cfg.depth, cfg.bottleneck) or \
+        (named_device and data and decode_problem(cfg.decode, named_device)) or \
         (missing_data(cfg.dataset, cfg.data_dir) if data else None)
     if problem:
         raise ConfigError(problem)
