@@ -13,15 +13,15 @@ from __future__ import annotations
 from idml.config import TrainConfig
 from idml.data.catalog import dataset_info, decode_problem, user_dataset
 from idml.data.layouts import missing_data
-from idml.errors import ConfigError
+from idml.errors import ConfigError, DataError
 from idml.extras import require
 from idml.models.spec import depth_problem
 
 
 def preflight(cfg: TrainConfig, data: bool = True) -> None:
     """Refuse, with one line each, what this machine cannot run (see the module docstring);
-    ``data=False`` for a run on synthetic data (idml bench). The errors are ConfigErrors: under
-    torchrun every rank has the same line, which rank 0 prints."""
+    ``data=False`` for a run on synthetic data (idml bench). The errors are ConfigErrors (a missing
+    dataset: the loader's DataError): under torchrun every rank has the same line, which rank 0 prints."""
     if cfg.tensorboard:
         require("tensorboard", "--tensorboard")
     if getattr(user_dataset(cfg.dataset), "kind", None) == "hf":
@@ -29,10 +29,12 @@ def preflight(cfg: TrainConfig, data: bool = True) -> None:
     family = dataset_info(cfg.dataset, cfg.input_size).family
     named_device = None if cfg.device == "auto" else cfg.device  # auto: known once torch looks (training_decode)
     problem = depth_problem(cfg.net_type, family, cfg.depth, cfg.bottleneck) or \
-        (named_device and data and decode_problem(cfg.decode, named_device)) or \
-        (missing_data(cfg.dataset, cfg.data_dir) if data else None)
+        (named_device and data and decode_problem(cfg.decode, named_device))
     if problem:
         raise ConfigError(problem)
+    problem = missing_data(cfg.dataset, cfg.data_dir) if data else None
+    if problem:  # the error the loader would raise, earlier
+        raise DataError(problem)
     if ":" in cfg.net_type:
         from idml.models.external import name_problem  # imports torch and the backbone's library
 
