@@ -82,10 +82,10 @@ def page_blocks(page: Path) -> list[Block]:
     blocks, start = [], 0
     for match in re.finditer(r"```(\w*)\n(.*?)```", text, flags=re.DOTALL):
         language, body = match.groups()
-        saved = re.search(r"Save this as `([^`]+)`[^`]*$", text[start:match.start()], flags=re.S)
+        saved = re.findall(r"Save this as `([^`]+)`", text[start:match.start()])  # in the text just before it
         start = match.end()
         if language in ("bash", "python") or (language == "python3" and saved):
-            blocks.append(Block(page, len(blocks) + 1, language, body, saved[1] if saved else None))
+            blocks.append(Block(page, len(blocks) + 1, language, body, saved[-1] if saved else None))
     return blocks
 
 
