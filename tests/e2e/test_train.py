@@ -62,8 +62,14 @@ def check_run(run: Run, expected_model: dict) -> dict:
     assert state["epoch"] == 1
     assert {k: state["model"][k] for k in expected_model} == expected_model
     assert 0.0 <= state["best_err5"] <= state["best_err1"] <= 100.0
-    best_line = re.search(r"Best accuracy \(top-1 and 5 error\): (\S+) (\S+)", run.proc.stdout)
-    assert best_line and [float(v) for v in best_line.groups()] == [state["best_err1"], state["best_err5"]]
+    if expected_model["dataset"] in ("cifar10", "cifar100", "imagenet"):  # the official protocol: the official line
+        best_line = re.search(r"Best accuracy \(top-1 and 5 error\): (\S+) (\S+)", run.proc.stdout)
+        assert best_line and [float(v) for v in best_line.groups()] == [state["best_err1"], state["best_err5"]]
+    else:  # idml's own line: error in percent, 2 decimals, top-5 with more than 5 classes
+        best_line = re.search(r"^Best: epoch \d+, test error (\d+\.\d\d) % \(top-5 (\d+\.\d\d) %\)$", run.proc.stdout,
+                              flags=re.M)
+        assert best_line and [float(v) for v in best_line.groups()] == [round(state["best_err1"], 2),
+                                                                        round(state["best_err5"], 2)]
     assert state["optimizer"]["param_groups"][0]["nesterov"] is True
     assert len(state["optimizer"]["state"]) > 0  # momentum buffers after one epoch
     return state
