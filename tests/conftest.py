@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -41,3 +42,10 @@ def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """CPU runs cache their timed memory format in the user's cache folder: the tests' go to a
+    folder of their own (inherited by the runs they start as subprocesses), never to ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))

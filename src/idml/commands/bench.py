@@ -11,10 +11,14 @@ import argparse
 import json
 
 from idml.bench.options import (
+    AA_PASSED,
     DATA_ONLY,
     ISOLATIONS,
     MODEL_VARIANTS,
+    ROUNDS_CAP,
     STANDARD,
+    TIME_CAP,
+    RoundPlan,
     chosen_aa,
     chosen_variants,
     pipeline_variants,
@@ -27,7 +31,12 @@ def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     parser = OneLineParser(prog="idml bench", description=__doc__.splitlines()[0].split(": ", 1)[1])
     add_train_arguments(parser)
     bench = parser.add_argument_group("benchmark")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per variant (default: %(default)s)")
+    bench.add_argument("--steps", type=int, default=10,
+                       help="timed rounds (one step per variant each) at least (default: %(default)s)")
+    bench.add_argument("--max_rounds", type=int, default=40, metavar="N",
+                       help="while the A/A check fails, more rounds up to N in all (default: %(default)s)")
+    bench.add_argument("--max_minutes", type=float, default=None, metavar="M",
+                       help="and stop adding rounds once the timed rounds took M minutes (default: no limit)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default: %(default)s)")
     bench.add_argument("--variants", default=None,
                        help=f"comma-separated, from {', '.join([*MODEL_VARIANTS, DATA_ONLY])} "
@@ -45,8 +54,10 @@ def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
                        help="--input_pipeline: training images per timed turn (default: 8 batches)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    if args.steps < 1 or args.warmup < 0:
-        raise ConfigError("--steps must be at least 1 and --warmup at least 0")
+    if args.steps < 1 or args.warmup < 0 or args.max_rounds < 1:
+        raise ConfigError("--steps and --max_rounds must be at least 1 and --warmup at least 0")
+    if args.max_minutes is not None and not 0 < args.max_minutes < float("inf"):
+        raise ConfigError(f"--max_minutes {args.max_minutes:g}: give a positive number of minutes")
     if args.input_pipeline:
         pipeline_variants(args.variants, cfg.dataset)  # a bad choice is refused before any work
         return cfg, args
@@ -72,11 +83,28 @@ def format_table(result: dict) -> str:
         lines.append(f"{r['variant']:<20}{r['images_per_second']:>10.1f}{f'{low:.1f}-{high:.1f}':>20}"
                      f"{r['images_per_cpu_second']:>11.1f}{r['peak_memory_mb']:>9.0f}"
                      f"{r['first_step_seconds']:>12.2f}  {r['settings']}")
-    lines += [f"{pair}: {ratio:.2f} (paired)" for pair, ratio in result["ratios"].items()]
+    if cfg.get("memory_format"):
+        lines.append(f"default's {cfg['memory_format']}")
     if "aa" in result:
         lines.append(aa_line(result["aa"]))
+    if "rounds" in result:
+        lines.append(rounds_line(result["rounds"], result.get("aa")))
+    lines += [f"{pair}: {ratio:.2f} (paired)" for pair, ratio in result["ratios"].items()]
     lines.append(f"peak memory: {cfg['peak_memory']}")
     return "\n".join(lines)
+
+
+def rounds_line(rounds: dict, aa: dict | None) -> str:
+    """How many rounds ran and why: the A/A check passed, or did not within the cap, or no check ran."""
+    n = rounds["timed"]
+    if rounds["stopped"] == AA_PASSED:
+        return f"A/A passed after {n} rounds"
+    if rounds["stopped"] in (ROUNDS_CAP, TIME_CAP):
+        cap = (f"{rounds['max']} rounds" if rounds["stopped"] == ROUNDS_CAP
+               else f"{rounds['max_minutes']:g} minutes ({n} rounds)")
+        tolerance = f" at {aa['tolerance']:.0%}" if aa else ""
+        return f"A/A did not pass within the cap of {cap}: ratios below are not trustworthy{tolerance}"
+    return f"{n} rounds (no A/A check)"
 
 
 def aa_line(aa: dict) -> str:
@@ -84,6 +112,11 @@ def aa_line(aa: dict) -> str:
     return (f"A/A check ({aa['variant']} twice): {aa['ratio']:.3f} "
             f"({aa['images_per_second'][0]:.1f} vs {aa['images_per_second'][1]:.1f} images/s): {verdict} "
             f"(within {aa['tolerance']:.0%} of 1.00 passes)")
+
+
+def round_plan(args: argparse.Namespace) -> RoundPlan:
+    """``--steps`` rounds at least, more while the A/A check fails, up to ``--max_rounds`` / ``--max_minutes``."""
+    return RoundPlan(args.steps, args.max_rounds, None if args.max_minutes is None else 60 * args.max_minutes)
 
 
 def format_pipeline(result: dict) -> str:
@@ -112,6 +145,7 @@ def main(argv: list[str]) -> int:
         return 0
     from idml.bench.step import run_bench
 
-    result = run_bench(cfg, args.variants, args.aa, args.steps, args.warmup, args.isolation)
+    plan = round_plan(args)
+    result = run_bench(cfg, args.variants, args.aa, plan, args.warmup, args.isolation)
     print(json.dumps(result) if args.json else format_table(result))
     return 0

@@ -131,10 +131,14 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def place(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` on this device, in this run's memory format."""
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+        """``model`` on this device, in this run's memory format (converted, in place, if it was
+        placed in the other one before)."""
+        return model.to(self.device).to(memory_format=self.memory_format)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` on this device, copied without waiting where it can be (pinned memory to a GPU)."""

@@ -34,7 +34,6 @@ from idml.models.registry import build_from_spec
 from idml.models.spec import ModelSpec
 from idml.training.compiling import maybe_compile
 from idml.training.distributed import (
-    agree_on_memory_format,
     convert_sync_bn,
     init_distributed,
     peer_failures_reported,
@@ -42,6 +41,7 @@ from idml.training.distributed import (
     shutdown_distributed,
     wrap_ddp,
 )
+from idml.training.format_trial import run_memory_format
 from idml.training.init_from import apply_init_from
 from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path, resume_after_restart
 from idml.training.run_folder import RunLock, belongs_to
@@ -136,7 +136,9 @@ def check_model_settings(cfg: TrainConfig, rt: Runtime) -> None:
 
 
 def run_runtime(cfg: TrainConfig) -> Runtime:
-    """This run's device and precision, and the memory format measured faster for its network."""
+    """This run's device and precision, and its memory format as far as it is known before the
+    network runs: forced by a flag, CUDA's and MPS's defaults, or on the CPU the rule for untimed
+    runs, which :func:`build_trainer` replaces by a timing (:mod:`idml.training.format_trial`)."""
     return build_runtime(cfg.device, cfg.amp, cfg.channels_last, cfg.deterministic,
                          network_prefers_channels_last=functools.partial(channels_last_under_bf16, cfg.model_spec))
 
@@ -193,6 +195,8 @@ def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | No
     tests that only build a trainer, it is released at once)."""
     inputs = run_agreed(lambda: load_inputs(cfg, rt), rt)
     agree_on_resume(inputs.resume_path, inputs.resume_state, rt)
+    saved = None if inputs.resume_state is None else inputs.resume_state.config or {}
+    rt = run_memory_format(cfg, rt, inputs.data, inputs.model, saved)
     net = wrap_ddp(maybe_compile(inputs.model, cfg.compile), rt)
     trainer = Trainer(cfg, inputs.model, inputs.data, rt, net=net)
     for line in (inputs.data.note and f"=> data: {inputs.data.note}", inputs.init_note):
@@ -229,20 +233,20 @@ def run_train(cfg: TrainConfig) -> tuple[float, float]:
     preflight(cfg)
     rt = run_runtime(cfg)
     init_distributed(rt, cfg.dist_timeout)
-    rt = agree_on_memory_format(rt)
     try:
         with contextlib.ExitStack() as hold, peer_failures_reported(rt, cfg.dist_timeout):
             cfg, restarted = resume_after_restart(cfg, rt)
             if restarted and rt.is_main:
                 print(restarted)
             trainer = build_trainer(cfg, rt, hold)
-            return train(trainer, cfg, rt)
+            return train(trainer, cfg)
     finally:
         shutdown_distributed()
 
 
-def train(trainer: Trainer, cfg: TrainConfig, rt: Runtime) -> tuple[float, float]:
+def train(trainer: Trainer, cfg: TrainConfig) -> tuple[float, float]:
     """Fit the built trainer, with the console lines of the official code around it."""
+    rt = trainer.rt
     n_params = sum(p.numel() for p in trainer.model.parameters())
     trainer.print(f"=> creating model '{cfg.net_type}' (depth {cfg.depth}, ISM {'on' if cfg.ism else 'off'})")
     trainer.print(f"the number of model parameters: {n_params}")
