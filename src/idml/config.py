@@ -187,10 +187,11 @@ class TrainConfig:
                        "(the ISM always runs in float32)")
     channels_last: bool | None = setting(None, "--channels_last", action="both", shown_default="auto",
                                          rule=optional(boolean()),
-                                         help="channels-last memory format; auto: on for CUDA and for float32 on "
-                                         "the CPU; under bfloat16 on the CPU, off for networks with at least half "
-                                         "of their BatchNorm work on narrow odd widths (PyramidNet-110 alpha 48), "
-                                         "else on (see docs/speed.md)")
+                                         help="channels-last memory format; auto: on for CUDA, off on MPS; on the "
+                                         "CPU, the faster of the two for this network, batch and precision, timed "
+                                         "at the start of the run (a few steps each) and cached in "
+                                         "$XDG_CACHE_HOME/idml or ~/.cache/idml; a resumed run keeps its "
+                                         "checkpoint's (see docs/speed.md)")
     compile: bool = setting(False, "--compile", action="on",
                             rule=boolean(),
                             help="torch.compile the model (recommended on CUDA: see docs/gpu.md); where compilation "

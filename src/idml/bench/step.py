@@ -173,6 +173,7 @@ def slot_result(slot: Slot) -> dict:
 
 
 RATIOS = (("default", "fp32-eager"), ("default", "default-linear"), ("default", "official"),
+          ("default", "channels_last"), ("default", "bf16"), ("default", "bf16-channels_last"),
           ("bf16-channels_last", "bf16"), ("channels_last", "fp32-eager"), ("bf16-compile", "bf16"),
           ("bf16-channels_last-compile", "bf16"), (DATA_ONLY, "default"))
 
