@@ -189,7 +189,9 @@ def user_data_fields(cfg: TrainConfig) -> dict:
 
 
 def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | None = None) -> Trainer:
-    """The trainer of this run, resumed if asked, with its run folder prepared (agreed by all ranks).
+    """The trainer of this run, resumed if asked, in its memory format (on the CPU timed unless a flag
+    or the checkpoint decides: :mod:`idml.training.format_trial`), with its run folder prepared
+    (agreed by all ranks).
 
     Rank 0 locks the run folder; the lock is held until ``hold`` closes (without ``hold``, as in
     tests that only build a trainer, it is released at once)."""
