@@ -133,3 +133,13 @@ def test_the_trial_step_is_the_trainers_own_on_a_scratch_model(data, tmp_path, m
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) is channels_last
     assert seen[0][0] is not seen[1][0]
+
+
+@pytest.mark.parametrize(("batch", "world", "expected"), [(8, 1, 8), (512, 1, 160), (512, 2, 80)])
+def test_no_trial_batch_is_larger_than_the_runs_batches(data, tmp_path, batch, world, expected):
+    """A tiny data set trains on batches of its own size: a trial at --batch_size would time a
+    step the run never takes (ResNet-50 at 256 images of 224 pixels, for a two-image test set)."""
+    cfg = parse_train_args(train_args(data, tmp_path, "trial", *QUIET, "--batch_size", str(batch)))
+    bundle = build_data(DataRequest("cifar10", data, cfg.batch_size, 0, cfg.seed, 0, world), CPU)
+    assert format_trial.trial_batch(bundle) == expected
+    assert format_trial.trial_network(cfg, bundle, cfg.model_spec)["batch_size"] == expected

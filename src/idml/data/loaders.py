@@ -82,6 +82,10 @@ class InMemoryLoader:
         """The batches still to come in this epoch."""
         return max(self._epoch_steps() - self.start_step, 0)
 
+    def largest_batch(self) -> int:
+        """The size of this rank's largest batch (below ``batch_size`` when the split is smaller)."""
+        return min(self.batch_size, self._num_samples())
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         indices = self._indices().to(self.labels.device)
         for step in range(self.start_step, self._epoch_steps()):
@@ -199,6 +203,10 @@ class EpochDataLoader(DataLoader):
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch, start_step)
+
+    def largest_batch(self) -> int:
+        """The size of this rank's largest batch (below ``batch_size`` when the split is smaller)."""
+        return min(self.batch_size, len(self.sampler))
 
 
 def stream_loaders(train_set: SeededImages, test_set: SeededImages, req: DataRequest, device: torch.device,

@@ -35,9 +35,15 @@ from idml.training.resume import capture_rng, restore_rng
 from idml.training.trainer import Meter, Trainer, step_rng
 
 
+def trial_batch(data: DataBundle) -> int:
+    """The run's batch size, or the size of its training split per rank where that is smaller (a
+    tiny data set trains on batches of a few images: no trial step should be larger)."""
+    return data.train.largest_batch()
+
+
 def trial_network(cfg: TrainConfig, data: DataBundle, spec: ModelSpec) -> dict:
     """The network's shape as far as speed goes: its settings, the batch size and the input size."""
-    return {"model": spec.to_dict(), "batch_size": cfg.batch_size, "input_size": data.input_size}
+    return {"model": spec.to_dict(), "batch_size": trial_batch(data), "input_size": data.input_size}
 
 
 def _fresh(images: torch.Tensor, _rng: object) -> torch.Tensor:
@@ -53,7 +59,7 @@ def trial_steps(cfg: TrainConfig, rt: Runtime, data: DataBundle, spec: ModelSpec
         model = trial_rt.place(build_from_spec(spec))
         trainer = Trainer(cfg, model, replace(data, train_transform=_fresh), trial_rt, printer=lambda _line: None)
         gen = torch.Generator().manual_seed(cfg.seed)
-        shape = (cfg.batch_size, 3, data.input_size, data.input_size)
+        shape = (trial_batch(data), 3, data.input_size, data.input_size)
         images = torch.randn(shape, generator=gen).to(rt.device)
         targets = torch.randint(0, max(data.num_classes, 1), shape[:1], generator=gen).to(rt.device)
         meter, count = Meter(rt.device), itertools.count()
