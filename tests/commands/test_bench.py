@@ -14,7 +14,8 @@ TINY = ["--net_type", "resnet", "--dataset", "cifar10", "--depth", "8", "--no-bo
         "--batch_size", "4", "--device", "cpu", "--beta", "1", "--cutmix_prob", "0.5"]
 
 
-def test_json_output_schema(capsys):
+def test_json_output_schema(capsys, monkeypatch):
+    monkeypatch.delenv("IDML_MEMORY_FORMAT_TRIAL", raising=False)  # default's format timed, as users' runs do
     assert cli.main(["bench", *TINY, "--steps", "2", "--warmup", "1", "--isolation", "none", "--json"]) == 0
     out = capsys.readouterr().out
     result = json.loads(out)  # exactly one JSON object and nothing else

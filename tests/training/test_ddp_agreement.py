@@ -164,11 +164,13 @@ def test_resume_auto_refuses_different_epochs_and_accepts_the_same_checkpoint(
 
 # -- the memory format: nodes of different CPUs ----------------------------------------------------
 @pytest.mark.slow
-def test_ranks_that_would_choose_different_memory_formats_take_rank_0s(tmp_path: Path) -> None:
+def test_ranks_that_would_choose_different_memory_formats_take_rank_0s(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``--amp auto`` reads each node's own CPU flags, and which memory format is faster depends on
     the CPU and the precision: here rank 0's timing finds NCHW faster, while rank 1 (float32, the
     rule for untimed runs: channels_last) would have chosen channels_last. DDP refuses parameters
     of different layouts, so every rank must take rank 0's choice, and only rank 0 times."""
+    monkeypatch.delenv("IDML_MEMORY_FORMAT_TRIAL", raising=False)  # the suite's runs do not time; this one does
     data = learnable_cifar(tmp_path / "data")
     script = tmp_path / "mixed_cpus.py"
     script.write_text(textwrap.dedent(f"""

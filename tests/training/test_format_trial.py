@@ -35,8 +35,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test starts without a cached choice, so its first run times."""
+    """Every test starts without a cached choice, so its first run times (the suite's runs do not
+    time: tests/conftest.py; these do)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(format_trial.TRIAL_VARIABLE, raising=False)
     return tmp_path / "cache" / "idml" / "memory_format.json"
 
 
@@ -76,7 +78,8 @@ def test_a_timed_run_trains_exactly_as_one_given_the_format_by_flag(data, tmp_pa
         next(line for line in out.splitlines() if line.startswith(f"=> memory format: {name} (timed over "))]
     assert f"=> training on cpu, float32, {name};" in out
     flag = "--channels_last" if channels_last else "--no-channels_last"
-    assert run_cli(train_args(data, tmp_path, "forced", *QUIET, flag), capsys)[0] == 0
+    code, out, _ = run_cli(train_args(data, tmp_path, "forced", *QUIET, flag), capsys)
+    assert code == 0 and len(made) == 1 and "memory format:" not in out  # a flag forces: no timing
     timed, forced = load(tmp_path / "timed" / "checkpoint.pth.tar"), load(tmp_path / "forced" / "checkpoint.pth.tar")
     assert timed["config"]["channels_last"] is channels_last
     assert_same_weights(timed, forced)
@@ -143,3 +146,26 @@ def test_no_trial_batch_is_larger_than_the_runs_batches(data, tmp_path, batch, w
     bundle = build_data(DataRequest("cifar10", data, cfg.batch_size, 0, cfg.seed, 0, world), CPU)
     assert format_trial.trial_batch(bundle) == expected
     assert format_trial.trial_network(cfg, bundle, cfg.model_spec)["batch_size"] == expected
+
+
+def test_the_timing_can_be_switched_off_and_the_rule_decides(data, tmp_path, monkeypatch, capsys):
+    """IDML_MEMORY_FORMAT_TRIAL=off (as the test suite runs): no trial step, no cache, one line."""
+    monkeypatch.setattr(autotune, "time_formats", lambda *a, **k: pytest.fail("timed although switched off"))
+    monkeypatch.setenv(format_trial.TRIAL_VARIABLE, "off")
+    code, out, err = run_cli(train_args(data, tmp_path, "untimed", *QUIET), capsys)
+    assert code == 0, err
+    rule = "channels_last"  # the rule for untimed runs in float32 (idml.device.runtime.default_channels_last)
+    assert [line for line in out.splitlines() if "memory format:" in line] == [
+        f"=> memory format: {rule} (not timed: IDML_MEMORY_FORMAT_TRIAL=off, so the rule for untimed runs "
+        "chose it; see docs/speed.md)"]
+    assert load(tmp_path / "untimed" / "checkpoint.pth.tar")["config"]["channels_last"] is True
+    assert not autotune.FormatCache().path.exists()
+
+
+def test_a_bad_trial_setting_is_one_line_and_exit_2(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(format_trial.TRIAL_VARIABLE, "sometimes")
+    code, _, err = run_cli(train_args(data, tmp_path, "bad", *QUIET), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "idml train: error: IDML_MEMORY_FORMAT_TRIAL='sometimes': set it to off (no timing: the rule for untimed runs "
+        "chooses the CPU memory format) or on, or unset it"]

@@ -13,12 +13,17 @@ the chosen format by flag.
 Only rank 0 times; under DDP every rank then takes its choice (:func:`agree_on_memory_format`).
 A resumed run keeps the format its checkpoint recorded: a different format computes the same
 numbers with different rounding, and resume is bit-exact.
+
+``IDML_MEMORY_FORMAT_TRIAL=off`` skips the timing (the rule for untimed runs decides): for test
+suites and CI, whose many small runs would otherwise each time their own shape, on shared cores
+where the winner of two nearly equal formats may differ from one run to the next.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -26,13 +31,27 @@ import torch
 
 from idml.config import TrainConfig
 from idml.data.types import DataBundle
-from idml.device.autotune import Step, StepFactory, choose_memory_format
+from idml.device.autotune import NAMES, Step, StepFactory, choose_memory_format
 from idml.device.runtime import Runtime
+from idml.errors import ConfigError
 from idml.models.registry import build_from_spec
 from idml.models.spec import ModelSpec
 from idml.training.distributed import agree_on_memory_format
 from idml.training.resume import capture_rng, restore_rng
 from idml.training.trainer import Meter, Trainer, step_rng
+
+#: the variable that switches the timing off (see the module docstring)
+TRIAL_VARIABLE = "IDML_MEMORY_FORMAT_TRIAL"
+TRIAL_SETTINGS = {"on": True, "1": True, "off": False, "0": False}
+
+
+def trial_wanted() -> bool:
+    """False when :data:`TRIAL_VARIABLE` says off; unset or empty means on."""
+    value = os.environ.get(TRIAL_VARIABLE, "").strip().lower() or "on"
+    if value not in TRIAL_SETTINGS:
+        raise ConfigError(f"{TRIAL_VARIABLE}={os.environ[TRIAL_VARIABLE]!r}: set it to off (no timing: the "
+                          "rule for untimed runs chooses the CPU memory format) or on, or unset it")
+    return TRIAL_SETTINGS[value]
 
 
 def trial_batch(data: DataBundle) -> int:
@@ -94,7 +113,12 @@ def unforced_cpu_format(cfg: TrainConfig, rt: Runtime, data: DataBundle, spec: M
     if saved is not None:
         recorded = saved.get("channels_last")
         return recorded if isinstance(recorded, bool) else rt.channels_last
+    timed = trial_wanted()  # read on every rank: a bad value stops them all alike
     if not rt.is_main:
+        return rt.channels_last
+    if not timed:
+        printer(f"=> memory format: {NAMES[rt.channels_last]} (not timed: {TRIAL_VARIABLE}=off, so the rule "
+                "for untimed runs chose it; see docs/speed.md)")
         return rt.channels_last
     with random_states_kept(rt.device):
         choice = choose_memory_format(trial_network(cfg, data, spec), rt.amp_dtype,
