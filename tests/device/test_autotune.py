@@ -69,6 +69,20 @@ def test_a_slow_network_stops_after_one_round_past_the_time_limit():
     assert timing.rounds == 1 and timing.channels_last  # warm-up 70 s: one round, then stop
 
 
+def test_the_default_budget_costs_seconds_even_for_a_network_of_several_seconds_a_step():
+    """PyramidNet-110 at batch 128 steps in 4-6 s on one core: three unanimous rounds and one
+    warm-up each take about half a minute; a slower step stops after the first round past 30 s."""
+    clock = FakeClock()
+    timing = time_formats(stepper(clock, 5.0, 3.0), Budget(), clock)
+    assert (timing.rounds, timing.total_seconds) == (3, 32.0) and timing.channels_last
+    clock = FakeClock()
+    timing = time_formats(stepper(clock, 6.0, 4.0), Budget(), clock)
+    assert (timing.rounds, timing.total_seconds) == (2, 30.0)
+    clock = FakeClock()
+    timing = time_formats(stepper(clock, 12.0, 10.0), Budget(), clock)
+    assert (timing.rounds, timing.total_seconds) == (1, 44.0)
+
+
 def failing(clock: FakeClock, which: bool | None):
     base = stepper(clock, 1.0, 0.5)
 
@@ -122,6 +136,26 @@ def test_the_key_names_the_cpu_torch_threads_precision_and_instruction_limits(mo
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert cache_key(NETWORK, None)["cpu"]["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
     assert autotune.key_id(cache_key(NETWORK, None)) != autotune.key_id(key)
+
+
+def test_another_cpu_model_flags_or_torch_version_times_again(monkeypatch, tmp_path: Path):
+    """A cache carried to another machine (a shared home folder) or kept across a torch upgrade
+    answers nothing there: its entries are another CPU's or another torch's."""
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(autotune, "CPUINFO", cpuinfo)
+
+    def chosen(model: str, flags: str, version: str, nchw: float) -> str:
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: {model}\nflags\t\t: fpu {flags}\n")
+        monkeypatch.setattr(torch, "__version__", version)
+        clock = FakeClock()
+        return choose_memory_format(NETWORK, None, stepper(clock, nchw, 1.0), lambda: True,
+                                    FormatCache(tmp_path / "cache"), clock=clock).line
+
+    assert "channels_last (timed over" in chosen("Xeon 8480", "avx2 avx512f amx_bf16", "2.9.0", 2.0)
+    assert "channels_last (timed on this machine before" in chosen("Xeon 8480", "avx2 avx512f amx_bf16", "2.9.0", 0.5)
+    assert "NCHW (timed over" in chosen("EPYC 7B13", "avx2", "2.9.0", 0.5)  # another CPU
+    assert "NCHW (timed over" in chosen("Xeon 8480", "avx2", "2.9.0", 0.5)  # its AVX-512 hidden (a VM)
+    assert "NCHW (timed over" in chosen("Xeon 8480", "avx2 avx512f amx_bf16", "2.10.0", 0.5)  # torch upgraded
 
 
 def test_the_cache_folder_follows_xdg(monkeypatch, tmp_path: Path):
