@@ -23,9 +23,9 @@ from idml.checkpoint.io import load_checkpoint
 from idml.checkpoint.schema import Checkpoint, check_weights
 from idml.data.augment import Normalize
 from idml.data.catalog import dataset_info
-from idml.data.image_files import Preparer, image_preparer, read_image
+from idml.data.image_files import Preparer, UnusableImage, image_preparer, read_image, unusable
 from idml.device.runtime import Runtime, build_runtime
-from idml.errors import ConfigError, DataError, IdmlError, one_line
+from idml.errors import ConfigError, IdmlError, one_line
 from idml.ism import IntrospectiveClassifier, uncertainty_score
 from idml.metrics import check_finite_outputs, softmax, uncertainty_scores
 from idml.models.layout import channels_last_under_bf16
@@ -260,11 +260,12 @@ def check_score(model: Predictor, score: str) -> None:
 
 
 def _prepared(model: Predictor, path: Path) -> Tensor:
-    image = read_image(path)  # its errors name the file
+    """The file ``path`` decoded and prepared for ``model``; a refusal of either names the file."""
+    image = read_image(path)
     try:
         return model.prepare(image)
-    except DataError as exc:
-        raise DataError(f"cannot use image {path}: {exc}") from exc
+    except UnusableImage as exc:
+        raise unusable(str(path), exc) from exc
 
 
 def predict_files(model: Predictor, files: list[Path], topk: int, batch_size: int,

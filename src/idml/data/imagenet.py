@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from idml.data.crops import DecodeCropFlip
 from idml.data.gpu_decode import EncodedCropFlip
-from idml.data.image_files import read_training_file, read_training_image
+from idml.data.image_files import ShorterSide, read_training_file, read_training_image
 from idml.errors import DataError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,7 +44,7 @@ def train_transform(decode: str = "cpu", size: int = 224) -> nn.Module:
 def val_transform(size: int = 224, resize: int = 256) -> v2.Compose:
     """Resize and centre crop, as uint8; normalised on the device like the in-memory datasets."""
     return v2.Compose([
-        v2.Resize(resize, antialias=True),
+        ShorterSide(resize),
         v2.CenterCrop(size),
         v2.PILToTensor(),
     ])

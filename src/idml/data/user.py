@@ -41,7 +41,7 @@ from torchvision.transforms import v2
 
 from idml.data.augment import Normalize, ResizedTrainAugment, TrainAugment
 from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, dataset_info
-from idml.data.image_files import image_preparer
+from idml.data.image_files import SKIP_HINT, ShorterSide, UnusableImage, image_preparer, unusable
 from idml.data.loaders import InMemoryLoader, SeededImages, default_workers, stream_loaders
 from idml.data.types import DataBundle, DataRequest
 from idml.errors import DataError, describe
@@ -101,7 +101,7 @@ def train_storage_size(input_size: int) -> int:
 
 def _square(size: int) -> Callable[[Image.Image], Tensor]:
     """Shorter side resized to ``size``, centre ``size`` x ``size`` kept (large training images)."""
-    pipeline = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
+    pipeline = v2.Compose([ShorterSide(size), v2.CenterCrop(size), v2.PILToTensor()])
     return lambda img: pipeline(img)
 
 
@@ -129,12 +129,21 @@ class Decoded(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, Tensor | None]:
         try:
-            return index, self.prepare(self.source.image(index))
+            return index, prepared(self.source, index, self.prepare)
         except DataError:
             if not self.skip_bad:
                 raise
             print(f"idml: warning: skipped unreadable image {self.source.where(index)}", file=sys.stderr, flush=True)
             return index, None
+
+
+def prepared(source: ImageSource, index: int, prepare: Callable[[Image.Image], Tensor]) -> Tensor:
+    """Image ``index`` of ``source`` decoded and prepared; a refusal of either names the file."""
+    img = source.image(index)
+    try:
+        return prepare(img)
+    except UnusableImage as exc:
+        raise unusable(source.where(index), exc, SKIP_HINT) from exc
 
 
 def _readable(batch: list[tuple[int, Tensor | None]]) -> list[tuple[int, Tensor]]:
@@ -199,7 +208,7 @@ class StreamedImages(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.transform(self.source.image(index)), self.source.labels[index]
+        return prepared(self.source, index, self.transform), self.source.labels[index]
 
 
 class _Samples:
