@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from idml.errors import IdmlError, one_line
+from idml.errors import IdmlError, describe, one_line
 
 TEMP_SUFFIX = ".tmp"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -48,17 +48,25 @@ def _reason(exc: BaseException) -> str:
     return one_line(exc)
 
 
-def refuse_link(path: Path) -> None:
-    """Refuse, with one line, to write to ``path`` when it is a symbolic link."""
+def refuse_link(path: Path, fix: str = "remove it") -> None:
+    """Refuse, with one line, to write to ``path`` when it is a symbolic link (``fix``: what to do)."""
     if path.is_symlink():
-        raise IdmlError(f"refusing to write {path}: it is a symbolic link (to {os.readlink(path)}); idml never "
-                        "writes through links, which someone else may have planted: remove it")
+        raise IdmlError(f"refusing to write {path}: it is a symbolic link (to {describe(os.readlink(path))}); idml "
+                        f"never writes through links, which someone else may have planted: {fix}")
+
+
+def free_name(path: Path, tag: str = "") -> Path:
+    """``<path>.<tag>1`` (or 2, 3, ...): the first such name that nothing, not even a dangling link, holds."""
+    n = 1
+    while os.path.lexists(path.with_name(f"{path.name}.{tag}{n}")):
+        n += 1
+    return path.with_name(f"{path.name}.{tag}{n}")
 
 
 def _temp_file(path: Path) -> tuple[int, Path]:
     """A new, exclusively created temporary file beside ``path`` (its descriptor and name)."""
     for attempt in range(100):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{attempt}{TEMP_SUFFIX}")
+        tmp = path.with_name(f".{path.name[:120]}.{os.getpid()}.{attempt}{TEMP_SUFFIX}")  # fits NAME_MAX
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, _file_mode()), tmp
         except FileExistsError:

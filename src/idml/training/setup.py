@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from idml.data.types import DataBundle, DataRequest
 from idml.device.memory import device_memory_bytes
 from idml.device.runtime import Runtime, build_runtime
 from idml.errors import ConfigError, IdmlError, one_line
-from idml.files import remove_stale_temps, write_text
+from idml.files import free_name, refuse_link, remove_stale_temps, write_text
 from idml.models.external import name_problem
 from idml.models.layout import channels_last_under_bf16
 from idml.models.registry import build_from_spec
@@ -44,8 +45,8 @@ from idml.training.distributed import (
 )
 from idml.training.init_from import apply_init_from
 from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path, resume_after_restart
-from idml.training.run_folder import RunLock, belongs_to
-from idml.training.run_log import METRICS_NAME, MISSING_TENSORBOARD, tensorboard_available
+from idml.training.run_folder import LOCK_NAME, RunLock, belongs_to
+from idml.training.run_log import METRICS_NAME, MISSING_TENSORBOARD, TENSORBOARD_DIR, RunLog, tensorboard_available
 from idml.training.trainer import Trainer
 
 #: The settings of the run as given (plus what the command line left to defaults), in the run folder.
@@ -71,25 +72,44 @@ def archive_earlier_run(run_dir: Path) -> Path | None:
     The official code silently overwrote it (the official README's CIFAR commands all share
     ``--expname PyraNet200``); idml keeps those commands working without losing anything.
     """
-    if not any((run_dir / name).exists() for name in (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME)):
+    if not any(os.path.lexists(run_dir / name) for name in (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME)):
         return None
-    n = 1
-    while run_dir.with_name(f"{run_dir.name}.{n}").exists():
-        n += 1
-    target = run_dir.with_name(f"{run_dir.name}.{n}")
+    target = free_name(run_dir)
     run_dir.rename(target)
     return target
 
 
-def prepare_run_dir(cfg: TrainConfig, resumed_from: Path | None, printer: Callable[[str], None]) -> RunLock:
+#: Every name idml writes inside a run folder (files, and the TensorBoard folder).
+RUN_FOLDER_NAMES = (LOCK_NAME, CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, BEST_NAME, TENSORBOARD_DIR)
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse, before anything is read or written, a run folder that is a symbolic link or that
+    holds one under a name idml writes.
+
+    Run folders sit in an ``--output_dir`` that others may share: a link planted as ``runs/x`` (or
+    ``runs/x/tensorboard``) would make the run write its checkpoints (or event files) wherever it
+    points. ``--output_dir`` itself may be a link: it is the user's own choice, given on the
+    command line; the folder idml creates below it must be a real one.
+    """
+    refuse_link(run_dir, "give --output_dir the real folder instead, or choose another --expname")
+    if run_dir.is_dir():
+        for name in RUN_FOLDER_NAMES:
+            refuse_link(run_dir / name)
+
+
+def prepare_run_dir(cfg: TrainConfig, resumed_from: Path | None, printer: Callable[[str], None], log: RunLog,
+                    first_epoch: int = 0) -> RunLock:
     """Lock ``<output_dir>/<expname>`` for this run, move aside an earlier run that this one does
-    not continue, and record the resolved settings as ``config.yaml``.
+    not continue, have ``log`` take the metrics history the run continues from ``first_epoch``,
+    and record the resolved settings as ``config.yaml``.
 
     This run continues the folder's run only when it resumes from one of the folder's own files;
     a fresh run, or one resumed from another folder's checkpoint, gets the folder to itself.
     The lock is taken before anything is moved or written, and is returned held.
     """
     run_dir = cfg.run_dir
+    check_run_folder(run_dir)
     lock = None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +123,7 @@ def prepare_run_dir(cfg: TrainConfig, resumed_from: Path | None, printer: Callab
                 lock, earlier = RunLock(run_dir), lock
                 earlier.release()
         remove_stale_temps(run_dir)  # of writes killed in an earlier run (this run holds the lock now)
+        log.take_history(first_epoch)  # sets aside a metrics.csv it cannot continue, before config.yaml
         write_text(run_dir / CONFIG_NAME, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return lock
     except BaseException as exc:
@@ -162,6 +183,7 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     """Data, model and (on resume) its checkpoint: everything that bad input can break is checked
     before the run folder is touched, so a failing start or resume never overwrites anything."""
     check_model_settings(cfg, rt)
+    check_run_folder(cfg.run_dir)  # early: before the data is read
     resume_path = resolve_resume_path(cfg)
     torch.manual_seed(cfg.seed)
     req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,
@@ -204,7 +226,8 @@ def build_trainer(cfg: TrainConfig, rt: Runtime, hold: contextlib.ExitStack | No
         trainer.print(f"=> resuming {path} at epoch {trainer.start.epoch}, step {trainer.start.step}")
         for note in notes:
             trainer.print(f"=> note: {note}")
-    lock = run_agreed(lambda: prepare_run_dir(cfg, inputs.resume_path, trainer.print) if rt.is_main else None, rt)
+    lock = run_agreed(lambda: prepare_run_dir(cfg, inputs.resume_path, trainer.print, trainer.log, trainer.start.epoch)
+                      if rt.is_main else None, rt)
     if lock is not None and hold is not None:
         hold.callback(lock.release)
     elif lock is not None:
