@@ -33,7 +33,7 @@ from idml.data.catalog import (
 )
 from idml.errors import ConfigError, listing, one_line
 from idml.models.spec import ModelSpec, canonical_net_type, net_type_problem
-from idml.rules import Rule, boolean, integer, number, numbers, one_of, optional, text
+from idml.rules import Rule, boolean, flag_type, integer, number, numbers, one_of, optional, text
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -467,9 +467,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         else:
             kinds = [k for k in _allowed_types(f.name) if k is not type(None)]
             if kinds[0] is list:  # a fixed number of numbers: --mean R G B
-                kwargs |= {"type": float, "nargs": len(meta["metavar"]), "metavar": meta["metavar"]}
+                kwargs |= {"type": flag_type(float), "nargs": len(meta["metavar"]), "metavar": meta["metavar"]}
             else:
-                kwargs |= {"type": kinds[0], "metavar": meta["metavar"], "choices": meta["choices"]}
+                parse = flag_type(kinds[0]) if kinds[0] in (int, float) else kinds[0]
+                kwargs |= {"type": parse, "metavar": meta["metavar"], "choices": meta["choices"]}
         group.add_argument(*meta["flags"], **kwargs)
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of settings (field names as in config.yaml); flags given on the command "

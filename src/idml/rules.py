@@ -11,6 +11,7 @@ No torch here: the command line is checked before anything heavy is imported.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from collections.abc import Callable
@@ -120,3 +121,27 @@ def numbers(count: int, *, above: float | None = None) -> Rule:
     return Rule(f"be {count} finite numbers{each}",
                 lambda v: isinstance(v, list | tuple) and len(v) == count
                 and all(_is_real(x) and (above is None or x > above) for x in v))
+
+
+def flag_type(parse: Callable[[str], Any], rule: Rule | None = None) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a numeric flag: the text parsed with ``parse`` (``int`` or ``float``)
+    and, with ``rule``, checked by it; the one numeric-flag validator of every command.
+
+    argparse reports a refusal on one line, naming the flag: ``argument -b/--batch_size: must be an
+    integer in [1, 65536] (got 100000000000000000000)``; the text or value is quoted with
+    :func:`idml.errors.describe` (argparse itself would quote a text of any length). ``idml train``
+    parses with it and checks its settings' rules in :class:`idml.config.TrainConfig` (whose
+    values may also come from a YAML file); the other commands' own flags pass their rule here.
+    """
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except (ValueError, OverflowError):  # int() refuses more than 4300 digits with a ValueError too
+            words = rule.words if rule is not None else f"be {'an integer' if parse is int else 'a number'}"
+            raise argparse.ArgumentTypeError(f"must {words} (got {describe(text)})") from None
+        if rule is not None and not rule.test(value):
+            raise argparse.ArgumentTypeError(f"must {rule.words} (got {describe(value)})")
+        return value
+
+    convert.__name__ = getattr(parse, "__name__", "number")  # what argparse calls the type in its messages
+    return convert

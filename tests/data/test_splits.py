@@ -119,12 +119,14 @@ def test_blends_ground_truth():
     assert np.allclose(blends.ambiguity, np.minimum(blends.weight, 1 - blends.weight))
     # every blend is exactly a * x_i + (1 - a) * x_j: recover a from the constant images
     value = {0: {0.0, 40.0}, 1: {100.0}, 2: {200.0}}
+    blended = torch.cat(list(blends.batches(7)))  # made a batch at a time
+    assert blended.shape == (200, 3, 4, 4)
     for k in range(20):
-        pixel = blends.images[k, 0, 0, 0].item()
+        pixel = blended[k, 0, 0, 0].item()
         a = blends.weight[k]
         candidates = [a * x + (1 - a) * y for x in value[int(blends.first[k])] for y in value[int(blends.second[k])]]
         assert min(abs(pixel - c) for c in candidates) < 1e-3
     again = blend_pairs(images, labels, 200, seed=5)
-    assert torch.equal(again.images, blends.images) and np.array_equal(again.weight, blends.weight)
+    assert torch.equal(torch.cat(list(again.batches(200))), blended) and np.array_equal(again.weight, blends.weight)
     with pytest.raises(DataError):
         blend_pairs(images[:1], labels[:1], 5, seed=0)

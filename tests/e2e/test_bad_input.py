@@ -116,7 +116,7 @@ BAD_FLAGS = {
     "lr negative": (["--lr", "-0.1"], r"--lr must be a positive number \(got -0.1\)"),
     "lr nan": (["--lr", "nan"], r"--lr must be a positive number \(got nan\)"),
     "lr inf": (["--lr", "inf"], r"--lr must be a positive number \(got inf\)"),
-    "lr not a number": (["--lr", "fast"], "invalid float value"),
+    "lr not a number": (["--lr", "fast"], r"argument --lr/--learning-rate: must be a number \(got .fast.\)"),
     "batch size zero": (["--batch_size", "0"], r"--batch_size must be an integer in \[1, 65536\] \(got 0\)"),
     "cutmix_prob above 1": (["--cutmix_prob", "1.5"], r"--cutmix_prob must be a number in \[0, 1\]"),
     "cutmix_prob below 0": (["--cutmix_prob", "-0.1"], r"--cutmix_prob must be a number in \[0, 1\]"),

@@ -32,6 +32,7 @@ import torch
 from idml.checkpoint.health import weights_problem
 from idml.config import setting_rule
 from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, MAX_INPUT_SIZE
+from idml.data.identity import DATA_IDENTITY
 from idml.errors import IdmlError, describe
 from idml.models.spec import ModelSpec
 from idml.rules import Rule, integer, number, one_of, optional, text
@@ -281,6 +282,8 @@ class Checkpoint:
     mean: list | None = entry(None, optional(_channel_numbers()))
     std: list | None = entry(None, optional(_channel_numbers(above=0)))
     input_size: int | None = entry(None, optional(integer(1, MAX_INPUT_SIZE)))
+    #: what each split held (image count and digest): refusing a resume or an eval on changed data
+    data: dict | None = entry(None, optional(DATA_IDENTITY))
     # the run's settings, as it ran them
     config: dict = entry(dict, check=check_config)
     # what continuing the run needs

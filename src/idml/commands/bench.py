@@ -21,14 +21,20 @@ from idml.bench.options import (
 )
 from idml.config import OneLineParser, TrainConfig, add_train_arguments, config_from_args
 from idml.errors import ConfigError
+from idml.rules import flag_type, integer
+
+#: The most timed (or warm-up) steps per variant: a benchmark, not a training run.
+MAX_BENCH_STEPS = 100_000
 
 
 def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     parser = OneLineParser(prog="idml bench", description=__doc__.splitlines()[0].split(": ", 1)[1])
     add_train_arguments(parser)
     bench = parser.add_argument_group("benchmark")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per variant (default: %(default)s)")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default: %(default)s)")
+    bench.add_argument("--steps", type=flag_type(int, integer(1, MAX_BENCH_STEPS)), default=10,
+                       help="timed steps per variant (default: %(default)s)")
+    bench.add_argument("--warmup", type=flag_type(int, integer(0, MAX_BENCH_STEPS)), default=2,
+                       help="untimed steps per variant first (default: %(default)s)")
     bench.add_argument("--variants", default=None,
                        help=f"comma-separated, from {', '.join([*MODEL_VARIANTS, DATA_ONLY])} "
                             f"(default: {', '.join(STANDARD)}; data-only for 32x32 datasets only)")
@@ -45,8 +51,6 @@ def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
                        help="--input_pipeline: training images per timed turn (default: 8 batches)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    if args.steps < 1 or args.warmup < 0:
-        raise ConfigError("--steps must be at least 1 and --warmup at least 0")
     if args.input_pipeline:
         pipeline_variants(args.variants, cfg.dataset)  # a bad choice is refused before any work
         return cfg, args

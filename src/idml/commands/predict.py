@@ -18,8 +18,10 @@ import io
 import json
 from typing import TYPE_CHECKING
 
-from idml.config import AMP_CHOICES, DEVICE_CHOICES, OneLineParser
-from idml.errors import ConfigError, printable
+from idml.config import AMP_CHOICES, DEVICE_CHOICES, OneLineParser, setting_rule
+from idml.data.catalog import MAX_CLASSES
+from idml.errors import printable
+from idml.rules import flag_type, integer
 from idml.scores import DEFAULT_SCORE, SCORE_NAMES
 
 if TYPE_CHECKING:
@@ -37,9 +39,11 @@ def parse_args(argv: list[str]):
                         "FILE.safetensors (with its FILE.json); see docs/export.md")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files, or folders (their image files at any depth, sorted)")
-    p.add_argument("--topk", type=int, default=5, help="classes to list per image (default: %(default)s, at most all)")
+    p.add_argument("--topk", type=flag_type(int, integer(1, MAX_CLASSES)), default=5,
+                   help="classes to list per image (default: %(default)s, at most all)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
-    p.add_argument("-b", "--batch_size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    p.add_argument("-b", "--batch_size", type=flag_type(int, setting_rule("batch_size")), default=64,
+                   help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="auto = CUDA when available, else Apple's MPS, else CPU")
     p.add_argument("--amp", choices=AMP_CHOICES, default=None,
@@ -49,10 +53,7 @@ def parse_args(argv: list[str]):
     p.add_argument("--score", choices=SCORE_NAMES, default=DEFAULT_SCORE, metavar="NAME",
                    help=f"uncertainty score to print (default: {DEFAULT_SCORE}; one of {', '.join(SCORE_NAMES)}; "
                    "see docs/uncertainty.md)")
-    args = p.parse_args(argv)
-    if args.topk < 1 or args.batch_size < 1:
-        raise ConfigError("--topk and --batch_size must be at least 1")
-    return args
+    return p.parse_args(argv)
 
 
 def format_table(preds: list[Prediction], score: str = DEFAULT_SCORE) -> str:

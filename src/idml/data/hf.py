@@ -112,6 +112,9 @@ class HFImages:
     def where(self, index: int) -> str:
         return f"{self.name}[{index}]"
 
+    def key(self, index: int) -> str:
+        return str(index)  # rows have no names: the identity is the labels, in order
+
 
 def class_names(feature: Any, labels: list[int], where: str) -> list[str]:
     """The names of a ClassLabel feature, or 0..max for integer labels."""

@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 from idml.data.crops import DecodeCropFlip
 from idml.data.gpu_decode import EncodedCropFlip
+from idml.data.identity import split_identity
 from idml.data.image_files import ShorterSide, read_training_file, read_training_image
 from idml.errors import DataError, one_line
 
@@ -57,6 +58,13 @@ def image_folder(path: Path, transform: nn.Module, loader=read_training_image) -
         return datasets.ImageFolder(str(path), transform=transform, loader=loader)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{path}: {one_line(exc)}; {LAYOUT}") from exc
+
+
+def folder_identity(images: datasets.ImageFolder) -> dict:
+    """The identity of an ImageFolder split: its files (relative to its folder) and labels, in order."""
+    prefix = images.root.rstrip("/\\") + "/"
+    return split_identity((path.removeprefix(prefix) for path, _ in images.samples),
+                          (label for _, label in images.samples))
 
 
 def load_imagenet(data_dir: str | Path, decode: str = "cpu") -> dict:

@@ -41,6 +41,7 @@ from torchvision.transforms import v2
 
 from idml.data.augment import Normalize, ResizedTrainAugment, TrainAugment
 from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, dataset_info
+from idml.data.identity import split_identity
 from idml.data.image_files import SKIP_HINT, ShorterSide, UnusableImage, image_preparer, unusable
 from idml.data.loaders import InMemoryLoader, SeededImages, default_workers, stream_loaders
 from idml.data.types import DataBundle, DataRequest
@@ -63,6 +64,11 @@ class ImageSource(Protocol):
     def image(self, index: int) -> Image.Image: ...
 
     def where(self, index: int) -> str: ...
+
+    def key(self, index: int) -> str:
+        """What names image ``index`` within its dataset (a relative path, a row number): the
+        split's identity (:mod:`idml.data.identity`) digests these names and the labels."""
+        ...
 
 
 @dataclass
@@ -301,6 +307,15 @@ def streamed(data: UserData, req: DataRequest, device: torch.device, size: int) 
                       note=f"streamed through {workers} DataLoader workers; mean/std {how}{sampled}")
 
 
+def user_identity(data: UserData) -> dict:
+    """Each split's identity; the validation split is both what selects and what idml eval reports."""
+    def of(source: ImageSource) -> dict:
+        return split_identity((source.key(i) for i in range(len(source))), source.labels)
+
+    val = of(data.val)
+    return {"train": of(data.train), "selection": val, "test": val}
+
+
 def user_bundle(data: UserData, req: DataRequest, device: torch.device) -> DataBundle:
     """The loaders of a user dataset, held in memory when it fits ``req.memory_mb``, else streamed."""
     check_classes(data.class_names, data.origin)
@@ -308,6 +323,7 @@ def user_bundle(data: UserData, req: DataRequest, device: torch.device) -> DataB
     needed = memory_needed(data, size, req.need_train)
     fits = needed <= req.memory_mb * MIB
     bundle = (in_memory if fits else streamed)(data, req, device, size)
+    bundle.identity = user_identity(data)
     budget = f"{needed / MIB:.1f} MiB {'<=' if fits else '>'} --data_memory_mb {req.memory_mb:g}"
     bundle.note = (f"{data.origin}: {len(data.train)} training and {len(data.val)} validation images, "
                    f"{len(data.class_names)} classes; {_family_note(size)}; {bundle.note} ({budget})")

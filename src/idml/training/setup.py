@@ -44,7 +44,13 @@ from idml.training.distributed import (
     wrap_ddp,
 )
 from idml.training.init_from import apply_init_from
-from idml.training.resume import agree_on_resume, load_resume_state, resolve_resume_path, resume_after_restart
+from idml.training.resume import (
+    agree_on_resume,
+    check_resume_model,
+    load_resume_state,
+    resolve_resume_path,
+    resume_after_restart,
+)
 from idml.training.run_folder import LOCK_NAME, RunLock, belongs_to
 from idml.training.run_log import METRICS_NAME, MISSING_TENSORBOARD, TENSORBOARD_DIR, RunLog, tensorboard_available
 from idml.training.trainer import Trainer
@@ -185,14 +191,16 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     check_model_settings(cfg, rt)
     check_run_folder(cfg.run_dir)  # early: before the data is read
     resume_path = resolve_resume_path(cfg)
+    state = load_resume_state(resume_path) if resume_path else None
     torch.manual_seed(cfg.seed)
     req = DataRequest(cfg.dataset, cfg.data_dir, cfg.batch_size, cfg.workers, cfg.seed, rt.rank, rt.world_size,
                       cfg.skip_bad_images, cfg.label_noise, val_split=cfg.val_split, classes=cfg.classes,
-                      decode=training_decode(cfg.decode, rt.device), **user_data_fields(cfg))
+                      decode=training_decode(cfg.decode, rt.device), **user_data_fields(cfg, state))
     data = build_data(req, rt.device)
     spec = replace(cfg.model_spec, num_classes=data.num_classes)
     model = place_model(cfg, rt, spec)
-    state = load_resume_state(resume_path, spec.to_dict(), model.state_dict()) if resume_path else None
+    if state is not None and resume_path is not None:
+        check_resume_model(state, resume_path, spec.to_dict(), model.state_dict())
     init_note = ""
     if cfg.init_from and state is None:
         init_note = apply_init_from(model, cfg.init_from)
@@ -201,10 +209,15 @@ def load_inputs(cfg: TrainConfig, rt: Runtime) -> RunInputs:
     return RunInputs(data, model, resume_path, state, init_note)
 
 
-def user_data_fields(cfg: TrainConfig) -> dict:
-    """The settings of --dataset folder and hf:<path> that the data request carries."""
-    return {"input_size": cfg.input_size, "mean": None if cfg.mean is None else tuple(cfg.mean),
-            "std": None if cfg.std is None else tuple(cfg.std), "image_key": cfg.image_key,
+def user_data_fields(cfg: TrainConfig, resumed: Checkpoint | None = None) -> dict:
+    """The settings of --dataset folder and hf:<path> that the data request carries. A resumed run
+    normalises its images with the mean and std it trained with (the checkpoint's), unless given:
+    measured again on data that changed, they would shift every input under the trained weights."""
+    saved = resumed if resumed is not None and len(resumed.mean or ()) == 3 and len(resumed.std or ()) == 3 else None
+    mean = cfg.mean if cfg.mean is not None else (saved.mean if saved else None)
+    std = cfg.std if cfg.std is not None else (saved.std if saved else None)
+    return {"input_size": cfg.input_size, "mean": None if mean is None else tuple(mean),
+            "std": None if std is None else tuple(std), "image_key": cfg.image_key,
             "label_key": cfg.label_key, "memory_mb": cfg.data_memory_mb}
 
 
