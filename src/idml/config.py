@@ -31,7 +31,7 @@ from idml.data.catalog import (
     parse_classes,
     user_dataset,
 )
-from idml.errors import ConfigError, listing, one_line
+from idml.errors import ConfigError, describe, listing, one_line
 from idml.models.spec import ModelSpec, canonical_net_type, net_type_problem
 from idml.rules import Rule, boolean, flag_type, integer, number, numbers, one_of, optional, text
 
@@ -413,14 +413,33 @@ def load_yaml_config(path: str) -> dict[str, Any]:
             data = yaml.safe_load(fh) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path} is not valid YAML: {one_line(exc)}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path} is not valid YAML: {one_line(exc)[:200]}") from exc
+    except RecursionError as exc:  # PyYAML composes nested nodes recursively: [[[[...]]]]
+        raise ConfigError(f"--config {path} is not a settings file: its values are nested too deeply") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path} must hold a mapping of setting: value")
-    unknown = sorted(set(data) - _field_names())
+    unknown = [key for key in data if not (isinstance(key, str) and key in _field_names())]
     if unknown:
-        raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
-    return data
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(describe(k) for k in unknown[:5])}{more}")
+    return {key: _yaml_number(key, value) for key, value in data.items()}
+
+
+def _yaml_number(name: str, value: Any) -> Any:
+    """A number written as ``1e-3`` in a YAML file, as the number: PyYAML reads YAML 1.1, where a
+    float needs a dot (``1.0e-3``), and hands such a value over as text; YAML 1.2 and every other
+    reader take it as the number it is. Only for settings that hold numbers and no text."""
+    kinds = _allowed_types(name)
+    if isinstance(value, str) and str not in kinds and (float in kinds or int in kinds) and len(value) <= 64:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if int in kinds and number.is_integer() and "." not in value and "e" not in value.lower():
+            return int(value)
+        return number if float in kinds else value
+    return value
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -33,7 +33,7 @@ from idml.data.catalog import canonical_name, dataset_info, datasets_that_can, p
 from idml.data.identity import change_words, changed_splits
 from idml.data.types import DataBundle, DataRequest
 from idml.device.runtime import resolve_device
-from idml.errors import ConfigError, listing
+from idml.errors import ConfigError, describe, listing
 from idml.inference import Outputs, TrainedModel, load_trained_model, predict_batches, run_model
 from idml.metrics import (
     aurc,
@@ -164,19 +164,20 @@ def ood_images(spec: str, trained: TrainedModel, req: EvalRequest) -> torch.Tens
     name, _, class_spec = spec.partition(":")
     info = dataset_info(name)
     if "in_memory" not in info.can:
-        raise ConfigError(f"--ood {spec!r}: out-of-distribution images come from "
+        raise ConfigError(f"--ood {describe(spec)}: out-of-distribution images come from "
                           f"{listing(datasets_that_can('in_memory'))}")
     trained_on = dataset_info(trained.dataset, trained.input_size)
     if info.family != trained_on.family:
-        raise ConfigError(f"--ood {spec!r}: {info.name} has {info.input_size}px images, the checkpoint "
+        raise ConfigError(f"--ood {describe(spec)}: {info.name} has {info.input_size}px images, the checkpoint "
                           f"{trained_on.input_size}px ones")
     classes = parse_classes(class_spec, info.num_classes, flag="--ood") if class_spec else None
     if info.name == trained.dataset:
         seen = _trained_classes(trained, info.num_classes)
         overlap = sorted(set(classes if classes is not None else range(info.num_classes)) & set(seen))
         if overlap:
-            raise ConfigError(f"--ood {spec!r}: the checkpoint was trained on class(es) {overlap} of {info.name}; "
-                              "name only classes it never saw (e.g. digits:5-9 for a model trained on 0-4)")
+            raise ConfigError(f"--ood {describe(spec)}: the checkpoint was trained on class(es) {overlap} of "
+                              f"{info.name}; name only classes it never saw (e.g. digits:5-9 for a model trained on "
+                              "0-4)")
     spec_text = None if classes is None else ",".join(map(str, classes))
     data = load_in_memory(DataRequest(info.name, req.data_dir or "data", req.batch_size, classes=spec_text))
     return data["test"][0]

@@ -144,4 +144,5 @@ def flag_type(parse: Callable[[str], Any], rule: Rule | None = None) -> Callable
         return value
 
     convert.__name__ = getattr(parse, "__name__", "number")  # what argparse calls the type in its messages
+    convert.rule = rule  # type: ignore[attr-defined] - what a test walking every flag checks
     return convert

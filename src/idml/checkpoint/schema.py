@@ -118,7 +118,7 @@ def check_state_dict(value: Any, where: str = "state_dict") -> None:
     _dict(value, where, "a dict of weight names to tensors")
     for name, tensor in value.items():
         if not _is_dense(tensor):
-            raise Invalid(f"field {where}[{name!r}] must be a dense tensor (got {describe(tensor)})")
+            raise Invalid(f"field {where}[{describe(name)}] must be a dense tensor (got {describe(tensor)})")
 
 
 def check_model(value: Any, where: str = "model") -> None:
@@ -399,7 +399,7 @@ def _check_sizes(ckpt: Checkpoint, file_size: int | None) -> None:
     if ckpt.ema is not None:
         for name, tensor in ckpt.ema["state_dict"].items():
             if name not in weights or tensor.shape != weights[name].shape:
-                raise Invalid(f"field ema.state_dict[{name!r}] must be shaped like the weight of that name "
+                raise Invalid(f"field ema.state_dict[{describe(name)}] must be shaped like the weight of that name "
                               f"(got {describe(tensor)})")
     if file_size is not None:
         declared = sum(t.numel() * t.element_size() for t in _tensors(ckpt.to_state()))

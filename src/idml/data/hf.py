@@ -158,7 +158,7 @@ def load_hf(req: DataRequest) -> UserData:
     val, _ = split(dataset, val_name, req, where)
     for name, source in (("train", train), (val_name, val)):
         if len(source) == 0:
-            raise DataError(f"{where}: the {name!r} split holds no rows; a run needs images to train on and to "
+            raise DataError(f"{where}: the {describe(name)} split holds no rows; a run needs images to train on and to "
                             "validate on")
     names = class_names(feature, train.labels + val.labels, where)
     bad = [v for v in train.labels + val.labels if not 0 <= v < len(names)][:1]

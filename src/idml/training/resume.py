@@ -96,7 +96,7 @@ def resume_after_restart(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, st
 def check_same_model(ckpt: Checkpoint, spec: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint of another network with one line naming the settings that differ."""
     saved = ckpt.model
-    diffs = [f"{key} {saved.get(key)!r} (checkpoint) vs {value!r} (this run)"
+    diffs = [f"{key} {describe(saved.get(key))} (checkpoint) vs {describe(value)} (this run)"
              for key, value in spec.items() if saved.get(key) != value]
     if diffs:
         raise ConfigError(
@@ -165,7 +165,7 @@ def setting_changes(ckpt: Checkpoint, cfg: TrainConfig, path: Path) -> list[str]
             f"{', '.join(_flag(name) for name in refused)} there would mix two data orders or label sets in "
             f"one epoch; resume with the checkpoint's {was}, or from a checkpoint written at an epoch's end"
         )
-    return [f"{_flag(name)} changed from {old!r} to {new!r}: applied from the resumed step on"
+    return [f"{_flag(name)} changed from {describe(old)} to {describe(new)}: applied from the resumed step on"
             for name, (old, new) in changed.items()]
 
 
