@@ -24,6 +24,7 @@ from idml.data.catalog import (
     DEFAULT_UNCERTAINTY_DIM,
     MAX_INPUT_SIZE,
     MIN_INPUT_SIZE,
+    MIN_STD,
     canonical_name,
     dataset_info,
     dataset_problem,
@@ -57,11 +58,27 @@ MAX_DEVICES = 512
 MAX_STOP_AFTER_H = 24 * 365
 #: signals ``--stop_signal`` may name (SIGTERM and SIGINT always stop a run cleanly)
 STOP_SIGNAL_CHOICES = ("USR1", "USR2", "HUP", "TERM")
+#: --expname leaves room in a file name (255 bytes) for the ".N" of an archived run folder.
+MAX_EXPNAME = 240
+#: lambda scales a float32 distance in (1e-12, 4] (the ISM's scaled semantic distance): within these
+#: bounds the product and its gradient stay finite and normal; 5 is the paper's value.
+MIN_ISM_LAMBDA, MAX_ISM_LAMBDA = 1e-6, 1e6
+#: Far above any learning rate in use (about 10 at most), and far inside float32, in which torch
+#: keeps a parameter group's learning rate (1e308 overflowed it: a traceback at the first step).
+MAX_LR = 1e6
+#: Momentum and weight decay are shares of the weights and of their updates: above 1 an SGD step
+#: grows them without end (and torch's float32 parameter groups overflow above 3.4e38).
+MAX_MOMENTUM = MAX_WEIGHT_DECAY = 1.0
+#: A per-channel mean and standard deviation of images in [0, 1] units (see data/catalog.py's
+#: MIN_STD): a mean outside [0, 1] (say the 0-255 ImageNet mean, 123.7) or a tiny std is no
+#: statistic of such images, and would turn every input into overflow.
+CHANNEL_MEAN = number(0, 1)
+CHANNEL_STD = number(MIN_STD, 1)
 SCHED_CHOICES = ("step", "cosine")
 DECODE_CHOICES = ("cpu", "gpu", "auto")
 EXPNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+=-]*"
-EXPNAME_WORDS = ("be a plain folder name (letters, digits and . _ + = -, starting with a letter or digit), "
-                 "so that the run stays inside --output_dir")
+EXPNAME_WORDS = ("be a plain folder name of at most 240 characters (letters, digits and . _ + = -, starting "
+                 "with a letter or digit), so that the run stays inside --output_dir")
 OFFICIAL = "official flags (same meaning and default as the official code's train.py)"
 IDML = "flags idml adds"
 
@@ -134,10 +151,12 @@ class TrainConfig:
                               rule=integer(1, MAX_BATCH),
                               help="mini-batch size: per process under torchrun; the total, split evenly, when "
                               "idml starts one process per device itself (--devices)")
-    lr: float = setting(0.1, "--lr", "--learning-rate", group=OFFICIAL, rule=number(above=0),
+    lr: float = setting(0.1, "--lr", "--learning-rate", group=OFFICIAL, rule=number(above=0, high=MAX_LR),
                         help="initial learning rate")
-    momentum: float = setting(0.9, "--momentum", group=OFFICIAL, rule=number(0), help="SGD momentum (Nesterov)")
-    weight_decay: float = setting(1e-4, "--weight-decay", "--wd", group=OFFICIAL, rule=number(0), help="weight decay")
+    momentum: float = setting(0.9, "--momentum", group=OFFICIAL, rule=number(0, MAX_MOMENTUM),
+                              help="SGD momentum (Nesterov)")
+    weight_decay: float = setting(1e-4, "--weight-decay", "--wd", group=OFFICIAL,
+                                  rule=number(0, MAX_WEIGHT_DECAY), help="weight decay")
     print_freq: int = setting(1, "--print-freq", "-p", group=OFFICIAL, rule=integer(1), help="print every N batches")
     depth: int = setting(32, "--depth", group=OFFICIAL, rule=integer(1, MAX_DEPTH), help="network depth")
     bottleneck: bool = setting(True, "--no-bottleneck", group=OFFICIAL, action="off",
@@ -147,7 +166,7 @@ class TrainConfig:
     alpha: float = setting(300.0, "--alpha", group=OFFICIAL, rule=number(0, MAX_ALPHA),
                            help="PyramidNet widening factor")
     expname: str = setting("TEST", "--expname", group=OFFICIAL,
-                           rule=text(255, pattern=EXPNAME_PATTERN, words=EXPNAME_WORDS),
+                           rule=text(MAX_EXPNAME, pattern=EXPNAME_PATTERN, words=EXPNAME_WORDS),
                            help="run name: files go to <output_dir>/<expname>/")
     beta: float = setting(0.0, "--beta", group=OFFICIAL, rule=number(0),
                           help="CutMix Beta(beta, beta) parameter; 0 = no CutMix")
@@ -171,7 +190,8 @@ class TrainConfig:
                           help="auto = CUDA when available, else Apple silicon's MPS, else CPU")
     ism: bool = setting(True, "--no-ism", action="off",
                         rule=boolean(), help="train the plain network (the paper's Baseline rows) without the ISM head")
-    ism_lambda: float = setting(5.0, "--ism_lambda", rule=number(above=0), help="lambda of the introspective metric")
+    ism_lambda: float = setting(5.0, "--ism_lambda", rule=number(MIN_ISM_LAMBDA, MAX_ISM_LAMBDA),
+                                   help="lambda of the introspective metric")
     uncertainty_dim: int | None = setting(None, "--uncertainty_dim", shown_default="{cifar} / {imagenet}".format(
                                           **DEFAULT_UNCERTAINTY_DIM),
                                           rule=optional(integer(1, MAX_UNCERTAINTY_DIM)),
@@ -212,8 +232,9 @@ class TrainConfig:
                             help="under torchrun: SyncBatchNorm (batch statistics over all processes; CUDA only)")
     skip_bad_images: bool = setting(False, "--skip_bad_images", action="on",
                                     rule=boolean(),
-                                    help="ImageNet: skip (and count) unreadable images instead of stopping at "
-                                    "the first one")
+                                    help="skip (and count) unreadable images (damaged, of a format idml does not "
+                                    "decode, above its pixel limit) instead of stopping at the first one (ImageNet, "
+                                    "folder and hf:<path> datasets)")
     decode: str = setting("cpu", "--decode", choices=DECODE_CHOICES, rule=one_of(*DECODE_CHOICES),
                           help="ImageNet: where the training JPEGs are decoded. cpu = in the -j workers, at a "
                           "reduced scale where the crop allows it; gpu = the workers only read the files and the "
@@ -228,7 +249,7 @@ class TrainConfig:
                                  "random and fixed by --seed (cifar10, cifar100, digits; for robustness "
                                  "experiments)")
     dist_timeout: float = setting(600.0, "--dist_timeout", metavar="SECONDS",
-                                  rule=number(above=0, high=MAX_DIST_TIMEOUT),
+                                  rule=number(1, MAX_DIST_TIMEOUT),
                                   help="under torchrun: how long a process waits for a silent peer before the run "
                                   "stops with one line (covers rank 0 writing a checkpoint while the others wait)")
     devices: str | int = setting("auto", "--devices", metavar="auto|N", rule=DEVICES_RULE,
@@ -252,12 +273,12 @@ class TrainConfig:
                                      "and RandomResizedCrop")
     mean: list[float] | None = setting(None, "--mean", metavar=("R", "G", "B"),
                                        shown_default="from the data",
-                                       rule=optional(numbers(3)),
+                                       rule=optional(numbers(3, each=CHANNEL_MEAN)),
                                        help="folder and hf:<path> datasets: per-channel mean in [0, 1] units "
                                        "(from the data = measured on the training images)")
     std: list[float] | None = setting(None, "--std", metavar=("R", "G", "B"),
                                       shown_default="from the data",
-                                      rule=optional(numbers(3, above=0)),
+                                      rule=optional(numbers(3, each=CHANNEL_STD)),
                                       help="folder and hf:<path> datasets: per-channel standard deviation in [0, 1] "
                                       "units (from the data = measured on the training images)")
     image_key: str = setting("image", "--image_key", rule=text(words="name a column"),

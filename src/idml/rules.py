@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,13 @@ from idml.errors import describe
 class Rule:
     """A value's rule. ``words`` complete the sentence "<name> must ...", ``test`` decides, and
     ``reason`` (optional) explains a refused value better than the words can (an unknown name
-    and the names that are known, say)."""
+    and the names that are known, say). ``edges`` are the values at each of its bounds and just
+    beyond them: tests walk every setting through train, checkpoint, eval and resume at these."""
 
     words: str
     test: Callable[[Any], bool]
     reason: Callable[[Any], str | None] | None = None
+    edges: tuple = ()
 
     def problem(self, name: str, value: Any, specific: bool = True) -> str | None:
         """None when ``value`` passes; else one line naming ``name``, the rule and the value (a bounded
@@ -76,8 +79,25 @@ def _within(value: float, low: float | None, high: float | None, above: float | 
 
 def integer(low: int | None = None, high: int | None = None) -> Rule:
     """A whole number (not a boolean) within the bounds."""
+    edges = (low, low - 1) if low is not None else (-10**30,)
+    edges += (high, high + 1) if high is not None else (10**30,)
     return Rule(f"be an integer{_bounds_words(low, high, None, None)}",
-                lambda v: _is_int(v) and _within(v, low, high, None, None))
+                lambda v: _is_int(v) and _within(v, low, high, None, None), edges=edges)
+
+
+def _number_edges(low: float | None, high: float | None, above: float | None, below: float | None) -> tuple:
+    """The bounds of a number rule and the floats just beyond them (the largest float where unbounded)."""
+    edges: tuple = (0.0,)
+    for bound, beyond, inclusive in ((low, -math.inf, True), (above, -math.inf, False),
+                                     (high, math.inf, True), (below, math.inf, False)):
+        if bound is not None:
+            inside = bound if inclusive else math.nextafter(bound, -beyond)
+            edges += (float(inside), math.nextafter(float(inside), beyond))
+    if low is None and above is None:
+        edges += (-sys.float_info.max,)
+    if high is None and below is None:
+        edges += (sys.float_info.max,)
+    return (*edges, math.nan, math.inf)
 
 
 def number(low: float | None = None, high: float | None = None, *, above: float | None = None,
@@ -85,11 +105,12 @@ def number(low: float | None = None, high: float | None = None, *, above: float 
     """A finite number (integers count; booleans, NaN and infinities do not) within the bounds."""
     only_positive = above == 0 and low is None and high is None and below is None
     words = "be a positive number" if only_positive else f"be a number{_bounds_words(low, high, above, below)}"
-    return Rule(words, lambda v: _is_real(v) and _within(v, low, high, above, below))
+    return Rule(words, lambda v: _is_real(v) and _within(v, low, high, above, below),
+                edges=_number_edges(low, high, above, below))
 
 
 def boolean() -> Rule:
-    return Rule("be true or false", lambda v: isinstance(v, bool))
+    return Rule("be true or false", lambda v: isinstance(v, bool), edges=(True, False, 0, 1))
 
 
 def text(longest: int = 4096, *, pattern: str | None = None, words: str | None = None,
@@ -102,25 +123,27 @@ def text(longest: int = 4096, *, pattern: str | None = None, words: str | None =
         return (isinstance(value, str) and 0 < len(value) <= longest and value.strip() != ""
                 and (compiled is None or bool(compiled.fullmatch(value))) and (reason is None or reason(value) is None))
 
-    return Rule(words or f"be text of 1 to {longest} characters (not only spaces)", test, reason)
+    return Rule(words or f"be text of 1 to {longest} characters (not only spaces)", test, reason,
+                edges=("x", "x" * longest, "x" * (longest + 1), "", " "))
 
 
 
 def one_of(*choices: str) -> Rule:
-    return Rule(f"be one of {', '.join(choices)}", lambda v: v in choices)
+    return Rule(f"be one of {', '.join(choices)}", lambda v: v in choices, edges=(*choices, "other"))
 
 
 def optional(rule: Rule) -> Rule:
     """``rule``, or None (a setting's "not given")."""
-    return Rule(rule.words, lambda v: v is None or rule.test(v), rule.reason)
+    return Rule(rule.words, lambda v: v is None or rule.test(v), rule.reason, edges=(None, *rule.edges))
 
 
-def numbers(count: int, *, above: float | None = None) -> Rule:
-    """A list of ``count`` finite numbers (each above ``above`` when given)."""
-    each = f" > {above:g}" if above is not None else ""
-    return Rule(f"be {count} finite numbers{each}",
-                lambda v: isinstance(v, list | tuple) and len(v) == count
-                and all(_is_real(x) and (above is None or x > above) for x in v))
+def numbers(*counts: int, each: Rule | None = None) -> Rule:
+    """A list of ``counts`` (one of them) numbers, each passing ``each`` (default: any finite number)."""
+    one = each or number()
+    how_many = " or ".join(map(str, counts))
+    words = f"be {how_many} numbers" + (f" that each {one.words}" if each is not None else " (finite)")
+    return Rule(words, lambda v: isinstance(v, list | tuple) and len(v) in counts and all(one.test(x) for x in v),
+                edges=(*tuple([edge] * counts[-1] for edge in one.edges), [0.5] * (counts[-1] + 1)))
 
 
 def flag_type(parse: Callable[[str], Any], rule: Rule | None = None) -> Callable[[str], Any]:

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from idml.checkpoint.health import weights_problem
-from idml.config import setting_rule
+from idml.config import CHANNEL_MEAN, CHANNEL_STD, setting_rule
 from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, MAX_INPUT_SIZE
 from idml.data.identity import DATA_IDENTITY
 from idml.errors import IdmlError, describe
 from idml.models.spec import ModelSpec
-from idml.rules import Rule, integer, number, one_of, optional, text
+from idml.rules import Rule, integer, number, numbers, one_of, optional, text
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
@@ -71,11 +71,6 @@ CLASS_NAMES = Rule(f"be a list of class names (text of at most {MAX_CLASS_NAME} 
                    and all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in v))
 
 
-def _channel_numbers(*, above: float | None = None) -> Rule:
-    """1 or 3 finite numbers: a mean or std per channel (gray or RGB)."""
-    each = number(above=above) if above is not None else number()
-    return Rule(f"be a list of 1 or 3 numbers that each {each.words}",
-                lambda v: isinstance(v, list | tuple) and len(v) in (1, 3) and all(each.test(x) for x in v))
 
 
 #: Network settings that are not settings of a run (the class count comes from the data).
@@ -279,8 +274,9 @@ class Checkpoint:
     test_at_last: dict | None = entry(None, optional(PLAIN_DICT))
     # the data it learnt
     class_names: list | None = entry(None, optional(CLASS_NAMES))
-    mean: list | None = entry(None, optional(_channel_numbers()))
-    std: list | None = entry(None, optional(_channel_numbers(above=0)))
+    #: per channel (gray or RGB), by the rules of --mean and --std
+    mean: list | None = entry(None, optional(numbers(1, 3, each=CHANNEL_MEAN)))
+    std: list | None = entry(None, optional(numbers(1, 3, each=CHANNEL_STD)))
     input_size: int | None = entry(None, optional(integer(1, MAX_INPUT_SIZE)))
     #: what each split held (image count and digest): refusing a resume or an eval on changed data
     data: dict | None = entry(None, optional(DATA_IDENTITY))

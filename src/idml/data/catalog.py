@@ -53,6 +53,9 @@ MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 4096
 #: folder's name, a ClassLabel's name): what a checkpoint holds of them is bounded the same way.
 MAX_CLASSES = 1_000_000
 MAX_CLASS_NAME = 1000
+#: The smallest per-channel standard deviation (in [0, 1] units) idml normalises by: measured on
+#: the data it is raised to this (a channel of one value has none), and given it must be at least this.
+MIN_STD = 1e-3
 
 #: Most class indices a ``--classes`` spec may expand to when the dataset's classes are unknown
 #: (a spec like 0-1000000000 is refused before a list of that length is built).

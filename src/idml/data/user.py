@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from idml.data.augment import Normalize, ResizedTrainAugment, TrainAugment
-from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, dataset_info
+from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, MIN_STD, dataset_info
 from idml.data.identity import split_identity
 from idml.data.image_files import SKIP_HINT, ShorterSide, UnusableImage, image_preparer, unusable
 from idml.data.loaders import InMemoryLoader, SeededImages, default_workers, stream_loaders
@@ -179,7 +179,7 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
         squares += x.pow(2).sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]
     mean = sums / count
-    std = (squares / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-3)
+    std = (squares / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(MIN_STD)
     return tuple(mean.tolist()), tuple(std.tolist())
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME, Checkpoint
 from idml.config import TrainConfig
 from idml.data.build import build_data, training_decode
+from idml.data.catalog import dataset_info
 from idml.data.hf import MISSING as MISSING_DATASETS
 from idml.data.hf import hf_available
 from idml.data.types import DataBundle, DataRequest
@@ -160,6 +161,12 @@ def check_model_settings(cfg: TrainConfig, rt: Runtime) -> None:
             f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of {rt.device.type}; lower "
             "--depth, --alpha or --uncertainty_dim"
         )
+    side = dataset_info(cfg.dataset, cfg.input_size).input_size
+    batch = cfg.batch_size * 3 * side * side * 4  # one batch of float32 images, before any activation
+    if available is not None and batch > available:
+        raise ConfigError(f"one batch of {cfg.batch_size} images of {side} x {side} pixels takes "
+                          f"{batch / 2**30:.1f} GiB as float32 alone, more than the {available / 2**30:.1f} GiB of "
+                          f"{rt.device.type}; lower --batch_size (or --input_size)")
 
 
 def run_runtime(cfg: TrainConfig) -> Runtime:
