@@ -240,12 +240,18 @@ def test_an_elongated_image_is_refused_before_it_is_resized(tmp_path: Path, size
 # -- damaged and odd files: one DataError, which --skip_bad_images skips ----------------------------------
 def test_a_named_pipe_is_refused_not_read_forever(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "n01440764_1.JPEG")
+
+    def hung(*_args) -> None:
+        raise TimeoutError("read_image waited 20 s on a named pipe")
+
+    previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(20)  # the old reader blocked forever on the pipe
     try:
         with pytest.raises(DataError) as info:
             read_image(tmp_path / "n01440764_1.JPEG")
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     one_line_message(info, "not a regular file")
 
 
