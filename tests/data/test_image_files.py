@@ -146,6 +146,12 @@ def _tiff(values: np.ndarray) -> bytes:
     return _saved(Image.fromarray(values), "TIFF")
 
 
+def _netpbm(magic: bytes, maxval: int, values: np.ndarray) -> bytes:
+    """A binary PGM (P5) or PPM (P6) of ``values`` (0..maxval, two bytes each above 255)."""
+    height, width = values.shape[:2]
+    return magic + f" {width} {height} {maxval}\n".encode() + values.astype(">u2").tobytes()
+
+
 #: the dark picture in every deep format, and the 8-bit picture each must read as
 DEEP = {
     "png-gray16": (lambda: png_bytes(DARK, 0), TWIN),
@@ -158,6 +164,10 @@ DEEP = {
     "tiff-i16b": (lambda: _tiff(DARK.astype(">u2")), TWIN),
     "tiff-i32-16bit-data": (lambda: _tiff(DARK.astype(np.int32)), TWIN),
     "tiff-i32-8bit-data": (lambda: _tiff(TWIN.astype(np.int32)), TWIN),
+    "pgm16": (lambda: _netpbm(b"P5", 65535, DARK), TWIN),
+    "pgm16-very-dark": (lambda: _netpbm(b"P5", 65535, DARK % 200), np.rint((DARK % 200) / 257)),
+    "pgm12": (lambda: _netpbm(b"P5", 4095, DARK), np.rint(DARK / 4095 * 255)),
+    "ppm16": (lambda: _netpbm(b"P6", 65535, np.stack([DARK] * 3, -1)), np.stack([TWIN] * 3, -1)),
     "tiff-float-unit": (lambda: _tiff((TWIN / 255).astype(np.float32)), TWIN),
     "tiff-float-8bit-range": (lambda: _tiff(TWIN.astype(np.float32)), TWIN),
 }

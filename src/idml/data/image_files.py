@@ -128,12 +128,20 @@ def pixel_reduction(width: int, height: int, fmt: str, name: str | Path) -> int:
                     "idml decodes from one file; downscale it")
 
 
+def _sixteen_bit(img: Image.Image) -> bool:
+    """Whether ``img``'s wide values are 16-bit: the "I;16" modes, and Pillow's "I" images of PGM/PPM
+    files with a maximum value above 255 (Pillow rescales those to 0..65535, or keeps 0..65535 as
+    it is: the bit depth is 16 whatever the values, and a dark picture must stay dark)."""
+    return img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PPM")
+
+
 def _eight_bit(img: Image.Image) -> Image.Image:
     """``img`` as 8-bit "L" (one channel) or "RGB", values scaled by the image's bit depth.
 
     Pillow's own conversion of 16- and 32-bit modes to 8 bits clips every value above 255 (a dark
-    16-bit PNG became 92% white); here 16-bit values are divided by 257 (65535 -> 255), and 32-bit
-    integer and float images by the smallest of :data:`FULL_SCALES` that holds their largest value.
+    16-bit PNG became 92% white); here 16-bit values (:func:`_sixteen_bit`) are divided by 257
+    (65535 -> 255), and 32-bit integer and float images by the smallest of :data:`FULL_SCALES` that
+    holds their largest value.
     Alpha is dropped, as torchvision's loaders drop it.
     """
     if img.mode in ("L", "RGB"):
@@ -141,7 +149,7 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         values = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         largest = float(values.max(initial=0.0))
-        top = 65535.0 if img.mode.startswith("I;16") else next((s for s in FULL_SCALES if largest <= s), largest)
+        top = 65535.0 if _sixteen_bit(img) else next((s for s in FULL_SCALES if largest <= s), largest)
         return Image.fromarray(np.rint(values * np.float32(255.0 / top)).clip(0, 255).astype(np.uint8))
     return img.convert("L" if img.mode in GRAY_MODES else "RGB")
 
