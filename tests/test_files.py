@@ -46,6 +46,21 @@ def test_a_lock_file_that_is_a_link_is_refused(tmp_path: Path) -> None:
     assert target.read_text() == "precious"
 
 
+@pytest.mark.parametrize("plant", ["hard link", "named pipe"])
+def test_a_lock_file_that_is_a_hard_link_or_not_a_file_is_refused(tmp_path: Path, plant: str) -> None:
+    """The lock is written in place (its owner's pid): through a planted hard link that would
+    overwrite another file."""
+    target = tmp_path / "victim"
+    target.write_text("precious")
+    lock = tmp_path / ".lock"
+    os.link(target, lock) if plant == "hard link" else os.mkfifo(lock)
+    with pytest.raises(IdmlError) as info:
+        open_for_lock(lock)
+    one_line_message(info, str(lock), plant.split()[-1] if plant == "hard link" else "not a regular file",
+                     "remove it")
+    assert target.read_text() == "precious"
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
     path = write_text(tmp_path / "a.txt", "old")
 

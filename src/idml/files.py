@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -132,13 +133,26 @@ def open_to_read(path: str | Path, what: str) -> BinaryIO:
 
 
 def open_for_lock(path: Path) -> int:
-    """A read-write descriptor of the lock file ``path`` (created if missing), refusing a link."""
+    """A read-write descriptor of the lock file ``path`` (created if missing), refusing a link.
+
+    The lock is the one file idml writes in place (its owner's pid), so more than a symbolic link
+    is refused: a hard link planted under its name would have idml overwrite the other file, and a
+    named pipe or a device is no lock file.
+    """
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             refuse_link(path)
         raise
+    info = os.fstat(fd)
+    problem = ("it is not a regular file" if not stat.S_ISREG(info.st_mode) else
+               f"it is a hard link (the file has {info.st_nlink} names)" if info.st_nlink > 1 else None)
+    if problem is None:
+        return fd
+    os.close(fd)
+    raise IdmlError(f"refusing to write {path}: {problem}; idml never writes through links, which someone else "
+                    "may have planted: remove it")
 
 
 def remove_stale_temps(folder: Path) -> None:
