@@ -34,7 +34,7 @@ from idml.data.catalog import (
 )
 from idml.errors import ConfigError, describe, listing, one_line
 from idml.models.spec import ModelSpec, canonical_net_type, net_type_problem
-from idml.rules import Rule, boolean, flag_type, integer, number, numbers, one_of, optional, text
+from idml.rules import Rule, boolean, flag_type, integer, number, numbers, off_or, one_of, optional, text
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -63,6 +63,13 @@ MAX_EXPNAME = 240
 #: lambda scales a float32 distance in (1e-12, 4] (the ISM's scaled semantic distance): within these
 #: bounds the product and its gradient stay finite and normal; 5 is the paper's value.
 MIN_ISM_LAMBDA, MAX_ISM_LAMBDA = 1e-6, 1e6
+#: The shape parameter of the Beta distributions of CutMix (--beta) and Mixup (--mixup_alpha); 1 is the
+#: official recipe's. Beyond these bounds the value makes no difference (below, every draw is 0 or 1;
+#: above, 0.5) or a wrong one: NumPy draws only 0 for a shape near the largest float (every batch
+#: would be replaced by its shuffled copy), and its legacy sampler draws NaN for a subnormal one.
+BETA_SHAPE = number(1e-6, 1e6)
+#: Gradient norms are float32: a --clip_grad_norm below this would zero every gradient, silently.
+MIN_CLIP_NORM = 1e-6
 #: Far above any learning rate in use (about 10 at most), and far inside float32, in which torch
 #: keeps a parameter group's learning rate (1e308 overflowed it: a traceback at the first step).
 MAX_LR = 1e6
@@ -168,7 +175,7 @@ class TrainConfig:
     expname: str = setting("TEST", "--expname", group=OFFICIAL,
                            rule=text(MAX_EXPNAME, pattern=EXPNAME_PATTERN, words=EXPNAME_WORDS),
                            help="run name: files go to <output_dir>/<expname>/")
-    beta: float = setting(0.0, "--beta", group=OFFICIAL, rule=number(0),
+    beta: float = setting(0.0, "--beta", group=OFFICIAL, rule=off_or(BETA_SHAPE),
                           help="CutMix Beta(beta, beta) parameter; 0 = no CutMix")
     cutmix_prob: float = setting(0.0, "--cutmix_prob", group=OFFICIAL, rule=number(0, 1),
                                  help="probability of CutMix per batch")
@@ -196,7 +203,7 @@ class TrainConfig:
                                           **DEFAULT_UNCERTAINTY_DIM),
                                           rule=optional(integer(1, MAX_UNCERTAINTY_DIM)),
                                           help="width K of the uncertainty embedding (32x32 data / ImageNet)")
-    mixup_alpha: float = setting(0.0, "--mixup_alpha", rule=number(0),
+    mixup_alpha: float = setting(0.0, "--mixup_alpha", rule=off_or(BETA_SHAPE),
                                  help="Mixup Beta(alpha, alpha) parameter; 0 = no Mixup")
     mixup_prob: float = setting(0.0, "--mixup_prob",
                                 rule=number(0, 1), help="probability of Mixup per batch (drawn after CutMix's share)")
@@ -314,7 +321,7 @@ class TrainConfig:
                                      help="label smoothing of the training loss on the introspective logits, for "
                                      "both label sets of a CutMix/Mixup batch")
     clip_grad_norm: float = setting(0.0, "--clip_grad_norm", metavar="MAX",
-                                    rule=number(0),
+                                    rule=off_or(number(MIN_CLIP_NORM)),
                                     help="scale the gradients down to a global L2 norm of at most MAX before each "
                                     "optimiser step (0 = off)")
     init_from: str | None = setting(None, "--init_from", metavar="PATH", shown_default="none",

@@ -132,6 +132,13 @@ def one_of(*choices: str) -> Rule:
     return Rule(f"be one of {', '.join(choices)}", lambda v: v in choices, edges=(*choices, "other"))
 
 
+def off_or(rule: Rule) -> Rule:
+    """0 (the feature is off), or a number passing ``rule``: for parameters whose tiny values are not
+    a smaller effect but a broken one (Beta(1e-320, 1e-320) draws NaN)."""
+    return Rule(f"be 0 (off) or {rule.words.removeprefix('be ')}", lambda v: (_is_real(v) and v == 0) or rule.test(v),
+                edges=(0, 0.0, *rule.edges, math.nextafter(0.0, 1.0)))
+
+
 def optional(rule: Rule) -> Rule:
     """``rule``, or None (a setting's "not given")."""
     return Rule(rule.words, lambda v: v is None or rule.test(v), rule.reason, edges=(None, *rule.edges))
