@@ -1,5 +1,7 @@
 """--classes and --val_split on the in-memory datasets, and the blended images' ground truth."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,21 @@ def test_parse_classes_refuses(spec, fragment):
     with pytest.raises(ConfigError) as info:
         parse_classes(spec, 10)
     one_line_message(info, "--classes", fragment)
+
+
+@pytest.mark.parametrize("spec", ["0-5000000", "0-99999,0-5000000", "0-" + "9" * 40])
+def test_a_huge_classes_range_is_refused_before_it_is_built(spec: str) -> None:
+    """Without the dataset's class count (a Hugging Face dataset's is known only once it is read),
+    a range is bounded by the most classes idml supports, counted before a list is built."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError) as info:
+            parse_classes(spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_line_message(info, "--classes", "names more classes than any dataset holds")
+    assert peak < 16 * 2**20, peak
 
 
 def test_keep_classes_renumbers_in_the_given_order():

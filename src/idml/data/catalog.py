@@ -154,9 +154,9 @@ def parse_classes(spec: str, num_classes: int | None = None, flag: str = "--clas
         if num_classes is not None and last >= num_classes:
             raise ConfigError(f"{flag} {describe(spec)}: class {last} does not exist (the dataset has classes "
                               f"0-{num_classes - 1})")
-        classes.extend(range(first, last + 1))
-        if len(classes) > max(num_classes or 0, MAX_CLASS_INDICES):
+        if len(classes) + last - first + 1 > max(num_classes or 0, MAX_CLASS_INDICES):  # counted before it is built
             raise ConfigError(f"{flag} {describe(spec)} names more classes than any dataset holds")
+        classes.extend(range(first, last + 1))
     if len(set(classes)) != len(classes):
         raise ConfigError(f"{flag} {describe(spec)} names a class twice")
     if num_classes is not None and len(classes) < 2:
