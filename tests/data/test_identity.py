@@ -199,6 +199,36 @@ def test_an_hf_dataset_changed_inside_an_epoch_is_refused(tmp_path, monkeypatch,
     one_error_line(err, "the training images changed since the checkpoint was written (24 then, 26 now)", code=code)
 
 
+def test_an_hf_dataset_whose_images_were_replaced_under_the_same_labels_is_refused_inside_an_epoch(
+        tmp_path, monkeypatch, capsys) -> None:
+    """Rows of a Hugging Face dataset have no names: the identity also holds each image's byte count
+    (from Arrow's offsets, no image read), so images replaced under the same labels are seen."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+
+    def save(seed: int) -> Path:
+        rng = np.random.default_rng(seed)
+        rows = [Image.fromarray(rng.integers(0, 256, (12, 12 + (i + seed) % 3, 3), dtype=np.uint8)) for i in range(24)]
+        split = lambda k: datasets.Dataset.from_dict({"image": rows[:k], "label": [i % 2 for i in range(k)]},  # noqa: E731
+                                                     features=features)
+        path = tmp_path / "hf"
+        shutil.rmtree(path, ignore_errors=True)
+        datasets.DatasetDict({"train": split(24), "validation": split(4)}).save_to_disk(str(path))
+        return path
+
+    args = ["train", "--dataset", f"hf:{save(0)}", "--input_size", "12", "--output_dir", str(tmp_path), "--expname",
+            "run", *NET, "--epochs", "2"]
+    signal_at(monkeypatch, signal.SIGTERM, 0, 1)
+    assert run_idml(args, capsys)[0] == 143
+    monkeypatch.undo()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    save(1)  # the same labels in the same order, other images
+    code, _, err = run_idml([*args, "--resume", "auto"], capsys)
+    one_error_line(err, "the training images changed since the checkpoint was written (24 images, other files",
+                   code=code)
+
+
 # -- the record itself ----------------------------------------------------------------------------------
 def test_the_identity_is_small_ordered_and_checked(tmp_path, capsys) -> None:
     a = split_identity(["x.png", "y.png"], [0, 1])

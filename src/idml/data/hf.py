@@ -93,6 +93,7 @@ class HFImages:
 
     def __init__(self, table: Any, image_key: str, labels: list[int], name: str) -> None:
         self.table, self.image_key, self.labels, self.name = table, image_key, labels, name
+        self._facts: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -113,7 +114,26 @@ class HFImages:
         return f"{self.name}[{index}]"
 
     def key(self, index: int) -> str:
-        return str(index)  # rows have no names: the identity is the labels, in order
+        """Row ``index`` as its split's identity names it: rows have no names, so its number and what
+        the image column says of the image without reading it (:meth:`image_facts`)."""
+        if self._facts is None:
+            self._facts = self.image_facts()
+        return f"{index}\t{self._facts[index]}" if self._facts else str(index)
+
+    def image_facts(self) -> list[str]:
+        """Each row's image path and byte count, read from the Arrow column's paths and offsets (no
+        image is read): a row whose image was replaced changes the identity, although its label is
+        the same (an image replaced by one of exactly as many bytes, at the same path, is not seen).
+        Empty for a column of another shape, or a table with an index mapping."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        column = self.table.data.column(self.image_key) if getattr(self.table, "_indices", None) is None else None
+        if column is None or not pa.types.is_struct(column.type) or column.type.get_field_index("bytes") < 0:
+            return []
+        sizes = pc.binary_length(pc.struct_field(column, "bytes")).to_pylist()
+        paths = pc.struct_field(column, "path").to_pylist() if column.type.get_field_index("path") >= 0 else []
+        return [f"{paths[i] if paths else None}\t{sizes[i]}" for i in range(len(sizes))]
 
 
 def class_names(feature: Any, labels: list[int], where: str) -> list[str]:

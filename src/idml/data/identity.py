@@ -8,7 +8,8 @@ on images the model trained on) and the order of an epoch (a run resumed inside 
 another order). So each split's identity is recorded in the checkpoint (field ``data``): how many
 images it holds and a SHA-256 digest of its images' names (paths relative to the data folder; row
 numbers for datasets without file names) and labels. Bounded: 100 bytes per split, whatever the
-data's size. No torch here.
+data's size. Rows of a Hugging Face dataset are named by their number, image path and byte count
+(:meth:`idml.data.hf.HFImages.key`). No torch here.
 """
 
 from __future__ import annotations
