@@ -25,6 +25,8 @@ from idml.rules import flag_type, integer
 
 #: The most timed (or warm-up) steps per variant: a benchmark, not a training run.
 MAX_BENCH_STEPS = 100_000
+#: The most training files --input_pipeline times per turn (a folder holding fewer is timed whole).
+MAX_BENCH_IMAGES = 1_000_000_000
 
 
 def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
@@ -47,7 +49,7 @@ def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     bench.add_argument("--input_pipeline", action="store_true",
                        help="time the ImageNet training input pipeline alone (files to normalised batches on "
                             "--device, -j workers; variants idml,official), no model; see docs/input-pipeline.md")
-    bench.add_argument("--images", type=int, default=None,
+    bench.add_argument("--images", type=flag_type(int, integer(1, MAX_BENCH_IMAGES)), default=None,
                        help="--input_pipeline: training images per timed turn (default: 8 batches)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
