@@ -91,6 +91,11 @@ def entry(default: Any = None, rule: Rule | None = None, *, check: Callable[[Any
                                                                                 "doc": doc})
 
 
+def checkpoint_rule(name: str) -> Rule:
+    """The rule of the checkpoint field ``name`` (for files that record it again: exports)."""
+    return next(f.metadata["rule"] for f in fields(Checkpoint) if f.name == name)
+
+
 # -- the structured fields -------------------------------------------------------------------------------
 def _dict(value: Any, where: str, words: str) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
