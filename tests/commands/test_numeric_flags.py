@@ -15,7 +15,8 @@ from runs import run_idml
 
 #: the arguments a command needs besides the flag under test
 REQUIRED = {"eval": ["--checkpoint", "x.pth.tar"], "predict": ["--checkpoint", "x.pth.tar", "a.png"],
-            "plot": ["runs/x"], "train": [], "bench": []}
+            "plot": ["runs/x"], "train": [], "bench": [],
+            "export": ["--checkpoint", "x.pth.tar", "--format", "onnx", "--output", "x.onnx"]}
 HOSTILE = ["-1", "0", "1.5", "100000000000000000000", "-100000000000000000000", "nan", "inf", "1e999", "0x10",
            "9" * 5000, "ten"]
 

@@ -183,7 +183,7 @@ def test_deep_images_are_scaled_by_their_bit_depth_not_clipped(tmp_path: Path, c
 
 
 def test_a_dark_16_bit_png_predicts_what_its_8_bit_twin_predicts(tmp_path: Path) -> None:
-    from idml.inference import load_trained_model, predict_files
+    from idml.inference import checkpoint_predictor, load_trained_model, predict_files
     from idml.models.registry import build_from_spec
     from idml.models.spec import ModelSpec
 
@@ -194,7 +194,7 @@ def test_a_dark_16_bit_png_predicts_what_its_8_bit_twin_predicts(tmp_path: Path)
     (tmp_path / "deep.png").write_bytes(png_bytes(np.stack([DARK] * 3, -1) * 20, 2))  # values 0..59980
     Image.fromarray(np.stack([np.rint(DARK * 20 / 257).astype(np.uint8)] * 3, -1)).save(tmp_path / "twin.png")
     (tmp_path / "gray16.png").write_bytes(png_bytes(DARK * 20, 0))
-    trained = load_trained_model(tmp_path / "c.pth", torch.device("cpu"))
+    trained = checkpoint_predictor(load_trained_model(tmp_path / "c.pth", torch.device("cpu")), "c.pth")
     deep, twin, gray = predict_files(trained, [tmp_path / "deep.png", tmp_path / "twin.png",
                                                tmp_path / "gray16.png"], topk=3, batch_size=3)
     assert deep.classes == twin.classes == gray.classes
