@@ -119,15 +119,38 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def open_to_read(path: str | Path, what: str) -> BinaryIO:
-    """``path`` opened for binary reading; a missing file, a folder or an unreadable one is one line
-    calling it ``what`` ("checkpoint", "model")."""
+class NotRegularFile(OSError):
+    """A name that leads to something other than a regular file (a folder, a named pipe, a device)."""
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file (links followed, as any reader
+    does), else :class:`NotRegularFile`; the one way idml opens a file it reads whole.
+
+    Opened without blocking and checked before a byte is read: a named pipe called ``m.onnx`` or
+    ``x.JPEG`` would otherwise make the reader wait forever, and a device would be read without end.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        return open(path, "rb")
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+                                 "a folder" if stat.S_ISDIR(mode) else "a named pipe or a device")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_to_read(path: str | Path, what: str) -> BinaryIO:
+    """``path`` opened for binary reading (:func:`open_regular`); a missing file, a folder, a pipe
+    or an unreadable one is one line calling it ``what`` ("checkpoint", "model")."""
+    try:
+        return open_regular(path)
     except FileNotFoundError as exc:
         raise IdmlError(f"{what} {path} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise IdmlError(f"{what} {path} is a folder, not a {what} file") from exc
+    except NotRegularFile as exc:
+        raise IdmlError(f"{what} {path} is {exc.strerror}, not a {what} file") from exc
     except OSError as exc:
         raise IdmlError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 

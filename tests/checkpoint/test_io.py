@@ -154,7 +154,7 @@ def test_unreadable_file_says_so_not_corrupt(run: dict[str, Path], monkeypatch: 
     def denied(*_args, **_kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(idml.files, "open", denied, raising=False)  # the one place files are opened to read
+    monkeypatch.setattr(idml.files, "open_regular", denied)  # the one place files are opened to read
     with pytest.raises(IdmlError) as info:
         load_checkpoint(run["checkpoint"])
     message = one_line_message(info, f"cannot read checkpoint {run['checkpoint']}: Permission denied")

@@ -33,7 +33,6 @@ import contextlib
 import io
 import logging
 import os
-import stat
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -51,6 +50,7 @@ from torchvision.transforms import v2
 from idml.data.catalog import dataset_info
 from idml.data.digits import upsample_digits
 from idml.errors import DataError, one_line
+from idml.files import NotRegularFile, open_regular
 
 try:  # a dependency; without it (a platform with no wheel) JPEGs are decoded by Pillow, more slowly
     import simplejpeg
@@ -155,19 +155,12 @@ def _eight_bit(img: Image.Image) -> Image.Image:
 
 
 def _open_file(path: str | Path) -> BinaryIO:
-    """``path`` opened for reading if it is a regular file (following links, as any reader does).
-
-    Opened without blocking and checked before reading: a named pipe called ``x.JPEG`` in a class
-    folder would otherwise hang the reader forever, and a device would be read without end.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    """``path`` opened for reading if it is a regular file (:func:`idml.files.open_regular`): a named
+    pipe called ``x.JPEG`` in a class folder would otherwise hang the reader forever."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DataError(f"cannot read image {path}: not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+        return open_regular(path)
+    except NotRegularFile as exc:
+        raise DataError(f"cannot read image {path}: not a regular file ({exc.strerror})") from exc
 
 
 @contextlib.contextmanager
