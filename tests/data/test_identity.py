@@ -173,60 +173,50 @@ def test_an_imagenet_folder_changed_inside_an_epoch_is_refused(tmp_path) -> None
                      "epochs train on them as they are now"]
 
 
-def test_an_hf_dataset_changed_inside_an_epoch_is_refused(tmp_path, monkeypatch, capsys) -> None:
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-
-    def save(n: int) -> Path:
-        rows = [Image.fromarray(np.full((12, 12, 3), 10 * i, np.uint8)) for i in range(n)]
-        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
-        split = lambda k: datasets.Dataset.from_dict({"image": rows[:k], "label": [i % 2 for i in range(k)]},  # noqa: E731
-                                                     features=features)
-        path = tmp_path / "hf"
-        shutil.rmtree(path, ignore_errors=True)
-        datasets.DatasetDict({"train": split(n), "validation": split(4)}).save_to_disk(str(path))
-        return path
-
-    path = save(24)
-    args = ["train", "--dataset", f"hf:{path}", "--input_size", "12", "--output_dir", str(tmp_path), "--expname",
-            "run", *NET, "--epochs", "2"]
-    signal_at(monkeypatch, signal.SIGTERM, 0, 1)
-    assert run_idml(args, capsys)[0] == 143
-    monkeypatch.undo()
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    save(26)
-    code, _, err = run_idml([*args, "--resume", "auto"], capsys)
-    one_error_line(err, "the training images changed since the checkpoint was written (24 then, 26 now)", code=code)
-
-
-def test_an_hf_dataset_whose_images_were_replaced_under_the_same_labels_is_refused_inside_an_epoch(
-        tmp_path, monkeypatch, capsys) -> None:
-    """Rows of a Hugging Face dataset have no names: the identity also holds each image's byte count
-    (from Arrow's offsets, no image read), so images replaced under the same labels are seen."""
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+def save_hf(root: Path, datasets, images: list[Image.Image]) -> Path:
+    """``root/hf``: the images as a training split (labels alternating a, b) and the first 4 as the
+    validation split, replacing any earlier one."""
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    split = lambda k: datasets.Dataset.from_dict({"image": images[:k], "label": [i % 2 for i in range(k)]},  # noqa: E731
+                                                 features=features)
+    path = root / "hf"
+    shutil.rmtree(path, ignore_errors=True)
+    datasets.DatasetDict({"train": split(len(images)), "validation": split(4)}).save_to_disk(str(path))
+    return path
 
-    def save(seed: int) -> Path:
-        rng = np.random.default_rng(seed)
-        rows = [Image.fromarray(rng.integers(0, 256, (12, 12 + (i + seed) % 3, 3), dtype=np.uint8)) for i in range(24)]
-        split = lambda k: datasets.Dataset.from_dict({"image": rows[:k], "label": [i % 2 for i in range(k)]},  # noqa: E731
-                                                     features=features)
-        path = tmp_path / "hf"
-        shutil.rmtree(path, ignore_errors=True)
-        datasets.DatasetDict({"train": split(24), "validation": split(4)}).save_to_disk(str(path))
-        return path
 
-    args = ["train", "--dataset", f"hf:{save(0)}", "--input_size", "12", "--output_dir", str(tmp_path), "--expname",
-            "run", *NET, "--epochs", "2"]
+def plain(count: int) -> list[Image.Image]:
+    return [Image.fromarray(np.full((12, 12, 3), 10 * i, np.uint8)) for i in range(count)]
+
+
+def noise(seed: int) -> list[Image.Image]:
+    """24 noise images whose widths (so their files' sizes) depend on ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (12, 12 + (i + seed) % 3, 3), dtype=np.uint8)) for i in range(24)]
+
+
+#: how the dataset changes while the run is stopped -> (images before, after, the change the line names)
+HF_CHANGES = {
+    "rows added": (lambda: plain(24), lambda: plain(26), "(24 then, 26 now)"),
+    # rows have no names: the identity holds each image's byte count (from Arrow's offsets, no image read)
+    "images replaced under the same labels": (lambda: noise(0), lambda: noise(1), "(24 images, other files"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(HF_CHANGES))
+def test_an_hf_dataset_changed_inside_an_epoch_is_refused(tmp_path, monkeypatch, capsys, change: str) -> None:
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    before, after, words = HF_CHANGES[change]
+    args = ["train", "--dataset", f"hf:{save_hf(tmp_path, datasets, before())}", "--input_size", "12",
+            "--output_dir", str(tmp_path), "--expname", "run", *NET, "--epochs", "2"]
     signal_at(monkeypatch, signal.SIGTERM, 0, 1)
     assert run_idml(args, capsys)[0] == 143
     monkeypatch.undo()
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    save(1)  # the same labels in the same order, other images
+    save_hf(tmp_path, datasets, after())
     code, _, err = run_idml([*args, "--resume", "auto"], capsys)
-    one_error_line(err, "the training images changed since the checkpoint was written (24 images, other files",
-                   code=code)
+    one_error_line(err, f"the training images changed since the checkpoint was written {words}", code=code)
 
 
 # -- the record itself ----------------------------------------------------------------------------------
