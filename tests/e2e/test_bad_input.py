@@ -120,7 +120,7 @@ BAD_FLAGS = {
     "batch size zero": (["--batch_size", "0"], r"--batch_size must be an integer in \[1, 65536\] \(got 0\)"),
     "cutmix_prob above 1": (["--cutmix_prob", "1.5"], r"--cutmix_prob must be a number in \[0, 1\]"),
     "cutmix_prob below 0": (["--cutmix_prob", "-0.1"], r"--cutmix_prob must be a number in \[0, 1\]"),
-    "beta negative": (["--beta", "-1"], "--beta must be a number >= 0"),
+    "beta negative": (["--beta", "-1"], r"--beta must be 0 \(off\) or a number in \[1e-06, 1e\+06\]"),
     "epochs negative": (["--epochs", "-1"], r"--epochs must be an integer in \[1, 100000\]"),
     "epochs zero": (["--epochs", "0"], r"--epochs must be an integer in \[1, 100000\] \(got 0\)"),
     "save_every_steps negative": (["--save_every_steps", "-5"], "--save_every_steps must be an integer in"),

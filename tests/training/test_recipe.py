@@ -337,7 +337,7 @@ def test_init_from_in_a_run_prints_what_it_loaded(tmp_path: Path, capsys) -> Non
     ("warmup_epochs", 1e308, "--warmup_epochs must be a number in [0, 100000] (got 1e+308)"),
     ("grad_accum_steps", 0, "--grad_accum_steps must be an integer in [1, 1000000000] (got 0)"),
     ("label_smoothing", 1.0, "--label_smoothing must be a number in [0, 1) (got 1.0)"),
-    ("clip_grad_norm", -1.0, "--clip_grad_norm must be a number >= 0 (got -1.0)"),
+    ("clip_grad_norm", -1.0, "--clip_grad_norm must be 0 (off) or a number >= 1e-06 (got -1.0)"),
     ("init_from", " ", "--init_from must be the path of a weights file (got ' ')"),
 ])
 def test_bad_recipe_values_are_one_line(flag: str, value, fragment: str) -> None:
