@@ -99,7 +99,8 @@ def device_count(value: Any) -> int | None:
 
 
 DEVICES_RULE = Rule(f"be auto or a number of devices in [1, {MAX_DEVICES}]",
-                    lambda v: v == "auto" or 1 <= (device_count(v) or 0) <= MAX_DEVICES)
+                    lambda v: v == "auto" or 1 <= (device_count(v) or 0) <= MAX_DEVICES,
+                    edges=("auto", 1, "2", MAX_DEVICES, MAX_DEVICES + 1, 0, "9" * 5000, "many"))
 
 
 @dataclass(frozen=True)
