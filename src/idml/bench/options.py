@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from idml.config import TrainConfig
 from idml.data.catalog import dataset_info, datasets_that_can
-from idml.errors import ConfigError, listing
+from idml.errors import ConfigError, describe, listing
 
 #: model variants: name -> the settings it trains with, derived from the command line's.
 MODEL_VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
@@ -41,7 +41,8 @@ def chosen_variants(spec: str | None, dataset: str) -> list[str]:
     known = [*MODEL_VARIANTS, DATA_ONLY]
     unknown = [v for v in names if v not in known]
     if unknown or not names:
-        raise ConfigError(f"unknown --variants {', '.join(unknown) or spec!r}: choose from {', '.join(known)}")
+        named = ", ".join(describe(u) for u in unknown[:5]) or describe(spec)
+        raise ConfigError(f"unknown --variants {named}: choose from {', '.join(known)}")
     if DATA_ONLY in names and not in_memory:
         raise ConfigError("the data-only variant needs an in-memory dataset "
                           f"({listing(datasets_that_can('in_memory'))})")

@@ -44,7 +44,7 @@ import torch
 from idml.bench.options import ISOLATIONS, RoundPlan
 from idml.device.memory import PeakMemory
 from idml.device.runtime import synchronize
-from idml.errors import IdmlError, one_line
+from idml.errors import IdmlError, describe, one_line
 
 #: the A/A check passes when the paired ratio of a variant against itself is within 3% of 1.00
 AA_TOLERANCE = 0.03
@@ -214,7 +214,7 @@ def measure_rounds(slots: list[Slot], steps: int, warmup: int, *, isolation: str
     process of its own, else all in this one.
     """
     if isolation not in ISOLATIONS:
-        raise IdmlError(f"unknown isolation {isolation!r}: choose from {', '.join(ISOLATIONS)}")
+        raise IdmlError(f"unknown isolation {describe(isolation)}: choose from {', '.join(ISOLATIONS)}")
     plan = RoundPlan(steps) if plan is None else plan
     threads = torch.get_num_threads() if threads is None else threads
     kind = _Worker if isolation == "process" else _Local

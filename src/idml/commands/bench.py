@@ -25,19 +25,29 @@ from idml.bench.options import (
 )
 from idml.config import OneLineParser, TrainConfig, add_train_arguments, config_from_args
 from idml.errors import ConfigError
+from idml.rules import flag_type, integer, number
+
+#: The most timed (or warm-up) steps per variant: a benchmark, not a training run.
+MAX_BENCH_STEPS = 100_000
+#: The longest --max_minutes: a week.
+MAX_BENCH_MINUTES = 7 * 24 * 60
+#: The most training files --input_pipeline times per turn (a folder holding fewer is timed whole).
+MAX_BENCH_IMAGES = 1_000_000_000
 
 
 def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     parser = OneLineParser(prog="idml bench", description=__doc__.splitlines()[0].split(": ", 1)[1])
     add_train_arguments(parser)
     bench = parser.add_argument_group("benchmark")
-    bench.add_argument("--steps", type=int, default=10,
+    bench.add_argument("--steps", type=flag_type(int, integer(1, MAX_BENCH_STEPS)), default=10,
                        help="timed rounds (one step per variant each) at least (default: %(default)s)")
-    bench.add_argument("--max_rounds", type=int, default=40, metavar="N",
+    bench.add_argument("--max_rounds", type=flag_type(int, integer(1, MAX_BENCH_STEPS)), default=40, metavar="N",
                        help="while the A/A check fails, more rounds up to N in all (default: %(default)s)")
-    bench.add_argument("--max_minutes", type=float, default=None, metavar="M",
+    bench.add_argument("--max_minutes", type=flag_type(float, number(above=0, high=MAX_BENCH_MINUTES)), default=None,
+                       metavar="M",
                        help="and stop adding rounds once the timed rounds took M minutes (default: no limit)")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default: %(default)s)")
+    bench.add_argument("--warmup", type=flag_type(int, integer(0, MAX_BENCH_STEPS)), default=2,
+                       help="untimed steps per variant first (default: %(default)s)")
     bench.add_argument("--variants", default=None,
                        help=f"comma-separated, from {', '.join([*MODEL_VARIANTS, DATA_ONLY])} "
                             f"(default: {', '.join(STANDARD)}; data-only for 32x32 datasets only)")
@@ -50,14 +60,10 @@ def parse_bench_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     bench.add_argument("--input_pipeline", action="store_true",
                        help="time the ImageNet training input pipeline alone (files to normalised batches on "
                             "--device, -j workers; variants idml,official), no model; see docs/input-pipeline.md")
-    bench.add_argument("--images", type=int, default=None,
+    bench.add_argument("--images", type=flag_type(int, integer(1, MAX_BENCH_IMAGES)), default=None,
                        help="--input_pipeline: training images per timed turn (default: 8 batches)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    if args.steps < 1 or args.warmup < 0 or args.max_rounds < 1:
-        raise ConfigError("--steps and --max_rounds must be at least 1 and --warmup at least 0")
-    if args.max_minutes is not None and not 0 < args.max_minutes < float("inf"):
-        raise ConfigError(f"--max_minutes {args.max_minutes:g}: give a positive number of minutes")
     if args.input_pipeline:
         pipeline_variants(args.variants, cfg.dataset)  # a bad choice is refused before any work
         return cfg, args

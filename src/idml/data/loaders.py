@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
+from idml.data.image_files import SKIP_HINT, UnusableImage, unusable
 from idml.errors import DataError
 
 if TYPE_CHECKING:
@@ -161,7 +162,9 @@ class SeededImages(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs ~0.3 ms
                 return self.images[index]
-        except DataError:
+        except DataError as exc:
+            if not self.skip_bad and isinstance(exc, UnusableImage):  # refused by a transform: name the file
+                raise unusable(self.images.samples[index][0], exc, SKIP_HINT) from exc
             if not self.skip_bad:
                 raise
             self.note_skipped(self.images.samples[index][0])
