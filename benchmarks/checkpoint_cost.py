@@ -63,7 +63,7 @@ def measure(flags: list[str], output_dir: Path, rounds: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--output_dir", default="/tmp/idml-checkpoint-cost")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()

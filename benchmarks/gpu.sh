@@ -10,8 +10,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 DEADLINE=${DEADLINE:-470}   # seconds for the whole script
-LOGS=${OUT:-/tmp/idml-gpu}
+# a private folder by default (a fixed name under /tmp is one where others can plant links)
+LOGS=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/idml-gpu.XXXXXX")}
 mkdir -p "$LOGS"
+set -o noclobber   # `>` never replaces an existing file, nor writes through a planted link
 FAILED=0
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 echo "# date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -25,11 +27,12 @@ bench() {  # bench NAME LIMIT_SECONDS FLAGS...
   if (( limit < 30 )); then echo "# $name: skipped, ${left}s left" >&2; FAILED=1; return; fi
   echo "# $name (limit ${limit}s): idml bench --device cuda $*"
   local start=$SECONDS json="$LOGS/$name.json.partial" log="$LOGS/$name.stderr"
+  rm -f "$json" "$log"   # of an earlier run into the same $OUT (rm removes a link, not its target)
   timeout "$limit" "$PYTHON" -m idml bench --json --device cuda "$@" > "$json" 2> "$log"
   local rc=$?
   if (( rc == 0 )) && [[ -s "$json" ]]; then
     cat "$json"
-    mv "$json" "$LOGS/$name.json"
+    mv -T "$json" "$LOGS/$name.json"   # -T: a link planted there is replaced, never followed
   else
     local why="exit $rc"; (( rc == 124 )) && why="timed out after ${limit}s"
     echo "# $name: FAILED ($why); no result written; its stderr:" >&2

@@ -127,9 +127,11 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=48.0)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--bottleneck", action="store_true", help="bottleneck blocks (default: basic)")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed rounds at least")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                        help="idml's precision (the official step is float32 whatever this says)")
     parser.add_argument("--json", action="store_true")
 
 
@@ -137,7 +139,7 @@ def official_config(args: argparse.Namespace) -> TrainConfig:
     """The official CIFAR IDML-CutMix command: CutMix beta 1.0 with probability 0.5, lr 0.25, 300 epochs."""
     return TrainConfig(net_type="pyramidnet", dataset="cifar10", depth=args.depth, alpha=args.alpha,
                        bottleneck=args.bottleneck, batch_size=args.batch_size, lr=0.25, epochs=300, beta=1.0,
-                       cutmix_prob=0.5, device=args.device)
+                       cutmix_prob=0.5, device=args.device, amp=args.amp)
 
 
 def parse(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
@@ -146,6 +148,9 @@ def parse(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     parser.add_argument("--variants", default="default",
                         help="idml variants timed beside the official step (default: default)")
     parser.add_argument("--aa", default=OFFICIAL, help="the variant run twice for the A/A check (none: skip)")
+    parser.add_argument("--max_rounds", type=int, default=40,
+                        help="while the A/A check fails, more rounds up to this many in all")
+    parser.add_argument("--max_minutes", type=float, default=None, help="and at most this long")
     args = parser.parse_args(argv)
     return official_config(args), args
 
@@ -164,17 +169,21 @@ def main(argv: list[str]) -> int:
         aa = None if args.aa == "none" else args.aa
         if aa is not None and aa not in [OFFICIAL, *names]:
             raise IdmlError(f"--aa {aa} is not among the variants run ({OFFICIAL}, {', '.join(names)})")
+        cfg, how = bench.settled_format(cfg, names)
         slots = [Slot(OFFICIAL, official_runner, (str(code), cfg))]
         if aa == OFFICIAL:
             slots.append(Slot(bench.aa_label(OFFICIAL), official_runner, (str(code), cfg)))
         slots += bench.variant_slots(cfg, names, aa)
         threads = torch.get_num_threads()
-        measure_rounds(slots, args.steps, args.warmup, threads=threads, seed=cfg.seed)
+        plan = bench_command.round_plan(args)
+        done = measure_rounds(slots, args.steps, args.warmup, threads=threads, seed=cfg.seed, plan=plan,
+                              aa=bench.aa_pair(slots, aa))
     except IdmlError as exc:
         print(f"official_step.py: {exc}", file=sys.stderr)
         return 2
-    config = bench.config_fields(cfg, args.steps, args.warmup) | {"official_code": str(code)}
-    result = bench.report(slots, config, torch.device(cfg.device), "process", aa, threads)
+    config = bench.config_fields(cfg, args.steps, args.warmup, how) | {"official_code": str(code)}
+    result = bench.report(slots, config, torch.device(cfg.device), "process", aa, threads,
+                          bench.rounds_fields(done, plan))
     print(json.dumps(result) if args.json else bench_command.format_table(result))
     return 0
 

@@ -15,6 +15,7 @@ STEPS=${STEPS:-10}
 OUT=${OUT:-benchmarks/out}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
+set -o noclobber   # `>` never replaces an existing file, nor writes through a planted link
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   resnet_batch=256
@@ -25,12 +26,14 @@ cifar_mix=(--beta 1.0 --cutmix_prob 0.5)   # the official CIFAR IDML-CutMix comm
 bench() {
   local name=$1; shift
   # shellcheck disable=SC2086  # EXTRA is a list of flags
-  "$PYTHON" -m idml bench --steps "$STEPS" --json "$@" ${EXTRA:-} | tee "$OUT/$name-$stamp.json"
+  "$PYTHON" -m idml bench --steps "$STEPS" --json "$@" ${EXTRA:-} > "$OUT/$name-$stamp.json"
+  cat "$OUT/$name-$stamp.json"
 }
 bench pyramidnet110 --net_type pyramidnet --dataset cifar10 --depth 110 --alpha 48 --no-bottleneck \
   --batch_size 128 "${cifar_mix[@]}"
 bench pyramidnet200 --net_type pyramidnet --dataset cifar10 --depth 200 --alpha 240 --batch_size 64 "${cifar_mix[@]}"
 bench resnet50 --net_type resnet --dataset imagenet --depth 50 --batch_size "$resnet_batch" --beta 1.0 --cutmix_prob 1.0
 if [[ -n "${IDML_OFFICIAL_DIR:-}" ]]; then
-  "$PYTHON" benchmarks/official_step.py --steps "$STEPS" --json | tee "$OUT/official-step-$stamp.json"
+  "$PYTHON" benchmarks/official_step.py --steps "$STEPS" --json > "$OUT/official-step-$stamp.json"
+  cat "$OUT/official-step-$stamp.json"
 fi

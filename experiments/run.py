@@ -102,6 +102,7 @@ def run_one(job: tuple[str, str, str, int, dict, Path, bool]) -> Path:
     from idml.checkpoint.io import load_checkpoint
     from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME
     from idml.config import TrainConfig
+    from idml.files import write_text
     from idml.training.setup import run_train
 
     torch.set_num_threads(1)
@@ -131,10 +132,7 @@ def run_one(job: tuple[str, str, str, int, dict, Path, bool]) -> Path:
 
               "train_seconds": seconds, "commit": commit(), "date": time.strftime("%Y-%m-%d")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(record, indent=1))
-    tmp_out.replace(out)
-    return out
+    return write_text(out, json.dumps(record, indent=1))  # atomic, never through a planted link
 
 
 def main() -> int:

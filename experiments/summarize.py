@@ -98,6 +98,8 @@ def figure(cells: dict, path: Path) -> None:
     """Top-1 error of every run, one panel per setting, plain and ISM side by side."""
     import matplotlib
 
+    from idml.files import atomic_write
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -119,7 +121,7 @@ def figure(cells: dict, path: Path) -> None:
                for c, lbl in (("tab:gray", "without ISM"), ("tab:blue", "with ISM"))]
     fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120))  # never through a planted link
 
 
 # -- the uncertainty grid ------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -41,3 +42,19 @@ def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """CPU runs cache their timed memory format in the user's cache folder: the tests' go to a
+    folder of their own (inherited by the runs they start as subprocesses), never to ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _untimed_memory_format() -> None:
+    """No timing of the CPU memory format in the suite's runs (subprocesses inherit it): the rule
+    decides, so that two runs of a test compared bit for bit train in the same format whatever a
+    timing on shared cores would find, and no run pays for one. The tests of the timing turn it
+    back on (tests/training/test_format_trial.py, the DDP and bench tests that exercise it)."""
+    os.environ["IDML_MEMORY_FORMAT_TRIAL"] = "off"

@@ -17,7 +17,7 @@ from expect import one_error_line
 from runs import TRAIN_PY, run_cli, run_idml, run_train_process, subprocess_env
 
 BAD_COMMAND_LINES = {
-    "lr_zero": (["--lr", "0"], ["--lr", "positive"]),
+    "lr_zero": (["--lr", "0"], ["--lr", "a number in (0, 1e+06]"]),
     "cutmix_prob_2": (["--cutmix_prob", "2"], ["--cutmix_prob", "[0, 1]"]),
     "pyramidnet_depth_33": (["--net_type", "pyramidnet", "--dataset", "cifar10", "--depth", "33"],
                             ["depth 33", "9n+2", "11, 20"]),

@@ -1,6 +1,9 @@
 """The YAML files under configs/: they load through the real parser, match the README's commands
 and the paper's table, and command-line flags override them."""
 
+import contextlib
+import io
+import os
 from dataclasses import fields
 from importlib.util import find_spec
 
@@ -8,10 +11,13 @@ import pytest
 import yaml
 
 import doc_blocks
+from child import in_child
 from doc_blocks import ROOT, section
-from expect import one_line_message
-from idml.config import TrainConfig, flag_table, parse_train_args
+from expect import one_error_line, one_line_message
+from idml.cli import main as cli_main
+from idml.config import TrainConfig, flag_table, load_yaml_config, parse_train_args
 from idml.errors import ConfigError
+from runs import run_idml
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 OFFICIAL_PAIRS = [(f"official/{ds}_{m}.yaml", f"paper/{ds}/{m}.yaml")
@@ -180,3 +186,55 @@ def test_the_default_network(argv, network) -> None:
     cfg = parse_train_args(argv)
     assert (cfg.net_type, cfg.depth, cfg.bottleneck, cfg.own_default_network) == network
     assert cfg.to_dict()["net_type"] == network[0]  # config.yaml and checkpoints record the network itself
+
+
+# -- hostile settings files: one line, memory bounded by the file --------------------------------------
+def alias_bomb(name: str) -> str:
+    """``name`` holding a YAML alias bomb: 9 levels of 9 references, 387 million strings if expanded
+    (a few hundred bytes on disk, and a few KB once loaded: the references are shared)."""
+    levels = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    return f"{name}: [{', '.join(levels)}]\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork to measure a child's memory")
+@pytest.mark.parametrize("name", [f.name for f in fields(TrainConfig)])
+def test_a_yaml_alias_bomb_in_any_setting_is_one_line_in_bounded_memory(tmp_path, name: str) -> None:
+    """The review's case: a bomb in a setting of the wrong type was expanded into the error message."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb(name))
+
+    def run() -> str:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli_main(["train", "--config", str(path)])
+        return f"{code}|{err.getvalue()}"
+
+    status, text, grown = in_child(run)
+    assert os.WIFEXITED(status)
+    assert grown < 50 * 2**20, f"{grown / 2**20:.0f} MiB for a {path.stat().st_size}-byte file"
+    code, _, err = text.removeprefix("returned ").partition("|")
+    assert code == "2" and err.count("\n") == 1 and "Traceback" not in err and len(err) < 400, text[:500]
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ("[" * 50000 + "]" * 50000, "nested too deeply"),
+    ("1: 2\nfoo: 3\n", "unknown setting(s) 1, 'foo'"),
+    ("lr: \xff\n", "is not valid YAML"),
+    ("lr: !!python/object:os.system 'echo'\n", "is not valid YAML"),
+    ("".join(f"k{i}: 1\n" for i in range(1000)), "and 995 more"),
+])
+def test_hostile_settings_files_are_one_line(tmp_path, capsys, content: str, fragment: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content.encode("latin-1") if "\xff" in content else content.encode())
+    code, _, err = run_idml(["train", "--config", str(path)], capsys)
+    one_error_line(err, fragment, code=code)
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path) -> None:
+    """PyYAML reads ``1e-3`` as text (YAML 1.1 wants ``1.0e-3``); a settings file means the number."""
+    path = tmp_path / "sci.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 5e-4\nepochs: 1e3\nexpname: 1e5\n")
+    values = load_yaml_config(str(path))
+    assert values["lr"] == 0.001 and values["weight_decay"] == 0.0005
+    assert values["epochs"] == "1e3" and values["expname"] == "1e5"  # an integer setting, a text setting: as written

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 
+from idml.config import setting_problem
 from idml.mixing import MixConfig, MixedBatch, cutmix, mix_batch, mixed_cross_entropy, mixup
 
 B, H, W = 8, 20, 28  # not square, so that height and width cannot be swapped unnoticed
@@ -166,3 +169,21 @@ def test_one_draw_per_batch_picks_cutmix_then_mixup_then_nothing(cfg):
             assert out.lam == expected.lam and torch.equal(out.images, expected.images)
         kinds.append(kind)
     assert ("mixup" in kinds) == (cfg.mixup_share > 0) and ("cutmix" in kinds) == (cfg.cutmix_share > 0)
+
+
+@pytest.mark.parametrize("name", ["beta", "mixup_alpha"])
+@pytest.mark.parametrize("value", [5e-324, 1e-300, 1e-6, 0.2, 1.0, 1e6, 1e300, sys.float_info.max])
+def test_every_accepted_beta_shape_mixes_as_its_distribution_says(name: str, value: float) -> None:
+    """A --beta or --mixup_alpha the settings accept mixes batches into finite images with weights
+    in [0, 1] whose mean is about 1/2 (the mean of a symmetric Beta distribution). NumPy's Beta draws
+    only 0 for a shape near the largest float: that shape must be refused, not train on one image."""
+    if setting_problem(name, value) is not None:
+        return
+    images, targets = labelled_images()
+    weights = []
+    for seed in range(100):
+        mixed = (cutmix if name == "beta" else mixup)(images, targets, value, np.random.default_rng(seed))
+        assert 0.0 <= mixed.lam <= 1.0 and torch.isfinite(mixed.images).all(), (name, value, seed)
+        weights.append(mixed.lam)
+    if name == "mixup_alpha":  # Mixup's weight is the draw itself (CutMix's is the area a clipped box leaves)
+        assert 0.3 <= np.mean(weights) <= 0.7, (name, value, np.mean(weights))

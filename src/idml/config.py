@@ -26,6 +26,7 @@ from idml.data.catalog import (
     DEFAULT_UNCERTAINTY_DIM,
     MAX_INPUT_SIZE,
     MIN_INPUT_SIZE,
+    MIN_STD,
     canonical_name,
     dataset_info,
     dataset_problem,
@@ -34,9 +35,9 @@ from idml.data.catalog import (
     parse_classes,
     user_dataset,
 )
-from idml.errors import ConfigError, listing, one_line
+from idml.errors import ConfigError, describe, listing, one_line
 from idml.models.spec import ModelSpec, canonical_net_type, net_type_problem
-from idml.rules import Rule, boolean, integer, number, numbers, one_of, optional, text
+from idml.rules import Rule, boolean, flag_type, integer, number, numbers, off_or, one_of, optional, text
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -60,11 +61,34 @@ MAX_DEVICES = 512
 MAX_STOP_AFTER_H = 24 * 365
 #: signals ``--stop_signal`` may name (SIGTERM and SIGINT always stop a run cleanly)
 STOP_SIGNAL_CHOICES = ("USR1", "USR2", "HUP", "TERM")
+#: --expname leaves room in a file name (255 bytes) for the ".N" of an archived run folder.
+MAX_EXPNAME = 240
+#: lambda scales a float32 distance in (1e-12, 4] (the ISM's scaled semantic distance): within these
+#: bounds the product and its gradient stay finite and normal; 5 is the paper's value.
+MIN_ISM_LAMBDA, MAX_ISM_LAMBDA = 1e-6, 1e6
+#: The shape parameter of the Beta distributions of CutMix (--beta) and Mixup (--mixup_alpha); 1 is the
+#: official recipe's. Beyond these bounds the value makes no difference (below, every draw is 0 or 1;
+#: above, 0.5) or a wrong one: NumPy draws only 0 for a shape near the largest float (every batch
+#: would be replaced by its shuffled copy), and its legacy sampler draws NaN for a subnormal one.
+BETA_SHAPE = number(1e-6, 1e6)
+#: Gradient norms are float32: a --clip_grad_norm below this would zero every gradient, silently.
+MIN_CLIP_NORM = 1e-6
+#: Far above any learning rate in use (about 10 at most), and far inside float32, in which torch
+#: keeps a parameter group's learning rate (1e308 overflowed it: a traceback at the first step).
+MAX_LR = 1e6
+#: Momentum and weight decay are shares of the weights and of their updates: above 1 an SGD step
+#: grows them without end (and torch's float32 parameter groups overflow above 3.4e38).
+MAX_MOMENTUM = MAX_WEIGHT_DECAY = 1.0
+#: A per-channel mean and standard deviation of images in [0, 1] units (see data/catalog.py's
+#: MIN_STD): a mean outside [0, 1] (say the 0-255 ImageNet mean, 123.7) or a tiny std is no
+#: statistic of such images, and would turn every input into overflow.
+CHANNEL_MEAN = number(0, 1)
+CHANNEL_STD = number(MIN_STD, 1)
 SCHED_CHOICES = ("step", "cosine")
 DECODE_CHOICES = ("cpu", "gpu", "auto")
 EXPNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+=-]*"
-EXPNAME_WORDS = ("be a plain folder name (letters, digits and . _ + = -, starting with a letter or digit), "
-                 "so that the run stays inside --output_dir")
+EXPNAME_WORDS = ("be a plain folder name of at most 240 characters (letters, digits and . _ + = -, starting "
+                 "with a letter or digit), so that the run stays inside --output_dir")
 #: The official defaults of --net_type, --depth and bottleneck blocks; idml's own datasets have
 #: their own default network (:data:`idml.data.catalog.OWN_DEFAULT_NETWORK`).
 OFFICIAL_NETWORK = ("pyramidnet", 32, True)
@@ -81,7 +105,8 @@ def device_count(value: Any) -> int | None:
 
 
 DEVICES_RULE = Rule(f"be auto or a number of devices in [1, {MAX_DEVICES}]",
-                    lambda v: v == "auto" or 1 <= (device_count(v) or 0) <= MAX_DEVICES)
+                    lambda v: v == "auto" or 1 <= (device_count(v) or 0) <= MAX_DEVICES,
+                    edges=("auto", 1, "2", MAX_DEVICES, MAX_DEVICES + 1, 0, "9" * 5000, "many"))
 
 
 @dataclass(frozen=True)
@@ -143,10 +168,12 @@ class TrainConfig:
                               rule=integer(1, MAX_BATCH),
                               help="mini-batch size: per process under torchrun; the total, split evenly, when "
                               "idml starts one process per device itself (--devices)")
-    lr: float = setting(0.1, "--lr", "--learning-rate", group=OFFICIAL, rule=number(above=0),
+    lr: float = setting(0.1, "--lr", "--learning-rate", group=OFFICIAL, rule=number(above=0, high=MAX_LR),
                         help="initial learning rate")
-    momentum: float = setting(0.9, "--momentum", group=OFFICIAL, rule=number(0), help="SGD momentum (Nesterov)")
-    weight_decay: float = setting(1e-4, "--weight-decay", "--wd", group=OFFICIAL, rule=number(0), help="weight decay")
+    momentum: float = setting(0.9, "--momentum", group=OFFICIAL, rule=number(0, MAX_MOMENTUM),
+                              help="SGD momentum (Nesterov)")
+    weight_decay: float = setting(1e-4, "--weight-decay", "--wd", group=OFFICIAL,
+                                  rule=number(0, MAX_WEIGHT_DECAY), help="weight decay")
     print_freq: int = setting(1, "--print-freq", "-p", group=OFFICIAL, rule=integer(1), help="print every N batches")
     depth: int | None = setting(None, "--depth", group=OFFICIAL, shown_default=str(OFFICIAL_NETWORK[1]),
                                 rule=optional(integer(1, MAX_DEPTH)),
@@ -160,9 +187,9 @@ class TrainConfig:
     alpha: float = setting(300.0, "--alpha", group=OFFICIAL, rule=number(0, MAX_ALPHA),
                            help="PyramidNet widening factor")
     expname: str = setting("TEST", "--expname", group=OFFICIAL,
-                           rule=text(255, pattern=EXPNAME_PATTERN, words=EXPNAME_WORDS),
+                           rule=text(MAX_EXPNAME, pattern=EXPNAME_PATTERN, words=EXPNAME_WORDS),
                            help="run name: files go to <output_dir>/<expname>/")
-    beta: float = setting(0.0, "--beta", group=OFFICIAL, rule=number(0),
+    beta: float = setting(0.0, "--beta", group=OFFICIAL, rule=off_or(BETA_SHAPE),
                           help="CutMix Beta(beta, beta) parameter; 0 = no CutMix")
     cutmix_prob: float = setting(0.0, "--cutmix_prob", group=OFFICIAL, rule=number(0, 1),
                                  help="probability of CutMix per batch")
@@ -184,12 +211,13 @@ class TrainConfig:
                           help="auto = CUDA when available, else Apple silicon's MPS, else CPU")
     ism: bool = setting(True, "--no-ism", action="off",
                         rule=boolean(), help="train the plain network (the paper's Baseline rows) without the ISM head")
-    ism_lambda: float = setting(5.0, "--ism_lambda", rule=number(above=0), help="lambda of the introspective metric")
+    ism_lambda: float = setting(5.0, "--ism_lambda", rule=number(MIN_ISM_LAMBDA, MAX_ISM_LAMBDA),
+                                   help="lambda of the introspective metric")
     uncertainty_dim: int | None = setting(None, "--uncertainty_dim", shown_default="{cifar} / {imagenet}".format(
                                           **DEFAULT_UNCERTAINTY_DIM),
                                           rule=optional(integer(1, MAX_UNCERTAINTY_DIM)),
                                           help="width K of the uncertainty embedding (32x32 data / ImageNet)")
-    mixup_alpha: float = setting(0.0, "--mixup_alpha", rule=number(0),
+    mixup_alpha: float = setting(0.0, "--mixup_alpha", rule=off_or(BETA_SHAPE),
                                  help="Mixup Beta(alpha, alpha) parameter; 0 = no Mixup")
     mixup_prob: float = setting(0.0, "--mixup_prob",
                                 rule=number(0, 1), help="probability of Mixup per batch (drawn after CutMix's share)")
@@ -200,10 +228,11 @@ class TrainConfig:
                        "(the ISM always runs in float32)")
     channels_last: bool | None = setting(None, "--channels_last", action="both", shown_default="auto",
                                          rule=optional(boolean()),
-                                         help="channels-last memory format; auto: on for CUDA and for float32 on "
-                                         "the CPU; under bfloat16 on the CPU, off for networks with at least half "
-                                         "of their BatchNorm work on narrow odd widths (PyramidNet-110 alpha 48), "
-                                         "else on (see docs/speed.md)")
+                                         help="channels-last memory format; auto: on for CUDA, off on MPS; on the "
+                                         "CPU, the faster of the two for this network, batch and precision, timed "
+                                         "at the start of the run (a few steps each) and cached in "
+                                         "$XDG_CACHE_HOME/idml or ~/.cache/idml; a resumed run keeps its "
+                                         "checkpoint's (see docs/speed.md)")
     compile: bool = setting(False, "--compile", action="on",
                             rule=boolean(),
                             help="torch.compile the model (recommended on CUDA: see docs/gpu.md); where compilation "
@@ -225,8 +254,9 @@ class TrainConfig:
                             help="under torchrun: SyncBatchNorm (batch statistics over all processes; CUDA only)")
     skip_bad_images: bool = setting(False, "--skip_bad_images", action="on",
                                     rule=boolean(),
-                                    help="ImageNet: skip (and count) unreadable images instead of stopping at "
-                                    "the first one")
+                                    help="skip (and count) unreadable images (damaged, of a format idml does not "
+                                    "decode, above its pixel limit) instead of stopping at the first one (ImageNet, "
+                                    "folder and hf:<path> datasets)")
     decode: str = setting("cpu", "--decode", choices=DECODE_CHOICES, rule=one_of(*DECODE_CHOICES),
                           help="ImageNet: where the training JPEGs are decoded. cpu = in the -j workers, at a "
                           "reduced scale where the crop allows it; gpu = the workers only read the files and the "
@@ -241,7 +271,7 @@ class TrainConfig:
                                  "random and fixed by --seed (cifar10, cifar100, digits; for robustness "
                                  "experiments)")
     dist_timeout: float = setting(600.0, "--dist_timeout", metavar="SECONDS",
-                                  rule=number(above=0, high=MAX_DIST_TIMEOUT),
+                                  rule=number(1, MAX_DIST_TIMEOUT),
                                   help="under torchrun: how long a process waits for a silent peer before the run "
                                   "stops with one line (covers rank 0 writing a checkpoint while the others wait)")
     devices: str | int = setting("auto", "--devices", metavar="auto|N", rule=DEVICES_RULE,
@@ -265,12 +295,12 @@ class TrainConfig:
                                      "and RandomResizedCrop")
     mean: list[float] | None = setting(None, "--mean", metavar=("R", "G", "B"),
                                        shown_default="from the data",
-                                       rule=optional(numbers(3)),
+                                       rule=optional(numbers(3, each=CHANNEL_MEAN)),
                                        help="folder and hf:<path> datasets: per-channel mean in [0, 1] units "
                                        "(from the data = measured on the training images)")
     std: list[float] | None = setting(None, "--std", metavar=("R", "G", "B"),
                                       shown_default="from the data",
-                                      rule=optional(numbers(3, above=0)),
+                                      rule=optional(numbers(3, each=CHANNEL_STD)),
                                       help="folder and hf:<path> datasets: per-channel standard deviation in [0, 1] "
                                       "units (from the data = measured on the training images)")
     image_key: str = setting("image", "--image_key", rule=text(words="name a column"),
@@ -306,7 +336,7 @@ class TrainConfig:
                                      help="label smoothing of the training loss on the introspective logits, for "
                                      "both label sets of a CutMix/Mixup batch")
     clip_grad_norm: float = setting(0.0, "--clip_grad_norm", metavar="MAX",
-                                    rule=number(0),
+                                    rule=off_or(number(MIN_CLIP_NORM)),
                                     help="scale the gradients down to a global L2 norm of at most MAX before each "
                                     "optimiser step (0 = off)")
     init_from: str | None = setting(None, "--init_from", metavar="PATH", shown_default="none",
@@ -511,14 +541,33 @@ def load_yaml_config(path: str) -> dict[str, Any]:
             data = yaml.safe_load(fh) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path} is not valid YAML: {one_line(exc)}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path} is not valid YAML: {one_line(exc)[:200]}") from exc
+    except RecursionError as exc:  # PyYAML composes nested nodes recursively: [[[[...]]]]
+        raise ConfigError(f"--config {path} is not a settings file: its values are nested too deeply") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path} must hold a mapping of setting: value")
-    unknown = sorted(set(data) - _field_names())
+    unknown = [key for key in data if not (isinstance(key, str) and key in _field_names())]
     if unknown:
-        raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
-    return data
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(describe(k) for k in unknown[:5])}{more}")
+    return {key: _yaml_number(key, value) for key, value in data.items()}
+
+
+def _yaml_number(name: str, value: Any) -> Any:
+    """A number written as ``1e-3`` in a YAML file, as the number: PyYAML reads YAML 1.1, where a
+    float needs a dot (``1.0e-3``), and hands such a value over as text; YAML 1.2 and every other
+    reader take it as the number it is. Only for settings that hold numbers and no text."""
+    kinds = _allowed_types(name)
+    if isinstance(value, str) and str not in kinds and (float in kinds or int in kinds) and len(value) <= 64:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if int in kinds and number.is_integer() and "." not in value and "e" not in value.lower():
+            return int(value)
+        return number if float in kinds else value
+    return value
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -576,9 +625,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         else:
             kinds = [k for k in _allowed_types(f.name) if k is not type(None)]
             if kinds[0] is list:  # a fixed number of numbers: --mean R G B
-                kwargs |= {"type": float, "nargs": len(meta["metavar"]), "metavar": meta["metavar"]}
+                kwargs |= {"type": flag_type(float), "nargs": len(meta["metavar"]), "metavar": meta["metavar"]}
             else:
-                kwargs |= {"type": kinds[0], "metavar": meta["metavar"], "choices": meta["choices"]}
+                parse = flag_type(kinds[0]) if kinds[0] in (int, float) else kinds[0]
+                kwargs |= {"type": parse, "metavar": meta["metavar"], "choices": meta["choices"]}
         group.add_argument(*meta["flags"], **kwargs)
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of settings (field names as in config.yaml); flags given on the command "

@@ -30,10 +30,11 @@ import torch
 from idml.data.blends import blend_pairs
 from idml.data.build import build_data, load_in_memory
 from idml.data.catalog import canonical_name, dataset_info, datasets_that_can, parse_classes, user_dataset
+from idml.data.identity import change_words, changed_splits
 from idml.data.types import DataBundle, DataRequest
 from idml.device.runtime import resolve_device
-from idml.errors import ConfigError, listing
-from idml.inference import Outputs, TrainedModel, load_trained_model, predict_images, run_model
+from idml.errors import ConfigError, describe, listing
+from idml.inference import Outputs, TrainedModel, load_trained_model, predict_batches, run_model
 from idml.metrics import (
     aurc,
     calibration,
@@ -94,6 +95,29 @@ def check_compatible(trained: TrainedModel, dataset: str, data: DataBundle) -> N
                           f"{differ}); point --data_dir at the data it was trained on")
 
 
+def check_same_data(trained: TrainedModel, request: DataRequest, data: DataBundle, req: EvalRequest) -> list[str]:
+    """Compare the data with what the checkpoint recorded of its training data (the same dataset
+    and folder only); refuse a held-out validation split that changed, note other changes.
+
+    ``--val_split`` holds the validation split out of the training images, computed from them as
+    they are now: after a file is added to ``train/`` it would hold images the model trained on,
+    and its error would flatter the model. A changed ``val/`` folder or test split is just other
+    images to evaluate: a note says so.
+    """
+    saved = trained.config
+    if request.dataset != trained.dataset or (user_dataset(request.dataset) and req.data_dir not in (
+            None, saved.get("data_dir"))):
+        return []
+    changed = changed_splits(trained.data_identity, data.identity)
+    if request.val_split > 0 and "selection" in changed:
+        raise ConfigError(f"{req.checkpoint}: {change_words('selection', changed['selection'])}: the validation split "
+                          "that --val_split held out of the training images would be drawn again from other files "
+                          "and could hold images the model trained on; evaluate the data as it was, or a val/ folder "
+                          "of images it never saw")
+    return [f"{change_words(split, counts)}: evaluating the images as they are now"
+            for split, counts in changed.items() if split == "test" and req.notes]
+
+
 def data_request(req: EvalRequest, trained: TrainedModel, dataset: str) -> DataRequest:
     """What to load. The checkpoint's own in-memory dataset is read with its class subset and
     validation split (same seed), so that the test images are those of the classes it learnt;
@@ -140,19 +164,20 @@ def ood_images(spec: str, trained: TrainedModel, req: EvalRequest) -> torch.Tens
     name, _, class_spec = spec.partition(":")
     info = dataset_info(name)
     if "in_memory" not in info.can:
-        raise ConfigError(f"--ood {spec!r}: out-of-distribution images come from "
+        raise ConfigError(f"--ood {describe(spec)}: out-of-distribution images come from "
                           f"{listing(datasets_that_can('in_memory'))}")
     trained_on = dataset_info(trained.dataset, trained.input_size)
     if info.family != trained_on.family:
-        raise ConfigError(f"--ood {spec!r}: {info.name} has {info.input_size}px images, the checkpoint "
+        raise ConfigError(f"--ood {describe(spec)}: {info.name} has {info.input_size}px images, the checkpoint "
                           f"{trained_on.input_size}px ones")
     classes = parse_classes(class_spec, info.num_classes, flag="--ood") if class_spec else None
     if info.name == trained.dataset:
         seen = _trained_classes(trained, info.num_classes)
         overlap = sorted(set(classes if classes is not None else range(info.num_classes)) & set(seen))
         if overlap:
-            raise ConfigError(f"--ood {spec!r}: the checkpoint was trained on class(es) {overlap} of {info.name}; "
-                              "name only classes it never saw (e.g. digits:5-9 for a model trained on 0-4)")
+            raise ConfigError(f"--ood {describe(spec)}: the checkpoint was trained on class(es) {overlap} of "
+                              f"{info.name}; name only classes it never saw (e.g. digits:5-9 for a model trained on "
+                              "0-4)")
     spec_text = None if classes is None else ",".join(map(str, classes))
     data = load_in_memory(DataRequest(info.name, req.data_dir or "data", req.batch_size, classes=spec_text))
     return data["test"][0]
@@ -234,7 +259,7 @@ def ood_section(spec: str, scores: dict[str, np.ndarray], ood: Outputs) -> dict[
 def blends_section(trained: TrainedModel, data: DataBundle, n: int, seed: int, batch_size: int) -> dict[str, Any]:
     images, labels = test_tensors(data)
     blends = blend_pairs(images, labels, n, seed)
-    scores = predict_images(trained, blends.images, batch_size).scores()
+    scores = predict_batches(trained, blends.batches(batch_size)).scores()
     rho = {name: {"spearman": spearman(score, blends.ambiguity)} for name, score in scores.items()}
     return {"images": n, "seed": seed, "by_score": rho}
 
@@ -249,15 +274,18 @@ def evaluate(req: EvalRequest) -> tuple[dict[str, Any], Outputs, np.ndarray]:
     if trained.best_weights == "ema" and not req.ema and req.notes:
         print("note: the best error of this checkpoint was measured on its EMA weights; add --ema to evaluate "
               "those", file=sys.stderr)
-    data = build_data(data_request(req, trained, dataset), trained.device)
+    request = data_request(req, trained, dataset)
+    data = build_data(request, trained.device)
     check_compatible(trained, dataset, data)
+    for note in check_same_data(trained, request, data, req):
+        print(f"note: {note}", file=sys.stderr)
     temperature, source = resolve_temperature(trained, data, req.fit_temperature)
     outputs, targets = predict_test_split(trained, data)
     check_finite_outputs(outputs.logits, outputs.uncertainty, req.checkpoint)
     report = {"checkpoint": str(req.checkpoint), "dataset": dataset}
     report |= build_report(trained, outputs, targets, temperature, source)
     if req.ood:
-        ood = predict_images(trained, ood_images(req.ood, trained, req), req.batch_size)
+        ood = predict_batches(trained, ood_images(req.ood, trained, req).split(req.batch_size))
         report["ood"] = ood_section(req.ood, outputs.scores(), ood)
     if req.blends:
         report["blends"] = blends_section(trained, data, req.blends, req.blend_seed, req.batch_size)

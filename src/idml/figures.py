@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from idml.errors import IdmlError, one_line
+from idml.errors import IdmlError, describe, one_line
 from idml.files import atomic_write
 from idml.metrics import ReliabilityBins, reliability_bins, risk_coverage, softmax
 from idml.training.run_log import best_row
@@ -49,6 +49,9 @@ def figure_path(path: str | Path, formats: Iterable[str]) -> tuple[Path, str]:
     names when matplotlib writes it (``.png``, ``.pdf``, ``.svg``, ...), else PNG with ``.png``
     added to the name (so that the name printed is the file written)."""
     path = Path(path)
+    if path.name in ("", ".", ".."):  # "", ".", "/", "runs/..": no file name to write to, nor to add .png to
+        raise IdmlError(f"cannot write a figure to {describe(str(path))}: it names a folder, not a file; give a "
+                        "file name such as curves.png")
     suffix = path.suffix.lower().lstrip(".")
     if suffix in formats:
         return path, suffix

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from idml.errors import IdmlError, one_line
+from idml.errors import IdmlError, describe, one_line
 
 TEMP_SUFFIX = ".tmp"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -48,17 +49,25 @@ def _reason(exc: BaseException) -> str:
     return one_line(exc)
 
 
-def refuse_link(path: Path) -> None:
-    """Refuse, with one line, to write to ``path`` when it is a symbolic link."""
+def refuse_link(path: Path, fix: str = "remove it") -> None:
+    """Refuse, with one line, to write to ``path`` when it is a symbolic link (``fix``: what to do)."""
     if path.is_symlink():
-        raise IdmlError(f"refusing to write {path}: it is a symbolic link (to {os.readlink(path)}); idml never "
-                        "writes through links, which someone else may have planted: remove it")
+        raise IdmlError(f"refusing to write {path}: it is a symbolic link (to {describe(os.readlink(path))}); idml "
+                        f"never writes through links, which someone else may have planted: {fix}")
+
+
+def free_name(path: Path, tag: str = "") -> Path:
+    """``<path>.<tag>1`` (or 2, 3, ...): the first such name that nothing, not even a dangling link, holds."""
+    n = 1
+    while os.path.lexists(path.with_name(f"{path.name}.{tag}{n}")):
+        n += 1
+    return path.with_name(f"{path.name}.{tag}{n}")
 
 
 def _temp_file(path: Path) -> tuple[int, Path]:
     """A new, exclusively created temporary file beside ``path`` (its descriptor and name)."""
     for attempt in range(100):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{attempt}{TEMP_SUFFIX}")
+        tmp = path.with_name(f".{path.name[:120]}.{os.getpid()}.{attempt}{TEMP_SUFFIX}")  # fits NAME_MAX
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, _file_mode()), tmp
         except FileExistsError:
@@ -110,27 +119,63 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def open_to_read(path: str | Path, what: str) -> BinaryIO:
-    """``path`` opened for binary reading; a missing file, a folder or an unreadable one is one line
-    calling it ``what`` ("checkpoint", "model")."""
+class NotRegularFile(OSError):
+    """A name that leads to something other than a regular file (a folder, a named pipe, a device)."""
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file (links followed, as any reader
+    does), else :class:`NotRegularFile`; the one way idml opens a file it reads whole.
+
+    Opened without blocking and checked before a byte is read: a named pipe called ``m.onnx`` or
+    ``x.JPEG`` would otherwise make the reader wait forever, and a device would be read without end.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        return open(path, "rb")
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+                                 "a folder" if stat.S_ISDIR(mode) else "a named pipe or a device")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_to_read(path: str | Path, what: str) -> BinaryIO:
+    """``path`` opened for binary reading (:func:`open_regular`); a missing file, a folder, a pipe
+    or an unreadable one is one line calling it ``what`` ("checkpoint", "model")."""
+    try:
+        return open_regular(path)
     except FileNotFoundError as exc:
         raise IdmlError(f"{what} {path} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise IdmlError(f"{what} {path} is a folder, not a {what} file") from exc
+    except NotRegularFile as exc:
+        raise IdmlError(f"{what} {path} is {exc.strerror}, not a {what} file") from exc
     except OSError as exc:
         raise IdmlError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
 def open_for_lock(path: Path) -> int:
-    """A read-write descriptor of the lock file ``path`` (created if missing), refusing a link."""
+    """A read-write descriptor of the lock file ``path`` (created if missing), refusing a link.
+
+    The lock is the one file idml writes in place (its owner's pid), so more than a symbolic link
+    is refused: a hard link planted under its name would have idml overwrite the other file, and a
+    named pipe or a device is no lock file.
+    """
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             refuse_link(path)
         raise
+    info = os.fstat(fd)
+    problem = ("it is not a regular file" if not stat.S_ISREG(info.st_mode) else
+               f"it is a hard link (the file has {info.st_nlink} names)" if info.st_nlink > 1 else None)
+    if problem is None:
+        return fd
+    os.close(fd)
+    raise IdmlError(f"refusing to write {path}: {problem}; idml never writes through links, which someone else "
+                    "may have planted: remove it")
 
 
 def remove_stale_temps(folder: Path) -> None:

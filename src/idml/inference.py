@@ -23,9 +23,9 @@ from idml.checkpoint.io import load_checkpoint
 from idml.checkpoint.schema import Checkpoint, check_weights
 from idml.data.augment import Normalize
 from idml.data.catalog import dataset_info
-from idml.data.image_files import Preparer, image_preparer, read_image
+from idml.data.image_files import Preparer, UnusableImage, image_preparer, read_image, unusable
 from idml.device.runtime import Runtime, build_runtime
-from idml.errors import ConfigError, DataError, IdmlError, one_line
+from idml.errors import ConfigError, IdmlError, one_line
 from idml.ism import IntrospectiveClassifier, uncertainty_score
 from idml.metrics import check_finite_outputs, softmax, uncertainty_scores
 from idml.models.layout import channels_last_under_bf16
@@ -55,6 +55,8 @@ class TrainedModel:
     temperature: float | None = None
     #: the settings the network was built from
     spec: ModelSpec | None = None
+    #: what each split of its training data held (:mod:`idml.data.identity`), or None
+    data_identity: dict | None = None
 
     @property
     def has_ism(self) -> bool:
@@ -168,7 +170,7 @@ def trained_from_checkpoint(ckpt: Checkpoint, path: Path, device: torch.device, 
     runtime.place(model).eval()
     names = list(ckpt.class_names or [str(i) for i in range(model.head.fc.out_features)])
     return TrainedModel(model, spec.dataset, names, tuple(ckpt.mean), tuple(ckpt.std), ckpt.input_size,
-                        runtime.device, runtime, ckpt.config, ckpt.best_weights, ckpt.temperature, spec)
+                        runtime.device, runtime, ckpt.config, ckpt.best_weights, ckpt.temperature, spec, ckpt.data)
 
 
 def _ism_exponent(head, features: Tensor, logits: Tensor, u_sq: Tensor) -> Tensor:
@@ -207,10 +209,16 @@ def run_model(trained: TrainedModel, batches: Iterable[Tensor]) -> Outputs:
     return Outputs(**arrays)
 
 
-def predict_images(trained: TrainedModel, images: Tensor, batch_size: int) -> Outputs:
-    """Outputs of in-memory images (pixel units, uint8 or float), normalised as the model's data."""
+def predict_batches(trained: TrainedModel, batches: Iterable[Tensor]) -> Outputs:
+    """Outputs of batches of images (pixel units, uint8 or float), normalised as the model's data;
+    the batches may be made one at a time (``idml eval --blends``), so memory stays one batch's."""
     normalize = Normalize(trained.mean, trained.std, trained.device)
-    return run_model(trained, (normalize(chunk.to(trained.device)) for chunk in images.split(batch_size)))
+    return run_model(trained, (normalize(chunk.to(trained.device)) for chunk in batches))
+
+
+def predict_images(trained: TrainedModel, images: Tensor, batch_size: int) -> Outputs:
+    """Outputs of in-memory images (pixel units, uint8 or float), ``batch_size`` at a time."""
+    return predict_batches(trained, images.split(batch_size))
 
 
 # -- classifying image files ----------------------------------------------------------------------
@@ -260,11 +268,12 @@ def check_score(model: Predictor, score: str) -> None:
 
 
 def _prepared(model: Predictor, path: Path) -> Tensor:
-    image = read_image(path)  # its errors name the file
+    """The file ``path`` decoded and prepared for ``model``; a refusal of either names the file."""
+    image = read_image(path)
     try:
         return model.prepare(image)
-    except DataError as exc:
-        raise DataError(f"cannot use image {path}: {exc}") from exc
+    except UnusableImage as exc:
+        raise unusable(str(path), exc) from exc
 
 
 def predict_files(model: Predictor, files: list[Path], topk: int, batch_size: int,

@@ -11,8 +11,10 @@ No torch here: the command line is checked before anything heavy is imported.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +26,13 @@ from idml.errors import describe
 class Rule:
     """A value's rule. ``words`` complete the sentence "<name> must ...", ``test`` decides, and
     ``reason`` (optional) explains a refused value better than the words can (an unknown name
-    and the names that are known, say)."""
+    and the names that are known, say). ``edges`` are the values at each of its bounds and just
+    beyond them: tests walk every setting through train, checkpoint, eval and resume at these."""
 
     words: str
     test: Callable[[Any], bool]
     reason: Callable[[Any], str | None] | None = None
+    edges: tuple = ()
 
     def problem(self, name: str, value: Any, specific: bool = True) -> str | None:
         """None when ``value`` passes; else one line naming ``name``, the rule and the value (a bounded
@@ -75,8 +79,25 @@ def _within(value: float, low: float | None, high: float | None, above: float | 
 
 def integer(low: int | None = None, high: int | None = None) -> Rule:
     """A whole number (not a boolean) within the bounds."""
+    edges = (low, low - 1) if low is not None else (-10**30,)
+    edges += (high, high + 1) if high is not None else (10**30,)
     return Rule(f"be an integer{_bounds_words(low, high, None, None)}",
-                lambda v: _is_int(v) and _within(v, low, high, None, None))
+                lambda v: _is_int(v) and _within(v, low, high, None, None), edges=edges)
+
+
+def _number_edges(low: float | None, high: float | None, above: float | None, below: float | None) -> tuple:
+    """The bounds of a number rule and the floats just beyond them (the largest float where unbounded)."""
+    edges: tuple = (0.0,)
+    for bound, beyond, inclusive in ((low, -math.inf, True), (above, -math.inf, False),
+                                     (high, math.inf, True), (below, math.inf, False)):
+        if bound is not None:
+            inside = bound if inclusive else math.nextafter(bound, -beyond)
+            edges += (float(inside), math.nextafter(float(inside), beyond))
+    if low is None and above is None:
+        edges += (-sys.float_info.max,)
+    if high is None and below is None:
+        edges += (sys.float_info.max,)
+    return (*edges, math.nan, math.inf)
 
 
 def number(low: float | None = None, high: float | None = None, *, above: float | None = None,
@@ -84,11 +105,12 @@ def number(low: float | None = None, high: float | None = None, *, above: float 
     """A finite number (integers count; booleans, NaN and infinities do not) within the bounds."""
     only_positive = above == 0 and low is None and high is None and below is None
     words = "be a positive number" if only_positive else f"be a number{_bounds_words(low, high, above, below)}"
-    return Rule(words, lambda v: _is_real(v) and _within(v, low, high, above, below))
+    return Rule(words, lambda v: _is_real(v) and _within(v, low, high, above, below),
+                edges=_number_edges(low, high, above, below))
 
 
 def boolean() -> Rule:
-    return Rule("be true or false", lambda v: isinstance(v, bool))
+    return Rule("be true or false", lambda v: isinstance(v, bool), edges=(True, False, 0, 1))
 
 
 def text(longest: int = 4096, *, pattern: str | None = None, words: str | None = None,
@@ -101,22 +123,56 @@ def text(longest: int = 4096, *, pattern: str | None = None, words: str | None =
         return (isinstance(value, str) and 0 < len(value) <= longest and value.strip() != ""
                 and (compiled is None or bool(compiled.fullmatch(value))) and (reason is None or reason(value) is None))
 
-    return Rule(words or f"be text of 1 to {longest} characters (not only spaces)", test, reason)
+    return Rule(words or f"be text of 1 to {longest} characters (not only spaces)", test, reason,
+                edges=("x", "x" * longest, "x" * (longest + 1), "", " "))
 
 
 
 def one_of(*choices: str) -> Rule:
-    return Rule(f"be one of {', '.join(choices)}", lambda v: v in choices)
+    return Rule(f"be one of {', '.join(choices)}", lambda v: v in choices, edges=(*choices, "other"))
+
+
+def off_or(rule: Rule) -> Rule:
+    """0 (the feature is off), or a number passing ``rule``: for parameters whose tiny values are not
+    a smaller effect but a broken one (Beta(1e-320, 1e-320) draws NaN)."""
+    return Rule(f"be 0 (off) or {rule.words.removeprefix('be ')}", lambda v: (_is_real(v) and v == 0) or rule.test(v),
+                edges=(0, 0.0, *rule.edges, math.nextafter(0.0, 1.0)))
 
 
 def optional(rule: Rule) -> Rule:
     """``rule``, or None (a setting's "not given")."""
-    return Rule(rule.words, lambda v: v is None or rule.test(v), rule.reason)
+    return Rule(rule.words, lambda v: v is None or rule.test(v), rule.reason, edges=(None, *rule.edges))
 
 
-def numbers(count: int, *, above: float | None = None) -> Rule:
-    """A list of ``count`` finite numbers (each above ``above`` when given)."""
-    each = f" > {above:g}" if above is not None else ""
-    return Rule(f"be {count} finite numbers{each}",
-                lambda v: isinstance(v, list | tuple) and len(v) == count
-                and all(_is_real(x) and (above is None or x > above) for x in v))
+def numbers(*counts: int, each: Rule | None = None) -> Rule:
+    """A list of ``counts`` (one of them) numbers, each passing ``each`` (default: any finite number)."""
+    one = each or number()
+    how_many = " or ".join(map(str, counts))
+    words = f"be {how_many} numbers" + (f" that each {one.words}" if each is not None else " (finite)")
+    return Rule(words, lambda v: isinstance(v, list | tuple) and len(v) in counts and all(one.test(x) for x in v),
+                edges=(*tuple([edge] * counts[-1] for edge in one.edges), [0.5] * (counts[-1] + 1)))
+
+
+def flag_type(parse: Callable[[str], Any], rule: Rule | None = None) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a numeric flag: the text parsed with ``parse`` (``int`` or ``float``)
+    and, with ``rule``, checked by it; the one numeric-flag validator of every command.
+
+    argparse reports a refusal on one line, naming the flag: ``argument -b/--batch_size: must be an
+    integer in [1, 65536] (got 100000000000000000000)``; the text or value is quoted with
+    :func:`idml.errors.describe` (argparse itself would quote a text of any length). ``idml train``
+    parses with it and checks its settings' rules in :class:`idml.config.TrainConfig` (whose
+    values may also come from a YAML file); the other commands' own flags pass their rule here.
+    """
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except (ValueError, OverflowError):  # int() refuses more than 4300 digits with a ValueError too
+            words = rule.words if rule is not None else f"be {'an integer' if parse is int else 'a number'}"
+            raise argparse.ArgumentTypeError(f"must {words} (got {describe(text)})") from None
+        if rule is not None and not rule.test(value):
+            raise argparse.ArgumentTypeError(f"must {rule.words} (got {describe(value)})")
+        return value
+
+    convert.__name__ = getattr(parse, "__name__", "number")  # what argparse calls the type in its messages
+    convert.rule = rule  # type: ignore[attr-defined] - what a test walking every flag checks
+    return convert

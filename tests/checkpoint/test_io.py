@@ -15,7 +15,6 @@ import errno
 import io
 import os
 import random
-import resource
 import subprocess
 import sys
 import zipfile
@@ -28,6 +27,7 @@ import torch
 import idml
 import idml.checkpoint.io
 import idml.files
+from child import in_child
 from expect import one_line_message
 from idml.checkpoint.io import load_checkpoint, save_checkpoint
 from idml.checkpoint.schema import Checkpoint
@@ -154,7 +154,7 @@ def test_unreadable_file_says_so_not_corrupt(run: dict[str, Path], monkeypatch: 
     def denied(*_args, **_kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(idml.files, "open", denied, raising=False)  # the one place files are opened to read
+    monkeypatch.setattr(idml.files, "open_regular", denied)  # the one place files are opened to read
     with pytest.raises(IdmlError) as info:
         load_checkpoint(run["checkpoint"])
     message = one_line_message(info, f"cannot read checkpoint {run['checkpoint']}: Permission denied")
@@ -310,26 +310,6 @@ def test_python_and_numpy_rng_states_of_a_real_process_pass(state: dict, tmp_pat
 
 
 # -- sizes declared by the settings, against the weights ---------------------------------------------
-def in_child(func) -> tuple[int, str, int]:
-    """``func()`` in a forked child: (wait status, text returned or error raised, peak RSS growth in bytes)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        try:
-            text = f"returned {func()}"
-        except BaseException as exc:  # everything is reported to the parent
-            text = f"{type(exc).__name__}: {exc}"
-        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-        os.write(write_end, f"{grown}|{text}".encode()[:50_000])
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        grown, _, text = fh.read().decode().partition("|")
-    return os.waitpid(pid, 0)[1], text, int(grown or 0)
-
-
 def expanded(rows: int):
     """A head.fc.weight of ``rows`` rows that is one float repeated (stride 0): a few bytes on disk."""
     return lambda state: state["state_dict"]["head.fc.weight"][:1, :1].expand(rows, 64)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from idml.checkpoint.io import load_checkpoint, save_checkpoint
 from idml.checkpoint.schema import Checkpoint, check_config, check_model, entry, model_rule
 from idml.cli import main as cli_main
-from idml.config import TrainConfig, setting_problem, setting_rule
+from idml.config import TrainConfig, load_yaml_config, setting_problem, setting_rule
 from idml.errors import ConfigError, IdmlError
 from idml.models.spec import ModelSpec
 from idml.rules import optional, text
@@ -90,3 +91,44 @@ def test_a_run_at_the_edge_of_the_rules_reads_back_its_own_checkpoints(tmp_path:
     assert run(["eval", "--checkpoint", str(tmp_path / "edge" / "checkpoint.pth.tar"), "--device", "cpu"]) == 0
     assert run(["train", *common, "--epochs", "2", "--resume", "auto"]) == 0
     assert load_checkpoint(tmp_path / "edge" / "checkpoint.pth.tar").epoch == 2
+
+
+#: settings that make the others applicable: an in-memory dataset (--classes, --label_noise) and a
+#: user dataset (--input_size, --mean, --std)
+BASES = [{"dataset": name, "net_type": "resnet", "depth": 8} for name in ("digits", "folder")]
+
+
+def built(name: str, value) -> TrainConfig | None:
+    """The first base with ``name = value`` that is a valid TrainConfig, else None (one ConfigError each)."""
+    for base in BASES:
+        try:
+            return TrainConfig(**(base | {name: value}))
+        except ConfigError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 600, str(exc)[:600]
+    return None
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_every_setting_at_the_edges_of_its_rule_round_trips(name: str, tmp_path: Path) -> None:
+    """Each setting at its bounds and just beyond (Rule.edges): refused with one line at the start,
+    or accepted and then written to config.yaml and to a checkpoint and read back unchanged, and
+    accepted by the checkpoint's checks (what eval, predict and --resume read)."""
+    edges = setting_rule(name).edges
+    assert edges, f"{name}'s rule names no edges to test"
+    for value in edges:
+        cfg = built(name, value)
+        if setting_problem(name, value) is not None:
+            assert cfg is None, (name, value)
+            continue
+        if cfg is None:
+            continue  # valid alone, refused with one line by a check across settings
+        config_yaml = tmp_path / "config.yaml"
+        config_yaml.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        assert TrainConfig(**load_yaml_config(str(config_yaml))) == cfg, (name, value)
+        check_config(cfg.to_dict())
+        check_model(cfg.model_spec.to_dict() | {"num_classes": 10})
+        saved = io.BytesIO()
+        torch.save({"config": cfg.to_dict(), "model": cfg.model_spec.to_dict()}, saved)
+        saved.seek(0)
+        back = torch.load(saved, weights_only=True)
+        assert TrainConfig(**back["config"]) == cfg and back["model"] == cfg.model_spec.to_dict(), (name, value)

@@ -15,11 +15,12 @@ TINY = ["--net_type", "resnet", "--dataset", "cifar10", "--depth", "8", "--no-bo
         "--batch_size", "4", "--device", "cpu", "--beta", "1", "--cutmix_prob", "0.5"]
 
 
-def test_json_output_schema(capsys):
+def test_json_output_schema(capsys, monkeypatch):
+    monkeypatch.delenv("IDML_MEMORY_FORMAT_TRIAL", raising=False)  # default's format timed, as users' runs do
     assert cli.main(["bench", *TINY, "--steps", "2", "--warmup", "1", "--isolation", "none", "--json"]) == 0
     out, err = capsys.readouterr()
     result = json.loads(out)  # exactly one JSON object and nothing else
-    assert set(result) == {"device", "torch", "threads", "load_average", "config", "results", "ratios", "aa"}
+    assert set(result) == {"device", "torch", "threads", "load_average", "config", "results", "ratios", "aa", "rounds"}
     assert result["device"].startswith("cpu") and isinstance(result["torch"], str)
     assert isinstance(result["threads"], int) and result["threads"] >= 1
     assert len(result["load_average"]) == 3
@@ -42,6 +43,17 @@ def test_json_output_schema(capsys):
                for line in progress) == 2
     if abs(abs(aa["ratio"] - 1) - 0.03) > 0.001:  # "ratio" is rounded to 3 decimals: no verdict on the edge
         assert aa["passed"] == (abs(aa["ratio"] - 1) <= 0.03)
+    # rounds: at least --steps, more while the A/A check failed, up to --max_rounds (default 40)
+    rounds = result["rounds"]
+    assert rounds["min"] == 2 and rounds["max"] == 40 and rounds["max_minutes"] is None
+    assert rounds["stopped"] == ("aa-passed" if aa["passed"] else "rounds-cap")
+    assert 2 <= rounds["timed"] <= 40 and len(aa["step_seconds"][1]) == rounds["timed"]
+    assert all(len(r["step_seconds"]) == rounds["timed"] for r in result["results"])
+    # on the CPU, default trains in the memory format a run of these settings takes: timed (or cached)
+    how = result["config"]["memory_format"]
+    assert how.startswith("memory format: ") and ("timed over" in how or "timed on this machine before" in how)
+    chosen = "channels_last" if how.startswith("memory format: channels_last") else "NCHW"
+    assert f", {chosen}, eager, ISM" in ism["settings"] and f", {chosen}, eager, linear head" in linear["settings"]
 
 
 def test_variants_in_worker_processes_table(capsys):
@@ -50,6 +62,16 @@ def test_variants_in_worker_processes_table(capsys):
     out = capsys.readouterr().out
     assert "isolation process" in out and "default / fp32-eager:" in out
     assert "A/A check (default twice):" in out and ("PASS" in out or "FAIL" in out)
+
+
+def test_a_forced_format_is_not_timed(capsys, monkeypatch):
+    from idml.device import autotune
+
+    monkeypatch.setattr(autotune, "time_formats", lambda *a, **k: pytest.fail("timed a forced format"))
+    cfg, _ = bench_command.parse_bench_args([*TINY, "--no-channels_last"])
+    assert bench.settled_format(cfg, ["default"]) == (cfg, "")
+    cfg, _ = bench_command.parse_bench_args(TINY)
+    assert bench.settled_format(cfg, ["fp32-eager", "channels_last"]) == (cfg, "")  # no variant uses the given
 
 
 def test_variant_selection():
@@ -73,9 +95,15 @@ def test_aa_selection_and_slots():
 
 
 @pytest.mark.parametrize("bad", [["--variants", "turbo"], ["--steps", "0"], ["--warmup", "-1"], ["--amp", "fp16"],
-                                 ["--isolation", "threads"], ["--variants", "default", "--aa", "fp32-eager"]])
+                                 ["--isolation", "threads"], ["--variants", "default", "--aa", "fp32-eager"],
+                                 ["--max_rounds", "0"], ["--max_minutes", "0"], ["--max_minutes", "nan"],
+                                 ["--max_minutes", "inf"]])
 def test_bad_input_is_one_line_and_exit_2(capsys, bad):
-    assert cli.main(["bench", *TINY, *bad]) == 2
+    try:
+        code = cli.main(["bench", *TINY, *bad])
+    except SystemExit as exit_:  # argparse's exit, for a flag its numeric-flag validator refused
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("idml bench: error:") and err.count("\n") == 1
 

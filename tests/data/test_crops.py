@@ -142,9 +142,16 @@ def fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
+def eps(path: Path) -> None:
+    """A PostScript file under an image's name: Pillow's EPS plug-in would run Ghostscript on it."""
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\nshowpage\n%%EOF\n")
+
+
 @pytest.mark.parametrize(("make", "reason"), [(truncated, "Premature end"), (garbage, ""),
-                                              (not_an_image, "not an image PIL can read"),
-                                              (bomb, "decompression-bomb"), (fifo, "not a regular file")])
+                                              (not_an_image, "not an image in a format idml reads"),
+                                              (eps, "not an image in a format idml reads"),
+                                              (bomb, "more than the 33,554,432 pixels idml decodes"),
+                                              (fifo, "not a regular file")])
 def test_unreadable_files_are_one_line_naming_the_file(tmp_path: Path, make, reason: str) -> None:
     path = tmp_path / "bad.JPEG"
     make(path)
@@ -166,4 +173,50 @@ def test_read_image_keeps_its_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(io.BytesIO(b"not a png").getvalue())
     with pytest.raises(DataError) as info:
         image_files.read_image(tmp_path / "x.png")
-    assert_one_line_error(info, "cannot read image", "x.png", "not an image PIL can read")
+    assert_one_line_error(info, "cannot read image", "x.png", "not an image in a format idml reads")
+
+
+# -- idml's pixel limit: one rule for simplejpeg, Pillow and the GPU -----------------------------------
+@pytest.fixture
+def small_limit(monkeypatch) -> int:
+    """idml's pixel limit lowered to 100 x 80, so that a 640 x 480 file is "big" (1/8 scale fits)."""
+    monkeypatch.setattr(image_files, "MAX_IMAGE_PIXELS", 100 * 80)
+    return 100 * 80
+
+
+@pytest.mark.parametrize("decoder", ["simplejpeg", "pillow"])
+@pytest.mark.parametrize("reduce", [1, 2, 8])
+def test_a_jpeg_above_the_limit_is_decoded_at_the_scale_that_fits(tmp_path: Path, monkeypatch, small_limit,
+                                                                  decoder: str, reduce: int) -> None:
+    """Whichever decoder and whatever scale the crop asks for, a JPEG above the pixel limit is decoded
+    at the smallest reduction that fits it (here 1/8), never whole; its crops are still crops."""
+    path = jpeg(tmp_path / "big.jpg", photo(640, 480))
+    if decoder == "pillow":
+        monkeypatch.setattr(image_files, "simplejpeg", None)
+    encoded = read_encoded(path)
+    assert (encoded.width, encoded.height, encoded.fits_whole) == (640, 480, False)
+    pixels = decode_rgb(encoded, reduce)
+    assert pixels.shape == (60, 80, 3) and np.array_equal(pixels, pillow_rgb(path, 8))
+    torch.manual_seed(0)
+    assert DecodeCropFlip(32)(encoded).shape == (3, 32, 32)
+    assert image_files.read_image(path).size == (80, 60)
+
+
+def test_other_files_above_the_limit_are_refused_at_the_header(tmp_path: Path, small_limit) -> None:
+    path = tmp_path / "big.png"
+    photo(640, 480).save(path, format="PNG")
+    with pytest.raises(DataError) as info:
+        read_encoded(path)
+    assert_one_line_error(info, str(path), "640 x 480 is more than the 8,000 pixels idml decodes", "downscale it")
+
+
+def test_pillows_own_check_never_refuses_what_idmls_rule_decodes(tmp_path: Path) -> None:
+    """Pillow refuses more than twice its MAX_IMAGE_PIXELS at Image.open (179 million pixels by
+    default); idml decodes a JPEG of up to 64 times its own limit at 1/8 scale. A JPEG whose header
+    says 16000 x 12000 (192 million pixels; its data is a small picture's) is decoded by Pillow at
+    1/4 scale, not refused."""
+    assert 2 * Image.MAX_IMAGE_PIXELS >= 64 * image_files.MAX_IMAGE_PIXELS
+    data = bytearray(jpeg(tmp_path / "small.jpg", photo(64, 48)).read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (12000).to_bytes(2, "big") + (16000).to_bytes(2, "big")
+    assert image_files.read_image(bytes(data), "huge.jpg").size == (4000, 3000)

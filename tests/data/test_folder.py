@@ -3,6 +3,7 @@ bad folders are one line; input size picks the family; in memory or streamed; me
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from idml.data.augment import RandomResizedCropFlip
 from idml.data.build import build_data
 from idml.data.types import DataRequest
 from idml.data.user import channel_stats, train_storage_size
+from idml.errors import DataError
 from idml.models.resnet import CifarResNet
 from runs import load, one_thread  # noqa: F401 - autouse fixture
 from runs import run_idml as idml
@@ -138,6 +140,59 @@ def test_skip_bad_images_drops_them_from_the_in_memory_copy(images: Path, tmp_pa
     data = build_data(request(root, skip_bad_images=True), CPU)
     assert len(data.train.labels) == 59
     assert "skipped unreadable image" in capsys.readouterr().err
+
+
+def every_kind_of_bad_file(root: Path) -> int:
+    """Replace training files by each kind of unreadable file; returns how many were replaced."""
+    import random
+
+    from image_fuzz import mutate
+
+    bad = {
+        "eps.png": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n",  # Ghostscript's, not ours
+        "empty.png": b"",
+        "cut.png": (root / "train" / "red" / "0.png").read_bytes()[:70],
+        "huge.png": None,  # more pixels than the limit
+        "thin.png": None,  # small, but too elongated to resize
+    }
+    rng = random.Random(1)
+    seed = (root / "train" / "red" / "0.png").read_bytes()
+    while len(bad) < 12:  # mutants that Pillow cannot decode
+        mutant = mutate(seed, rng)
+        try:
+            Image.open(io.BytesIO(mutant)).convert("RGB")
+        except Exception:
+            bad[f"fuzz{len(bad)}.png"] = mutant
+    for i, (name, data) in enumerate(bad.items()):
+        target = root / "train" / ("red", "green", "blue")[i % 3] / f"{i}.png"
+        if name == "huge.png":
+            Image.new("L", (6000, 6000)).save(target)
+        elif name == "thin.png":
+            Image.new("L", (1, 40000)).save(target)
+        else:
+            target.write_bytes(data)
+    return len(bad)
+
+
+@pytest.mark.parametrize("memory", ["2048", "0"], ids=["in_memory", "streamed"])
+def test_skip_bad_images_skips_every_kind_of_unreadable_file(images: Path, tmp_path: Path, capfd,
+                                                               memory: str) -> None:
+    root = tmp_path / "bad"
+    shutil.copytree(images, root)
+    count = every_kind_of_bad_file(root)
+    req = request(root, skip_bad_images=True, input_size=96, memory_mb=float(memory), batch_size=100)
+    data = build_data(req, CPU)
+    data.train.set_epoch(0)
+    trained_on = sum(len(labels) for _, labels in data.train)
+    thin_is_fine = memory == "0"  # streamed training crops before resizing: the thin image is usable there
+    assert trained_on == 60 - count + thin_is_fine
+    err = capfd.readouterr().err
+    assert err.count("skipped unreadable image") >= count - thin_is_fine and "Traceback" not in err, err
+    with pytest.raises(DataError, match="--skip_bad_images"):
+        without = build_data(request(root, input_size=96, memory_mb=float(memory), batch_size=100), CPU)
+        without.train.set_epoch(0)
+        for _ in without.train:
+            pass
 
 
 def test_hidden_files_and_other_files_are_ignored(images: Path, tmp_path: Path) -> None:

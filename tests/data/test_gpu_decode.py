@@ -174,3 +174,26 @@ def test_labels_follow_the_images_with_every_file_readable(photo_folder: Path) -
     data.train.set_epoch(0)
     images, labels = next(iter(data.train))
     assert images.shape[0] == labels.shape[0] == 8 and sorted(np.bincount(labels.numpy())) == [4, 4]
+
+
+def test_a_jpeg_above_the_pixel_limit_is_decoded_reduced_on_the_cpu(tmp_path: Path, monkeypatch) -> None:
+    """The device decoder decodes files whole: a JPEG above idml's pixel limit goes to the CPU path,
+    which decodes it at the reduced scale the limit allows; the others stay on the device."""
+    from idml.data import image_files
+
+    monkeypatch.setattr(image_files, "MAX_IMAGE_PIXELS", 400 * 300)
+    paths = [jpeg(tmp_path / "small.jpg", photo(320, 240)), jpeg(tmp_path / "big.jpg", photo(640, 480))]
+    on_device: list[int] = []
+
+    def device_decoder(files, device):
+        on_device.extend(len(f) for f in files)
+        return real_decode_jpeg(files, device)
+
+    monkeypatch.setattr(gpu_decode, "decode_jpeg", device_decoder)
+    draws = [CropDraw(0, 0, 240, 320, False), CropDraw(0, 0, 480, 640, False)]
+    images, labels = DeviceDecoder(CPU, size=32)(batch_of(paths, draws), torch.tensor([0, 1]))
+    assert images.shape == (2, 3, 32, 32) and labels.tolist() == [0, 1]
+    assert on_device == [paths[0].stat().st_size]
+    whole = torch.from_numpy(decode_rgb(read_encoded(paths[1]), 2)).permute(2, 0, 1)
+    expected = torch.nn.functional.interpolate(whole[None], size=(32, 32), mode="bilinear", antialias=True)[0]
+    assert (images[1].int() - expected.round().int()).abs().max() <= 2

@@ -97,9 +97,9 @@ def test_imagefolder_and_parquet_directories(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "fragments"), [
-    (["--image_key", "image", "--label_key", "kind"], ["has no column 'image'", "picture, kind", "--image_key"]),
+    (["--image_key", "image", "--label_key", "kind"], ["has no column 'image'", "'picture', 'kind'", "--image_key"]),
     (["--image_key", "picture", "--label_key", "kind", "--dataset", "hf:{missing}"], ["no such folder"]),
-    (["--image_key", "kind", "--label_key", "kind"], ["holds int, not an image", "--image_key"]),
+    (["--image_key", "kind", "--label_key", "kind"], ["holds int (0), not an image", "--image_key"]),
 ])
 def test_bad_datasets_are_one_line(saved: Path, tmp_path: Path, capsys, args: list[str], fragments) -> None:
     args = [a.replace("{missing}", str(tmp_path / "missing")) for a in args]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from child import in_child
 from expect import one_line_message
 from idml.config import parse_train_args
 from idml.data.blends import blend_pairs
@@ -30,6 +31,15 @@ def test_parse_classes_refuses(spec, fragment):
     with pytest.raises(ConfigError) as info:
         parse_classes(spec, 10)
     one_line_message(info, "--classes", fragment)
+
+
+@pytest.mark.parametrize("spec", ["0-5000000", "0-99999,0-5000000", "0-" + "9" * 40])
+def test_a_huge_classes_range_is_refused_before_it_is_built(spec: str) -> None:
+    """Without the dataset's class count (a Hugging Face dataset's is known only once it is read),
+    a range is bounded by the most classes idml supports, counted before a list is built."""
+    status, text, grown = in_child(lambda: parse_classes(spec))
+    assert status == 0 and text.startswith("ConfigError: --classes") and "\n" not in text, text
+    assert "names more classes than any dataset holds" in text and grown < 16 * 2**20, (text, grown)
 
 
 def test_keep_classes_renumbers_in_the_given_order():
@@ -119,12 +129,14 @@ def test_blends_ground_truth():
     assert np.allclose(blends.ambiguity, np.minimum(blends.weight, 1 - blends.weight))
     # every blend is exactly a * x_i + (1 - a) * x_j: recover a from the constant images
     value = {0: {0.0, 40.0}, 1: {100.0}, 2: {200.0}}
+    blended = torch.cat(list(blends.batches(7)))  # made a batch at a time
+    assert blended.shape == (200, 3, 4, 4)
     for k in range(20):
-        pixel = blends.images[k, 0, 0, 0].item()
+        pixel = blended[k, 0, 0, 0].item()
         a = blends.weight[k]
         candidates = [a * x + (1 - a) * y for x in value[int(blends.first[k])] for y in value[int(blends.second[k])]]
         assert min(abs(pixel - c) for c in candidates) < 1e-3
     again = blend_pairs(images, labels, 200, seed=5)
-    assert torch.equal(again.images, blends.images) and np.array_equal(again.weight, blends.weight)
+    assert torch.equal(torch.cat(list(again.batches(200))), blended) and np.array_equal(again.weight, blends.weight)
     with pytest.raises(DataError):
         blend_pairs(images[:1], labels[:1], 5, seed=0)

@@ -206,10 +206,25 @@ def test_images_of_the_wrong_size_type_or_mode(exported: dict, tmp_path: Path, c
         with pytest.raises(IdmlError) as info:
             model.run(bad)
         one_line_message(info, "takes uint8 RGB images N x 3 x 32 x 32")
-    wide = tmp_path / "sixteen_bit.png"
-    Image.fromarray(np.full((32, 32), 1000, np.uint16)).save(wide)
-    code, out, err = predict_model(exported["path"], wide, capsys)
-    one_error_line(err, "more than 8 bits per channel", str(wide), code=code)
+
+
+def test_predict_model_reads_images_through_idmls_one_opener(exported: dict, tmp_path: Path, capsys) -> None:
+    """--model decodes files as --checkpoint does: a 16-bit image is scaled by its bit depth (the
+    prediction of its 8-bit twin, not of a clipped, white picture), and a PostScript file named
+    .png is refused, never handed to Ghostscript."""
+    dark = (np.arange(32 * 32).reshape(32, 32) * 7 % 3000).astype(np.uint16)
+    Image.fromarray(dark).save(tmp_path / "sixteen_bit.png")
+    Image.fromarray(np.rint(dark / 257).astype(np.uint8)).save(tmp_path / "eight_bit.png")
+    rows = {}
+    for name in ("sixteen_bit.png", "eight_bit.png"):
+        code, out, err = predict_model(exported["path"], tmp_path / name, capsys, "--format", "json")
+        assert code == 0, err
+        (row,) = json.loads(out)
+        rows[name] = (row["topk"], row["uncertainty"])
+    assert rows["sixteen_bit.png"] == rows["eight_bit.png"]
+    (tmp_path / "photo.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n%%EOF\n")
+    code, out, err = predict_model(exported["path"], tmp_path / "photo.png", capsys)
+    one_error_line(err, "photo.png", "not an image in a format idml reads", code=code)
     assert out == ""
 
 

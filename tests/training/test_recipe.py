@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from expect import one_line_message
-from idml.config import TrainConfig
+from idml.config import TrainConfig, setting_problem
 from idml.data.loaders import InMemoryLoader
 from idml.data.types import DataBundle
 from idml.device.runtime import Runtime
@@ -337,10 +337,22 @@ def test_init_from_in_a_run_prints_what_it_loaded(tmp_path: Path, capsys) -> Non
     ("warmup_epochs", 1e308, "--warmup_epochs must be a number in [0, 100000] (got 1e+308)"),
     ("grad_accum_steps", 0, "--grad_accum_steps must be an integer in [1, 1000000000] (got 0)"),
     ("label_smoothing", 1.0, "--label_smoothing must be a number in [0, 1) (got 1.0)"),
-    ("clip_grad_norm", -1.0, "--clip_grad_norm must be a number >= 0 (got -1.0)"),
+    ("clip_grad_norm", -1.0, "--clip_grad_norm must be 0 (off) or a number >= 1e-06 (got -1.0)"),
     ("init_from", " ", "--init_from must be the path of a weights file (got ' ')"),
 ])
 def test_bad_recipe_values_are_one_line(flag: str, value, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         TrainConfig(dataset="cifar10", epochs=2, **{flag: value})
     one_line_message(info, fragment)
+
+
+@pytest.mark.parametrize("value", [5e-324, 1e-320, 1e-9, 1e-6, 1.0, 1e30])
+def test_every_accepted_clip_grad_norm_keeps_the_gradients(value: float) -> None:
+    """--clip_grad_norm scales the (float32) gradients by MAX / norm: a MAX the settings accept must
+    not scale them to zero (1e-320 would, and the run would silently stop learning)."""
+    if setting_problem("clip_grad_norm", value) is not None:
+        return
+    weight = nn.Parameter(torch.ones(3))
+    weight.grad = torch.full((3,), 10.0)
+    nn.utils.clip_grad_norm_([weight], value)
+    assert (weight.grad > 0).all() and torch.isfinite(weight.grad).all(), value

@@ -28,7 +28,7 @@ from idml.checkpoint.schema import BEST_NAME, CHECKPOINT_NAME
 from idml.config import TrainConfig
 from idml.training.resume import DATA_ORDER, RESUME_RULES
 from idml.training.run_folder import RunLock
-from idml.training.run_log import METRICS_NAME, EpochRecord, MetricsCSV, read_metrics
+from idml.training.run_log import METRICS_NAME, EpochRecord, MetricsCSV, metrics_history, read_metrics
 from runs import (  # noqa: F401 - one_thread: autouse fixture
     assert_same_weights,
     load,
@@ -241,7 +241,7 @@ def record(epoch: int) -> EpochRecord:
 
 def test_a_kill_while_metrics_csv_is_rewritten_leaves_the_old_file(tmp_path, monkeypatch) -> None:
     path = tmp_path / METRICS_NAME
-    log = MetricsCSV(path, 0)
+    log = MetricsCSV(path, [])
     log.write(record(0))
     log.write(record(1))
     before = path.read_bytes()
@@ -251,13 +251,14 @@ def test_a_kill_while_metrics_csv_is_rewritten_leaves_the_old_file(tmp_path, mon
 
     monkeypatch.setattr(idml.files.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        MetricsCSV(path, 1)  # a resume at epoch 1 rewrites the file
-    assert path.read_bytes() == before
+        metrics_history(path, 1)  # a resume at epoch 1 keeps the file aside and rewrites it
+    assert path.read_bytes() == before and (tmp_path / "metrics.csv.old-1").read_bytes() == before
     assert temp_files(tmp_path) == []
     monkeypatch.undo()
     assert [row["epoch"] for row in read_metrics(path)] == [0, 1]
-    MetricsCSV(path, 1)
-    assert [row["epoch"] for row in read_metrics(path)] == [0]
+    rows, note = metrics_history(path, 1)
+    assert [row["epoch"] for row in rows] == [0] == [row["epoch"] for row in read_metrics(path)]
+    assert "metrics.csv.old-2" in note and (tmp_path / "metrics.csv.old-2").read_bytes() == before
 
 
 HOLD_LOCK = textwrap.dedent("""

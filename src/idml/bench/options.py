@@ -4,11 +4,11 @@ flag are quick): which variants of a training step exist and run, and how they a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from idml.config import TrainConfig
 from idml.data.catalog import dataset_info, datasets_that_can
-from idml.errors import ConfigError, listing
+from idml.errors import ConfigError, describe, listing
 
 #: model variants: name -> the settings it trains with, derived from the command line's.
 MODEL_VARIANTS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
@@ -41,7 +41,8 @@ def chosen_variants(spec: str | None, dataset: str) -> list[str]:
     known = [*MODEL_VARIANTS, DATA_ONLY]
     unknown = [v for v in names if v not in known]
     if unknown or not names:
-        raise ConfigError(f"unknown --variants {', '.join(unknown) or spec!r}: choose from {', '.join(known)}")
+        named = ", ".join(describe(u) for u in unknown[:5]) or describe(spec)
+        raise ConfigError(f"unknown --variants {named}: choose from {', '.join(known)}")
     if DATA_ONLY in names and not in_memory:
         raise ConfigError("the data-only variant needs an in-memory dataset "
                           f"({listing(datasets_that_can('in_memory'))})")
@@ -72,3 +73,35 @@ def pipeline_variants(spec: str | None, dataset: str) -> list[str]:
         raise ConfigError(f"unknown --variants {', '.join(unknown) or spec!r} for --input_pipeline: "
                           f"choose from {', '.join(PIPELINE_VARIANTS)}")
     return list(dict.fromkeys(names))
+
+
+#: why the rounds stopped (:meth:`RoundPlan.stop_reason`)
+FIXED, AA_PASSED, ROUNDS_CAP, TIME_CAP = "fixed", "aa-passed", "rounds-cap", "time-cap"
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """How many rounds to time: at least ``min_rounds``; then, while an A/A check runs and fails,
+    more, up to ``max_rounds`` and (if set) ``max_seconds`` of timed rounds."""
+
+    min_rounds: int
+    max_rounds: int = 0  # below min_rounds: min_rounds
+    max_seconds: float | None = None
+
+    @property
+    def cap(self) -> int:
+        return max(self.min_rounds, self.max_rounds)
+
+    def stop_reason(self, rounds: int, seconds: float, aa_passed: bool | None) -> str | None:
+        """None to run another round, else why to stop. ``aa_passed`` is None without an A/A check."""
+        if rounds < self.min_rounds:
+            return None
+        if aa_passed is None:
+            return FIXED
+        if aa_passed:
+            return AA_PASSED
+        if rounds >= self.cap:
+            return ROUNDS_CAP
+        if self.max_seconds is not None and seconds >= self.max_seconds:
+            return TIME_CAP
+        return None

@@ -18,26 +18,33 @@ nearly the same load), which is far less load-sensitive than a ratio of two medi
 
 An A/A check runs one variant twice (two processes, same settings): its paired ratio should be
 1.00; within :data:`AA_TOLERANCE` it passes. It is the benchmark's own error bar.
+
+How many rounds (:class:`RoundPlan`): at least ``--steps``; then, while the A/A check fails, more
+rounds until it passes or a cap (``--max_rounds``, ``--max_minutes``) is reached. A noisy machine
+thus gets the rounds it needs, and the report says whether the check passed and after how many
+rounds, or that it did not pass within the cap (then no ratio of the run is trustworthy at the
+tolerance). Without an A/A check the run has exactly ``--steps`` rounds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import statistics
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from idml.bench.options import ISOLATIONS
+from idml.bench.options import ISOLATIONS, RoundPlan
 from idml.device.memory import PeakMemory
 from idml.device.runtime import synchronize
-from idml.errors import IdmlError, one_line
+from idml.errors import IdmlError, describe, one_line
 
 #: the A/A check passes when the paired ratio of a variant against itself is within 3% of 1.00
 AA_TOLERANCE = 0.03
@@ -175,10 +182,25 @@ class _Worker:
         self.conn.close()
 
 
+def order_stream(n: int, seed: int) -> Iterator[list[int]]:
+    """Shuffled visiting orders, one per round, for as many rounds as are asked (seeded)."""
+    rng = np.random.default_rng([seed, n])
+    while True:
+        yield [int(i) for i in rng.permutation(n)]
+
+
 def round_orders(n: int, rounds: int, seed: int) -> list[list[int]]:
-    """One shuffled visiting order per round (seeded: the same for the same arguments)."""
-    rng = np.random.default_rng([seed, n, rounds])
-    return [[int(i) for i in rng.permutation(n)] for _ in range(rounds)]
+    """The first ``rounds`` orders of :func:`order_stream`."""
+    return list(itertools.islice(order_stream(n, seed), rounds))
+
+
+@dataclass
+class RoundsDone:
+    """What :func:`measure_rounds` ran: timed rounds, why it stopped, and their wall-clock seconds."""
+
+    rounds: int
+    stopped: str
+    seconds: float
 
 
 def clock(seconds: float) -> str:
@@ -195,9 +217,10 @@ class Progress:
     """Where a benchmark stands, for people waiting on it: one line per stage and per round
     (variant or round, steps, elapsed time, an estimate of the rest), through ``report``."""
 
-    def __init__(self, report: Callable[[str], None] | None, rounds: int) -> None:
+    def __init__(self, report: Callable[[str], None] | None, rounds: int, cap: int | None = None) -> None:
         self.report = report
         self.rounds = rounds
+        self.cap = rounds if cap is None else cap
         self.start = time.perf_counter()
         self.round_seconds: list[float] = []
 
@@ -220,23 +243,33 @@ class Progress:
 
     def round_done(self, turn: int, seconds: float) -> None:
         self.round_seconds.append(seconds)
-        mean = sum(self.round_seconds) / len(self.round_seconds)
-        rest = self.estimate(mean, self.rounds - turn - 1)
-        self.say(f"round {turn + 1}/{self.rounds} done ({seconds:.1f} s), {rest}")
+        if turn < self.rounds:
+            mean = sum(self.round_seconds) / len(self.round_seconds)
+            rest = self.estimate(mean, self.rounds - turn - 1)
+            self.say(f"round {turn + 1}/{self.rounds} done ({seconds:.1f} s), {rest}")
+        else:  # past the planned rounds: the A/A check has not passed yet
+            self.say(f"round {turn + 1} done ({seconds:.1f} s), an extra one because the A/A check has not passed "
+                     f"yet (at most {self.cap} rounds)")
 
 
 def measure_rounds(slots: list[Slot], steps: int, warmup: int, *, isolation: str = "process",
-                   threads: int | None = None, seed: int = 0, report: Callable[[str], None] | None = None) -> None:
-    """Warm every slot up, time ``steps`` rounds in shuffled order, then measure peak memory.
+                   threads: int | None = None, seed: int = 0, plan: RoundPlan | None = None,
+                   aa: tuple[int, int] | None = None, clock: Callable[[], float] = time.monotonic,
+                   report: Callable[[str], None] | None = None) -> RoundsDone:
+    """Warm every slot up, time rounds in shuffled order as ``plan`` says (default: exactly
+    ``steps``), then measure peak memory.
 
-    With ``isolation="process"`` each slot runs in a worker process of its own, else all in this one.
-    ``report`` receives a line at each stage and after each round (:class:`Progress`).
+    ``aa`` = the indices of the A/A pair in ``slots`` (original, copy), whose check decides
+    whether more rounds are needed. With ``isolation="process"`` each slot runs in a worker
+    process of its own, else all in this one. ``report`` receives a line at each stage and after
+    each round (:class:`Progress`).
     """
     if isolation not in ISOLATIONS:
-        raise IdmlError(f"unknown isolation {isolation!r}: choose from {', '.join(ISOLATIONS)}")
+        raise IdmlError(f"unknown isolation {describe(isolation)}: choose from {', '.join(ISOLATIONS)}")
+    plan = RoundPlan(steps) if plan is None else plan
     threads = torch.get_num_threads() if threads is None else threads
     kind = _Worker if isolation == "process" else _Local
-    progress = Progress(report, steps)
+    progress = Progress(report, plan.min_rounds, plan.cap)
     hosts: list[_Worker | _Local] = []
     try:
         where = "a worker process each" if isolation == "process" else "in this process"
@@ -253,19 +286,32 @@ def measure_rounds(slots: list[Slot], steps: int, warmup: int, *, isolation: str
                 last = host.ask("turn", turn)[0]
             last_turns.append(last)
         progress.warmed(slots, last_turns)
-        for turn, order in enumerate(round_orders(len(slots), steps, seed)):
-            started = time.perf_counter()
-            for i in order:
-                wall, cpu = hosts[i].ask("turn", warmup + turn)
-                slots[i].step_seconds.append(wall)
-                slots[i].cpu_seconds.append(cpu)
-            progress.round_done(turn, time.perf_counter() - started)
+        done = _timed_rounds(slots, hosts, warmup, seed, plan, aa, clock, progress)
         progress.say("measuring peak memory (one more step per variant)")
         for slot, host in zip(slots, hosts, strict=True):
-            slot.peak_bytes = host.ask("memory", warmup + steps)
+            slot.peak_bytes = host.ask("memory", warmup + done.rounds)
+        return done
     finally:
         for host in hosts:
             host.close()
+
+
+def _timed_rounds(slots: list[Slot], hosts: list, warmup: int, seed: int, plan: RoundPlan,
+                  aa: tuple[int, int] | None, clock: Callable[[], float], progress: Progress) -> RoundsDone:
+    """Rounds until ``plan`` says stop, the A/A check judged after each."""
+    start, rounds, stopped = clock(), 0, None
+    orders = order_stream(len(slots), seed)
+    while stopped is None:
+        round_start = time.perf_counter()
+        for i in next(orders):
+            wall, cpu = hosts[i].ask("turn", warmup + rounds)
+            slots[i].step_seconds.append(wall)
+            slots[i].cpu_seconds.append(cpu)
+        progress.round_done(rounds, time.perf_counter() - round_start)
+        rounds += 1
+        passed = None if aa is None else aa_check(slots[aa[0]], slots[aa[1]])["passed"]
+        stopped = plan.stop_reason(rounds, clock() - start, passed)
+    return RoundsDone(rounds, stopped, clock() - start)
 
 
 def paired_ratio(fast: Slot, slow: Slot) -> float:

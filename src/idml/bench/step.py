@@ -8,7 +8,13 @@ variants take turns, one step each per round in a shuffled order (see
 After a few warm-up steps per variant (where ``torch.compile`` compiles: reported separately as
 ``first_step_seconds``), throughput is the batch size over the median step time; ratios between
 variants are paired per round. An A/A check runs one variant twice and prints whether the two
-agree within 3%. Peak memory is measured afterwards, one step per variant (see :mod:`idml.device.memory`).
+agree within 3%; while they do not, more rounds run, up to a cap (:class:`idml.bench.rounds.RoundPlan`).
+Peak memory is measured afterwards, one step per variant (see :mod:`idml.device.memory`).
+
+On the CPU, ``default`` (and ``default-linear``) take the memory format a training run of the
+same settings would take when no flag forces one: timed on this machine, or cached from an
+earlier timing (:mod:`idml.training.format_trial`). It is settled once, in this process, before
+the workers start, so that both copies of an A/A pair train in the same format.
 """
 
 from __future__ import annotations
@@ -21,7 +27,16 @@ from dataclasses import replace
 import torch
 
 from idml.bench.options import DATA_ONLY, MODEL_VARIANTS, chosen_aa, chosen_variants
-from idml.bench.rounds import Runner, Slot, aa_check, measure_rounds, memory_source, paired_ratio
+from idml.bench.rounds import (
+    RoundPlan,
+    RoundsDone,
+    Runner,
+    Slot,
+    aa_check,
+    measure_rounds,
+    memory_source,
+    paired_ratio,
+)
 from idml.config import TrainConfig
 from idml.data.build import imagenet_transforms, in_memory_bundle
 from idml.data.catalog import dataset_info
@@ -31,6 +46,7 @@ from idml.data.types import DataBundle, DataRequest
 from idml.device.memory import training_state_bytes
 from idml.device.runtime import build_runtime
 from idml.training.compiling import CompiledWithFallback, maybe_compile
+from idml.training.format_trial import unforced_cpu_format
 from idml.training.setup import place_model, run_runtime
 from idml.training.trainer import Meter, Trainer, step_rng
 
@@ -102,8 +118,36 @@ def variant_runner(cfg: TrainConfig, name: str) -> Runner:
                   lambda: training_state_bytes(trainer.model, trainer.optimizer))
 
 
+#: the variants that train with the given settings' memory format (the others fix their own)
+GIVEN_FORMAT = ("default", "default-linear")
+
+
+def settled_format(cfg: TrainConfig, names: list[str]) -> tuple[TrainConfig, str]:
+    """``cfg`` with the memory format a CPU training run of it would take when no flag forces one
+    (timed or cached, see the module docstring), and the line that says how; ``cfg`` unchanged
+    when a flag forces the format, on a GPU, or when no variant uses the given format."""
+    if cfg.channels_last is not None or not set(names) & set(GIVEN_FORMAT):
+        return cfg, ""
+    rt = run_runtime(cfg)
+    if rt.device.type != "cpu":
+        return cfg, ""
+    data = synthetic_data(cfg, rt.device)
+    lines: list[str] = []
+    spec = replace(cfg.model_spec, num_classes=data.num_classes)
+    channels_last = unforced_cpu_format(cfg, rt, data, spec, None, lines.append)
+    return replace(cfg, channels_last=channels_last), " ".join(line.removeprefix("=> ") for line in lines)
+
+
 def aa_label(name: str) -> str:
     return f"{name} (A/A)"
+
+
+def aa_pair(slots: list[Slot], aa: str | None) -> tuple[int, int] | None:
+    """The positions of the A/A check's original and copy in ``slots``, or None."""
+    labels = [s.label for s in slots]
+    if aa is None or aa_label(aa) not in labels:
+        return None
+    return labels.index(aa), labels.index(aa_label(aa))
 
 
 def variant_slots(cfg: TrainConfig, names: list[str], aa: str | None) -> list[Slot]:
@@ -130,12 +174,20 @@ def slot_result(slot: Slot) -> dict:
 
 
 RATIOS = (("default", "fp32-eager"), ("default", "default-linear"), ("default", "official"),
+          ("default", "channels_last"), ("default", "bf16"), ("default", "bf16-channels_last"),
           ("bf16-channels_last", "bf16"), ("channels_last", "fp32-eager"), ("bf16-compile", "bf16"),
           ("bf16-channels_last-compile", "bf16"), (DATA_ONLY, "default"))
 
 
+def rounds_fields(done: RoundsDone, plan: RoundPlan) -> dict:
+    """How many rounds ran and why they stopped, for the report (``rounds`` in the JSON)."""
+    return {"timed": done.rounds, "stopped": done.stopped, "min": plan.min_rounds, "max": plan.cap,
+            "max_minutes": None if plan.max_seconds is None else round(plan.max_seconds / 60, 3),
+            "seconds": round(done.seconds, 1)}
+
+
 def report(slots: list[Slot], config: dict, device: torch.device, isolation: str, aa: str | None,
-           threads: int) -> dict:
+           threads: int, rounds: dict | None = None) -> dict:
     """The JSON object ``idml bench --json`` prints (benchmarks/official_step.py prints one too)."""
     name = {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: "Apple MPS"}.get(
         device.type, lambda: "cpu")()
@@ -159,6 +211,8 @@ def report(slots: list[Slot], config: dict, device: torch.device, isolation: str
     }
     if copy is not None:
         result["aa"] = aa_check(by_label[aa], copy)
+    if rounds is not None:
+        result["rounds"] = rounds
     return result
 
 
@@ -169,26 +223,29 @@ def load_average() -> tuple[float, float, float]:
         return (float("nan"),) * 3
 
 
-def config_fields(cfg: TrainConfig, steps: int, warmup: int) -> dict:
-    return {
+def config_fields(cfg: TrainConfig, steps: int, warmup: int, memory_format: str = "") -> dict:
+    """The settings of the run, for the report; ``steps`` is the least number of timed rounds."""
+    fields = {
         "net_type": cfg.net_type, "dataset": cfg.dataset, "depth": cfg.depth, "alpha": cfg.alpha,
         "bottleneck": cfg.bottleneck, "batch_size": cfg.batch_size, "steps": steps,
         "warmup": warmup, "beta": cfg.beta, "cutmix_prob": cfg.cutmix_prob,
         "mixup_alpha": cfg.mixup_alpha, "mixup_prob": cfg.mixup_prob,
     }
+    return fields | ({"memory_format": memory_format} if memory_format else {})
 
 
-
-
-def run_bench(cfg: TrainConfig, variants: str | None, aa_spec: str, steps: int, warmup: int,
+def run_bench(cfg: TrainConfig, variants: str | None, aa_spec: str, plan: RoundPlan, warmup: int,
               isolation: str, progress: Callable[[str], None] | None = None) -> dict:
     """Time the chosen variants of one training step (see the module docstring): the report that
     ``idml bench --json`` prints. ``progress`` receives a line at each stage and round."""
     run_runtime(cfg)  # settings this machine cannot run (--amp fp16 on a CPU): one line before any worker starts
     names = chosen_variants(variants, cfg.dataset)
     aa = chosen_aa(aa_spec, names)
+    cfg, how = settled_format(cfg, names)
     slots = variant_slots(cfg, names, aa)
     threads = torch.get_num_threads()
-    measure_rounds(slots, steps, warmup, isolation=isolation, threads=threads, seed=cfg.seed, report=progress)
+    done = measure_rounds(slots, plan.min_rounds, warmup, isolation=isolation, threads=threads, seed=cfg.seed,
+                          plan=plan, aa=aa_pair(slots, aa), report=progress)
     device = build_runtime(cfg.device, "off", False).device
-    return report(slots, config_fields(cfg, steps, warmup), device, isolation, aa, threads)
+    return report(slots, config_fields(cfg, plan.min_rounds, warmup, how), device, isolation, aa, threads,
+                  rounds_fields(done, plan))

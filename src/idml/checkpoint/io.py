@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import torch
 
 from idml.checkpoint.schema import Checkpoint
-from idml.errors import IdmlError, one_line
+from idml.errors import IdmlError, describe, one_line
 from idml.files import atomic_write, open_to_read
 
 
@@ -54,14 +54,14 @@ def _check_archive(fh: BinaryIO, path: Path) -> None:
         with zipfile.ZipFile(fh) as archive:
             for info in archive.infolist():
                 if info.compress_type != zipfile.ZIP_STORED:
-                    raise _corrupt(path, f"member {info.filename!r} is compressed, which torch.save never does")
+                    raise _corrupt(path, f"member {describe(info.filename)} is compressed, which torch.save never does")
             bad = archive.testzip()
     except zipfile.BadZipFile as exc:
         raise _corrupt(path, f"not the zip archive torch.save writes ({exc})") from exc
     except (EOFError, ValueError, zlib.error, NotImplementedError, OverflowError) as exc:
         raise _corrupt(path, f"damaged zip archive ({type(exc).__name__}: {exc})") from exc
     if bad is not None:
-        raise _corrupt(path, f"member {bad!r} fails its CRC check")
+        raise _corrupt(path, f"member {describe(bad)} fails its CRC check")
 
 
 def _refusal_detail(exc: Exception) -> str:

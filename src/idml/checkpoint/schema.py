@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from idml.checkpoint.health import weights_problem
-from idml.config import setting_rule
+from idml.config import CHANNEL_MEAN, CHANNEL_STD, setting_rule
 from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, MAX_INPUT_SIZE
+from idml.data.identity import DATA_IDENTITY
 from idml.errors import IdmlError, describe
 from idml.models.spec import ModelSpec
-from idml.rules import Rule, integer, number, one_of, optional, text
+from idml.rules import Rule, integer, number, numbers, one_of, optional, text
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
@@ -70,11 +71,6 @@ CLASS_NAMES = Rule(f"be a list of class names (text of at most {MAX_CLASS_NAME} 
                    and all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in v))
 
 
-def _channel_numbers(*, above: float | None = None) -> Rule:
-    """1 or 3 finite numbers: a mean or std per channel (gray or RGB)."""
-    each = number(above=above) if above is not None else number()
-    return Rule(f"be a list of 1 or 3 numbers that each {each.words}",
-                lambda v: isinstance(v, list | tuple) and len(v) in (1, 3) and all(each.test(x) for x in v))
 
 
 #: Network settings that are not settings of a run (the class count comes from the data).
@@ -93,6 +89,11 @@ def entry(default: Any = None, rule: Rule | None = None, *, check: Callable[[Any
     value = MISSING if factory else default
     return field(default=value, default_factory=factory or MISSING, metadata={"rule": rule, "check": check,
                                                                                 "doc": doc})
+
+
+def checkpoint_rule(name: str) -> Rule:
+    """The rule of the checkpoint field ``name`` (for files that record it again: exports)."""
+    return next(f.metadata["rule"] for f in fields(Checkpoint) if f.name == name)
 
 
 # -- the structured fields -------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def check_state_dict(value: Any, where: str = "state_dict") -> None:
     _dict(value, where, "a dict of weight names to tensors")
     for name, tensor in value.items():
         if not _is_dense(tensor):
-            raise Invalid(f"field {where}[{name!r}] must be a dense tensor (got {describe(tensor)})")
+            raise Invalid(f"field {where}[{describe(name)}] must be a dense tensor (got {describe(tensor)})")
 
 
 def check_model(value: Any, where: str = "model") -> None:
@@ -280,9 +281,12 @@ class Checkpoint:
     test_at_last: dict | None = entry(None, optional(PLAIN_DICT))
     # the data it learnt
     class_names: list | None = entry(None, optional(CLASS_NAMES))
-    mean: list | None = entry(None, optional(_channel_numbers()))
-    std: list | None = entry(None, optional(_channel_numbers(above=0)))
+    #: per channel (gray or RGB), by the rules of --mean and --std
+    mean: list | None = entry(None, optional(numbers(1, 3, each=CHANNEL_MEAN)))
+    std: list | None = entry(None, optional(numbers(1, 3, each=CHANNEL_STD)))
     input_size: int | None = entry(None, optional(integer(1, MAX_INPUT_SIZE)))
+    #: what each split held (image count and digest): refusing a resume or an eval on changed data
+    data: dict | None = entry(None, optional(DATA_IDENTITY))
     # the run's settings, as it ran them
     config: dict = entry(dict, check=check_config)
     # what continuing the run needs
@@ -398,7 +402,7 @@ def _check_sizes(ckpt: Checkpoint, file_size: int | None) -> None:
     if ckpt.ema is not None:
         for name, tensor in ckpt.ema["state_dict"].items():
             if name not in weights or tensor.shape != weights[name].shape:
-                raise Invalid(f"field ema.state_dict[{name!r}] must be shaped like the weight of that name "
+                raise Invalid(f"field ema.state_dict[{describe(name)}] must be shaped like the weight of that name "
                               f"(got {describe(tensor)})")
     if file_size is not None:
         declared = sum(t.numel() * t.element_size() for t in _tensors(ckpt.to_state()))

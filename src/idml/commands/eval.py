@@ -11,8 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from idml.config import AMP_CHOICES, DEVICE_CHOICES, OneLineParser
+from idml.config import AMP_CHOICES, DEVICE_CHOICES, OneLineParser, setting_rule
 from idml.errors import ConfigError, printable
+from idml.rules import flag_type, integer
+
+#: The most blends --blends may score (they are made and scored a batch at a time).
+MAX_BLENDS = 1_000_000
 
 
 def parse_args(argv: list[str]):
@@ -24,8 +28,9 @@ def parse_args(argv: list[str]):
                    "checkpoint's own)")
     p.add_argument("--ema", action="store_true",
                    help="evaluate the moving average of the weights of a --model_ema run instead of the weights")
-    p.add_argument("-b", "--batch_size", type=int, default=256, help="images per forward pass (default: %(default)s)")
-    p.add_argument("-j", "--workers", type=int, default=None,
+    p.add_argument("-b", "--batch_size", type=flag_type(int, setting_rule("batch_size")), default=256,
+                   help="images per forward pass (default: %(default)s)")
+    p.add_argument("-j", "--workers", type=flag_type(int, setting_rule("workers")), default=None,
                    help="data-loading processes, ImageNet (default: one per available CPU core, less one)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="auto = CUDA when available, else Apple's MPS, else CPU")
@@ -37,18 +42,15 @@ def parse_args(argv: list[str]):
     p.add_argument("--ood", metavar="SPEC",
                    help="out-of-distribution images: the test split of another dataset (cifar100) or of some "
                    "classes of one (digits:5-9); reports AUROC, AUPR and FPR95 of every score")
-    p.add_argument("--blends", type=int, default=0, metavar="N",
+    p.add_argument("--blends", type=flag_type(int, integer(0, MAX_BLENDS)), default=0, metavar="N",
                    help="also score N blends a*x_i + (1-a)*x_j of test images of two classes (Spearman's rho "
                    "of each score with min(a, 1-a)); default 0 = none")
-    p.add_argument("--blend_seed", type=int, default=0, metavar="S", help="seed of the blends (default: %(default)s)")
+    p.add_argument("--blend_seed", type=flag_type(int, setting_rule("seed")), default=0, metavar="S",
+                   help="seed of the blends (default: %(default)s)")
     p.add_argument("--fit_temperature", action="store_true",
                    help="fit the softmax temperature on the checkpoint's validation split now (needs a run "
                    "trained with --val_split; default: use the temperature saved in the checkpoint)")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
-        raise ConfigError("--batch_size must be at least 1 and --workers at least 0")
-    if args.blends < 0 or args.blends > 1_000_000:
-        raise ConfigError(f"--blends must lie in [0, 1000000] (got {args.blends})")
     if args.blend_seed != 0 and args.blends == 0:
         raise ConfigError(f"--blend_seed {args.blend_seed} does nothing without --blends N (no blends are made)")
     return args

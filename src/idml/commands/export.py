@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from idml.config import OneLineParser
 from idml.errors import printable
-from idml.export.formats import DEFAULT_OPSET, FORMATS
+from idml.export.formats import DEFAULT_OPSET, FORMATS, MAX_OPSET, MIN_OPSET
+from idml.rules import flag_type, integer
 from idml.scores import DEFAULT_SCORE, LOGIT_SCORE_NAMES
 
 if TYPE_CHECKING:
@@ -28,14 +29,12 @@ def parse_args(argv: list[str]) -> ExportRequest:
                    help="file to write: .onnx, .pt or .safetensors (which also writes a .json beside it)")
     p.add_argument("--ema", action="store_true",
                    help="export the moving average of the weights of a --model_ema run instead of the weights")
-    p.add_argument("--opset", type=int, metavar="N",
+    p.add_argument("--opset", type=flag_type(int, integer(MIN_OPSET, MAX_OPSET)), metavar="N",
                    help=f"ONNX opset to write (default: {DEFAULT_OPSET}; lower ones are converted where ONNX can "
                    "express the network)")
     p.add_argument("--score", choices=LOGIT_SCORE_NAMES, default=DEFAULT_SCORE,
                    help="the score the 'uncertainty' output is (default: %(default)s, as idml predict)")
     args = p.parse_args(argv)
-    if args.opset is not None and not 7 <= args.opset <= 99:
-        p.error(f"--opset {args.opset} is not an ONNX opset (7 to 99)")
     from idml.export.exporter import ExportRequest
 
     return ExportRequest(args.checkpoint, args.format, args.output, args.ema, args.opset, args.score)

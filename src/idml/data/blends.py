@@ -8,6 +8,7 @@ uncertainty embedding does, should rise with it (``idml eval --blends N`` report
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,13 @@ from idml.errors import DataError
 
 @dataclass(frozen=True)
 class Blends:
-    """``images`` (float, pixel units like the uint8 originals), the two sources' labels, ``a``."""
+    """``n`` blends of pairs of the images ``source``: the pairs' indices and labels and the weights
+    ``a``. The blended images themselves are made a batch at a time (:meth:`batches`), so that
+    ``--blends 1000000`` costs the memory of one batch, not of a million images."""
 
-    images: Tensor
+    source: Tensor
+    first_index: Tensor
+    second_index: Tensor
     first: Tensor
     second: Tensor
     weight: np.ndarray
@@ -30,6 +35,15 @@ class Blends:
     def ambiguity(self) -> np.ndarray:
         """min(a, 1 - a): the ground-truth ambiguity of each blend, in [0, 0.5]."""
         return np.minimum(self.weight, 1.0 - self.weight)
+
+    def batches(self, batch_size: int) -> Iterator[Tensor]:
+        """The blends ``a * x_i + (1 - a) * x_j`` (float, pixel units like the uint8 originals), in order,
+        ``batch_size`` at a time."""
+        for start in range(0, len(self.weight), batch_size):
+            part = slice(start, start + batch_size)
+            a = torch.from_numpy(self.weight[part]).float().view(-1, 1, 1, 1).to(self.source.device)
+            yield (a * self.source[self.first_index[part]].float()
+                   + (1.0 - a) * self.source[self.second_index[part]].float())
 
 
 def blend_pairs(images: Tensor, labels: Tensor, n: int, seed: int) -> Blends:
@@ -48,7 +62,5 @@ def blend_pairs(images: Tensor, labels: Tensor, n: int, seed: int) -> Blends:
         second[same] = rng.integers(0, len(labels_np), size=int(same.sum()))
         same = labels_np[first] == labels_np[second]
     weight = rng.uniform(0.0, 1.0, size=n)
-    a = torch.from_numpy(weight).float().view(-1, 1, 1, 1).to(images.device)
     i, j = torch.from_numpy(first).to(images.device), torch.from_numpy(second).to(images.device)
-    mixed = a * images[i].float() + (1.0 - a) * images[j].float()
-    return Blends(mixed, labels[i], labels[j], weight)
+    return Blends(images, i, j, labels[i], labels[j], weight)

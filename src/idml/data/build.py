@@ -14,7 +14,8 @@ from idml.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_data
 from idml.data.folder import build_folder
 from idml.data.gpu_decode import DeviceDecoder, DeviceDecodingLoader
 from idml.data.hf import build_hf
-from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, load_imagenet
+from idml.data.identity import split_identity
+from idml.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, folder_identity, load_imagenet
 from idml.data.loaders import InMemoryLoader, SeededImages, stream_loaders
 from idml.data.noise import symmetric_label_noise
 from idml.data.splits import select_classes, split_validation
@@ -40,10 +41,13 @@ def in_memory_bundle(data: dict, req: DataRequest, device: torch.device) -> Data
     selection = test
     if "held_out" in data:
         selection = InMemoryLoader(*(t.to(device) for t in data["held_out"]), req.batch_size, train=False, **shard)
+    held = data.get("held_out", data["test"])
+    identity = {split: split_identity(range(len(labels)), labels.tolist())
+                for split, (_, labels) in (("train", data["train"]), ("selection", held), ("test", data["test"]))}
     return DataBundle(
         train, selection, test, data["class_names"], mean, std, 32,
         train_transform=TrainAugment(mean, std, device, pad=4, flip=flip),
-        eval_transform=Normalize(mean, std, device),
+        eval_transform=Normalize(mean, std, device), identity=identity,
     )
 
 
@@ -90,10 +94,12 @@ def imagenet_loaders(data: dict, req: DataRequest, device: torch.device) -> Data
     if req.decode == "gpu":
         train = DeviceDecodingLoader(train, DeviceDecoder(device, 224, req.skip_bad_images, train_set.note_skipped))
     train_transform, eval_transform = imagenet_transforms(device)
+    test_identity = folder_identity(data["test"])
     return DataBundle(
         train, test, test, data["class_names"], IMAGENET_MEAN, IMAGENET_STD, 224,
         train_transform=train_transform,
         eval_transform=eval_transform,
+        identity={"train": folder_identity(data["train"]), "selection": test_identity, "test": test_identity},
     )
 
 

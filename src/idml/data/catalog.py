@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from idml.errors import ConfigError
+from idml.errors import ConfigError, describe
 
 #: What a dataset can do beyond training and evaluation (:attr:`DatasetInfo.can`):
 #: ``in_memory``: held in memory as tensors, whole (so ``--classes``, ``--label_noise``, and
@@ -62,6 +62,9 @@ MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 4096
 #: folder's name, a ClassLabel's name): what a checkpoint holds of them is bounded the same way.
 MAX_CLASSES = 1_000_000
 MAX_CLASS_NAME = 1000
+#: The smallest per-channel standard deviation (in [0, 1] units) idml normalises by: measured on
+#: the data it is raised to this (a channel of one value has none), and given it must be at least this.
+MIN_STD = 1e-3
 
 #: Most class indices a ``--classes`` spec may expand to when the dataset's classes are unknown
 #: (a spec like 0-1000000000 is refused before a list of that length is built).
@@ -120,7 +123,7 @@ def dataset_problem(name: str) -> str | None:
     if name.lower() in DATASETS or user_dataset(name) is not None:
         return None
     forms = [*DATASETS, *(u.form for u in USER_DATASETS.values())]
-    return f"unknown --dataset {name!r}: choose one of {', '.join(forms)}"
+    return f"unknown --dataset {describe(name)}: choose one of {', '.join(forms)}"
 
 
 def dataset_info(name: str, input_size: int | None = None) -> DatasetInfo:
@@ -159,20 +162,20 @@ def parse_classes(spec: str, num_classes: int | None = None, flag: str = "--clas
     for part in str(spec).replace(" ", "").split(","):
         match = _RANGE.match(part)
         if not match:
-            raise ConfigError(f"{flag} {spec!r}: write class indices as ranges and lists, e.g. 0-4 or 0,3,7")
+            raise ConfigError(f"{flag} {describe(spec)}: write class indices as ranges and lists, e.g. 0-4 or 0,3,7")
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if last < first:
-            raise ConfigError(f"{flag} {spec!r}: the range {part} runs backwards (write {last}-{first})")
+            raise ConfigError(f"{flag} {describe(spec)}: the range {part} runs backwards (write {last}-{first})")
         if num_classes is not None and last >= num_classes:
-            raise ConfigError(f"{flag} {spec!r}: class {last} does not exist (the dataset has classes "
+            raise ConfigError(f"{flag} {describe(spec)}: class {last} does not exist (the dataset has classes "
                               f"0-{num_classes - 1})")
+        if len(classes) + last - first + 1 > max(num_classes or 0, MAX_CLASS_INDICES):  # counted before it is built
+            raise ConfigError(f"{flag} {describe(spec)} names more classes than any dataset holds")
         classes.extend(range(first, last + 1))
-        if len(classes) > max(num_classes or 0, MAX_CLASS_INDICES):
-            raise ConfigError(f"{flag} {spec!r} names more classes than any dataset holds")
     if len(set(classes)) != len(classes):
-        raise ConfigError(f"{flag} {spec!r} names a class twice")
+        raise ConfigError(f"{flag} {describe(spec)} names a class twice")
     if num_classes is not None and len(classes) < 2:
-        raise ConfigError(f"{flag} {spec!r}: a classifier needs at least 2 classes")
+        raise ConfigError(f"{flag} {describe(spec)}: a classifier needs at least 2 classes")
     return classes
 
 

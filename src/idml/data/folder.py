@@ -32,6 +32,8 @@ class FileImages:
 
     files: list[Path]
     labels: list[int]
+    #: the data folder (--data_dir): images are named relative to it
+    root: Path = Path()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -41,6 +43,10 @@ class FileImages:
 
     def where(self, index: int) -> str:
         return str(self.files[index])
+
+    def key(self, index: int) -> str:
+        path = self.files[index]
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else path.as_posix()
 
 
 # -- the folder layout ----------------------------------------------------------------------------
@@ -90,8 +96,8 @@ def load_folder(data_dir: str | Path, val_split: float = 0.0, seed: int = 0) -> 
         check_classes(train_classes, str(root))
         kept, held = stratified_indices(np.asarray(train_labels), val_split, seed)
         pick = lambda items, idx: [items[i] for i in idx]  # noqa: E731 - two uses, one line each
-        return UserData(FileImages(pick(train_files, kept), pick(train_labels, kept)),
-                        FileImages(pick(train_files, held), pick(train_labels, held)), train_classes,
+        return UserData(FileImages(pick(train_files, kept), pick(train_labels, kept), root),
+                        FileImages(pick(train_files, held), pick(train_labels, held), root), train_classes,
                         f"folder {root} (validation: {val_split:g} of train/, seed {seed})")
     if not (root / "val").exists() and (root / "train").is_dir():
         raise DataError(f"missing folder {root / 'val'}; {LAYOUT}, or pass --val_split 0.1 to hold out a "
@@ -103,7 +109,7 @@ def load_folder(data_dir: str | Path, val_split: float = 0.0, seed: int = 0) -> 
         raise DataError(f"{root / 'train'} and {root / 'val'} must hold the same class folders "
                         f"(only in train/: {only_train or 'none'}; only in val/: {only_val or 'none'})")
     check_classes(train_classes, str(root))
-    return UserData(FileImages(train_files, train_labels), FileImages(val_files, val_labels), train_classes,
+    return UserData(FileImages(train_files, train_labels, root), FileImages(val_files, val_labels, root), train_classes,
                     f"folder {root}")
 
 

@@ -9,7 +9,8 @@ CPU path, so resume stays exact); a batch travels as one buffer of bytes. In the
 cuts, resizes (bilinear, antialiased) and flips each crop there, and stacks them as a uint8 batch
 on the device for the colour step.
 
-A file the GPU decoder cannot take (not a JPEG, CMYK, or a batch it refuses) is decoded on the CPU
+A file the GPU decoder cannot take (not a JPEG, CMYK, larger than idml's pixel limit, or a batch
+it refuses) is decoded on the CPU
 by :func:`idml.data.image_files.decode_rgb`, the CPU path's decoder, and an unreadable one is one
 clear line, or skipped with ``--skip_bad_images``, as on the CPU path. With ``device="cpu"`` the
 same code runs on the CPU (the tests' twin of the GPU path).
@@ -113,8 +114,10 @@ class DeviceDecoder:
         self.fallbacks = 0  # batches the device decoder refused, decoded on the CPU instead
 
     def decode_on_device(self, batch: EncodedBatch) -> dict[int, Tensor]:
-        """The batch's plain JPEGs decoded on the device in one call (by index); {} if it refuses them."""
-        chosen = [i for i, head in enumerate(batch.heads) if head.plain_jpeg]
+        """The batch's plain JPEGs decoded on the device in one call (by index); {} if it refuses them.
+        A JPEG above idml's pixel limit is left to the CPU, which decodes it at the reduced scale the
+        limit allows (the device decoder decodes every file whole)."""
+        chosen = [i for i, head in enumerate(batch.heads) if head.plain_jpeg and head.fits_whole]
         if not chosen:
             return {}
         try:

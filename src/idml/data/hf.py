@@ -18,6 +18,7 @@ in memory or streamed).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ import torch
 from PIL import Image
 
 from idml.data.catalog import MAX_CLASSES
+from idml.data.image_files import read_training_image
 from idml.data.types import DataBundle, DataRequest
 from idml.data.user import UserData, user_bundle
-from idml.errors import DataError, one_line
+from idml.errors import DataError, describe, listing, one_line
 from idml.extras import require
 
 VAL_SPLITS = ("validation", "val", "test")
@@ -53,15 +55,39 @@ def open_dataset(path: Path) -> Any:
             return datasets.load_from_disk(str(path))
         builder = "parquet" if any(path.rglob("*.parquet")) else "imagefolder"
         return datasets.load_dataset(builder, data_dir=str(path))
-    except (OSError, ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as exc:
-        raise DataError(f"cannot read the Hugging Face dataset at {path}: {one_line(exc)}") from exc
+    except Exception as exc:  # a damaged folder fails anywhere inside datasets (TypeError, IndexError, ...)
+        empty = _empty_saved_splits(path)
+        if empty:  # datasets cannot load a saved split of no rows (IndexError): say what it is
+            raise DataError(f"hf:{path}: the {listing(empty)} split holds no rows; a run needs images to train "
+                            "on and to validate on") from exc
+        raise DataError(f"cannot read the Hugging Face dataset at {path}: {type(exc).__name__}: "
+                        f"{one_line(exc)[:200]}") from exc
+
+
+def _empty_saved_splits(path: Path) -> list[str]:
+    """The splits of a save_to_disk folder that hold no data file (best effort: [] if unsure)."""
+    empty = []
+    for state in sorted(path.glob("*/state.json"))[:100]:
+        try:
+            if json.loads(state.read_text(encoding="utf-8")).get("_data_files") == []:
+                empty.append(repr(state.parent.name))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return empty
 
 
 class HFImages:
-    """One split of a Hugging Face dataset as an image source (see :class:`idml.data.user.ImageSource`)."""
+    """One split of a Hugging Face dataset as an image source (see :class:`idml.data.user.ImageSource`).
+
+    The image column is read undecoded (``datasets.Image(decode=False)``: the file's bytes, or its
+    path) and decoded by :func:`idml.data.image_files.read_training_image`, the one image opener,
+    so that an hf dataset's images meet the same decoders, pixel limit and bit-depth scaling as
+    image files (``datasets`` itself would let Pillow try every decoder it has).
+    """
 
     def __init__(self, table: Any, image_key: str, labels: list[int], name: str) -> None:
         self.table, self.image_key, self.labels, self.name = table, image_key, labels, name
+        self._facts: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,15 +95,39 @@ class HFImages:
     def image(self, index: int) -> Image.Image:
         try:
             value = self.table[index][self.image_key]
-        except Exception as exc:  # a corrupt image fails while datasets decodes it
-            raise DataError(f"cannot read image {self.where(index)}: {one_line(exc)}") from exc
-        if not isinstance(value, Image.Image):
-            raise DataError(f"{self.where(index)}: column {self.image_key!r} holds {type(value).__name__}, not an "
-                            "image; pass the image column with --image_key")
-        return value.convert("RGB")
+        except Exception as exc:  # a damaged Arrow file fails while it is read
+            raise DataError(f"cannot read image {self.where(index)}: {one_line(exc)[:200]}") from exc
+        if isinstance(value, dict) and isinstance(value.get("bytes"), bytes):
+            return read_training_image(value["bytes"], self.where(index))
+        if isinstance(value, dict) and isinstance(value.get("path"), str) and value["path"]:
+            return read_training_image(value["path"], f"{self.where(index)} ({value['path']})")
+        raise DataError(f"{self.where(index)}: column {describe(self.image_key)} holds {type(value).__name__} "
+                        f"({describe(value)}), not an image; pass the image column with --image_key")
 
     def where(self, index: int) -> str:
         return f"{self.name}[{index}]"
+
+    def key(self, index: int) -> str:
+        """Row ``index`` as its split's identity names it: rows have no names, so its number and what
+        the image column says of the image without reading it (:meth:`image_facts`)."""
+        if self._facts is None:
+            self._facts = self.image_facts()
+        return f"{index}\t{self._facts[index]}" if self._facts else str(index)
+
+    def image_facts(self) -> list[str]:
+        """Each row's image path and byte count, read from the Arrow column's paths and offsets (no
+        image is read): a row whose image was replaced changes the identity, although its label is
+        the same (an image replaced by one of exactly as many bytes, at the same path, is not seen).
+        Empty for a column of another shape, or a table with an index mapping."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        column = self.table.data.column(self.image_key) if getattr(self.table, "_indices", None) is None else None
+        if column is None or not pa.types.is_struct(column.type) or column.type.get_field_index("bytes") < 0:
+            return []
+        sizes = pc.binary_length(pc.struct_field(column, "bytes")).to_pylist()
+        paths = pc.struct_field(column, "path").to_pylist() if column.type.get_field_index("path") >= 0 else []
+        return [f"{paths[i] if paths else None}\t{sizes[i]}" for i in range(len(sizes))]
 
 
 def class_names(feature: Any, labels: list[int], where: str) -> list[str]:
@@ -95,12 +145,15 @@ def class_names(feature: Any, labels: list[int], where: str) -> list[str]:
 
 
 def split(dataset: Any, name: str, req: DataRequest, where: str) -> tuple[HFImages, Any]:
-    """Split ``name`` as an image source, and its label feature."""
+    """Split ``name`` as an image source (its images left undecoded), and its label feature."""
     table = dataset[name]
     for key, flag in ((req.image_key, "--image_key"), (req.label_key, "--label_key")):
         if key not in table.column_names:
-            raise DataError(f"{where}[{name}] has no column {key!r} (columns: {', '.join(table.column_names)}); "
+            columns = ", ".join(describe(c) for c in table.column_names[:20])
+            raise DataError(f"{where}[{name}] has no column {describe(key)} (columns: {columns}); "
                             f"name the right one with {flag}")
+    if isinstance(table.features[req.image_key], _datasets().Image):
+        table = table.cast_column(req.image_key, _datasets().Image(decode=False))
     labels = [int(v) if isinstance(v, int | bool | torch.Tensor) else v for v in table[req.label_key]]
     return HFImages(table, req.image_key, labels, f"{where}[{name}]"), table.features[req.label_key]
 
@@ -117,6 +170,10 @@ def load_hf(req: DataRequest) -> UserData:
                         f"{', '.join(splits) or 'a single split'}")
     train, feature = split(dataset, "train", req, where)
     val, _ = split(dataset, val_name, req, where)
+    for name, source in (("train", train), (val_name, val)):
+        if len(source) == 0:
+            raise DataError(f"{where}: the {describe(name)} split holds no rows; a run needs images to train on and to "
+                            "validate on")
     names = class_names(feature, train.labels + val.labels, where)
     bad = [v for v in train.labels + val.labels if not 0 <= v < len(names)][:1]
     if bad:

@@ -17,7 +17,8 @@ from torchvision.transforms import v2
 
 from idml.data.crops import DecodeCropFlip
 from idml.data.gpu_decode import EncodedCropFlip
-from idml.data.image_files import read_training_file, read_training_image
+from idml.data.identity import split_identity
+from idml.data.image_files import ShorterSide, read_training_file, read_training_image
 from idml.data.layouts import IMAGENET_FOLDER, IMAGENET_LAYOUT, imagenet_folder_missing
 from idml.errors import DataError, one_line
 
@@ -45,7 +46,7 @@ def train_transform(decode: str = "cpu", size: int = 224) -> nn.Module:
 def val_transform(size: int = 224, resize: int = 256) -> v2.Compose:
     """Resize and centre crop, as uint8; normalised on the device like the in-memory datasets."""
     return v2.Compose([
-        v2.Resize(resize, antialias=True),
+        ShorterSide(resize),
         v2.CenterCrop(size),
         v2.PILToTensor(),
     ])
@@ -59,6 +60,13 @@ def image_folder(path: Path, transform: nn.Module, loader=read_training_image) -
         return datasets.ImageFolder(str(path), transform=transform, loader=loader)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{path}: {one_line(exc)}; {LAYOUT}") from exc
+
+
+def folder_identity(images: datasets.ImageFolder) -> dict:
+    """The identity of an ImageFolder split: its files (relative to its folder) and labels, in order."""
+    prefix = images.root.rstrip("/\\") + "/"
+    return split_identity((path.removeprefix(prefix) for path, _ in images.samples),
+                          (label for _, label in images.samples))
 
 
 def load_imagenet(data_dir: str | Path, decode: str = "cpu") -> dict:

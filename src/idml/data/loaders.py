@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
+from idml.data.image_files import SKIP_HINT, UnusableImage, unusable
 from idml.errors import DataError
 
 if TYPE_CHECKING:
@@ -81,6 +82,10 @@ class InMemoryLoader:
     def __len__(self) -> int:
         """The batches still to come in this epoch."""
         return max(self._epoch_steps() - self.start_step, 0)
+
+    def largest_batch(self) -> int:
+        """The size of this rank's largest batch (below ``batch_size`` when the split is smaller)."""
+        return min(self.batch_size, self._num_samples())
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         indices = self._indices().to(self.labels.device)
@@ -157,7 +162,9 @@ class SeededImages(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs ~0.3 ms
                 return self.images[index]
-        except DataError:
+        except DataError as exc:
+            if not self.skip_bad and isinstance(exc, UnusableImage):  # refused by a transform: name the file
+                raise unusable(self.images.samples[index][0], exc, SKIP_HINT) from exc
             if not self.skip_bad:
                 raise
             self.note_skipped(self.images.samples[index][0])
@@ -199,6 +206,10 @@ class EpochDataLoader(DataLoader):
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch, start_step)
+
+    def largest_batch(self) -> int:
+        """The size of this rank's largest batch (below ``batch_size`` when the split is smaller)."""
+        return min(self.batch_size, len(self.sampler))
 
 
 def stream_loaders(train_set: SeededImages, test_set: SeededImages, req: DataRequest, device: torch.device,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ class DataBundle:
     eval_transform: EvalTransform
     #: how the data is held and augmented, for the run's console (user datasets)
     note: str = ""
+    #: what each split holds (:func:`idml.data.identity.split_identity`), recorded in checkpoints
+    identity: dict = field(default_factory=dict)
 
     @property
     def held_out(self) -> bool:

@@ -40,8 +40,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from idml.data.augment import Normalize, ResizedTrainAugment, TrainAugment
-from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, dataset_info
-from idml.data.image_files import image_preparer
+from idml.data.catalog import MAX_CLASS_NAME, MAX_CLASSES, MIN_STD, dataset_info
+from idml.data.identity import split_identity
+from idml.data.image_files import SKIP_HINT, ShorterSide, UnusableImage, image_preparer, unusable
 from idml.data.loaders import InMemoryLoader, SeededImages, default_workers, stream_loaders
 from idml.data.types import DataBundle, DataRequest
 from idml.errors import DataError, describe
@@ -63,6 +64,11 @@ class ImageSource(Protocol):
     def image(self, index: int) -> Image.Image: ...
 
     def where(self, index: int) -> str: ...
+
+    def key(self, index: int) -> str:
+        """What names image ``index`` within its dataset (a relative path, a row number): the
+        split's identity (:mod:`idml.data.identity`) digests these names and the labels."""
+        ...
 
 
 @dataclass
@@ -101,7 +107,7 @@ def train_storage_size(input_size: int) -> int:
 
 def _square(size: int) -> Callable[[Image.Image], Tensor]:
     """Shorter side resized to ``size``, centre ``size`` x ``size`` kept (large training images)."""
-    pipeline = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
+    pipeline = v2.Compose([ShorterSide(size), v2.CenterCrop(size), v2.PILToTensor()])
     return lambda img: pipeline(img)
 
 
@@ -129,12 +135,21 @@ class Decoded(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, Tensor | None]:
         try:
-            return index, self.prepare(self.source.image(index))
+            return index, prepared(self.source, index, self.prepare)
         except DataError:
             if not self.skip_bad:
                 raise
             print(f"idml: warning: skipped unreadable image {self.source.where(index)}", file=sys.stderr, flush=True)
             return index, None
+
+
+def prepared(source: ImageSource, index: int, prepare: Callable[[Image.Image], Tensor]) -> Tensor:
+    """Image ``index`` of ``source`` decoded and prepared; a refusal of either names the file."""
+    img = source.image(index)
+    try:
+        return prepare(img)
+    except UnusableImage as exc:
+        raise unusable(source.where(index), exc, SKIP_HINT) from exc
 
 
 def _readable(batch: list[tuple[int, Tensor | None]]) -> list[tuple[int, Tensor]]:
@@ -164,7 +179,7 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
         squares += x.pow(2).sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]
     mean = sums / count
-    std = (squares / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-3)
+    std = (squares / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(MIN_STD)
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
@@ -199,7 +214,7 @@ class StreamedImages(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.transform(self.source.image(index)), self.source.labels[index]
+        return prepared(self.source, index, self.transform), self.source.labels[index]
 
 
 class _Samples:
@@ -292,6 +307,15 @@ def streamed(data: UserData, req: DataRequest, device: torch.device, size: int) 
                       note=f"streamed through {workers} DataLoader workers; mean/std {how}{sampled}")
 
 
+def user_identity(data: UserData) -> dict:
+    """Each split's identity; the validation split is both what selects and what idml eval reports."""
+    def of(source: ImageSource) -> dict:
+        return split_identity((source.key(i) for i in range(len(source))), source.labels)
+
+    val = of(data.val)
+    return {"train": of(data.train), "selection": val, "test": val}
+
+
 def user_bundle(data: UserData, req: DataRequest, device: torch.device) -> DataBundle:
     """The loaders of a user dataset, held in memory when it fits ``req.memory_mb``, else streamed."""
     check_classes(data.class_names, data.origin)
@@ -299,6 +323,7 @@ def user_bundle(data: UserData, req: DataRequest, device: torch.device) -> DataB
     needed = memory_needed(data, size, req.need_train)
     fits = needed <= req.memory_mb * MIB
     bundle = (in_memory if fits else streamed)(data, req, device, size)
+    bundle.identity = user_identity(data)
     budget = f"{needed / MIB:.1f} MiB {'<=' if fits else '>'} --data_memory_mb {req.memory_mb:g}"
     bundle.note = (f"{data.origin}: {len(data.train)} training and {len(data.val)} validation images, "
                    f"{len(data.class_names)} classes; {_family_note(size)}; {bundle.note} ({budget})")

@@ -131,10 +131,14 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def place(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` on this device, in this run's memory format."""
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+        """``model`` on this device, in this run's memory format (converted, in place, if it was
+        placed in the other one before)."""
+        return model.to(self.device).to(memory_format=self.memory_format)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` on this device, copied without waiting where it can be (pinned memory to a GPU)."""
@@ -178,11 +182,14 @@ def set_determinism(device: torch.device, deterministic: bool) -> None:
 
 def default_channels_last(device: torch.device, amp_dtype: torch.dtype | None,
                           network_prefers_channels_last: Callable[[], bool] | None) -> bool:
-    """``--channels_last`` when not given: the memory format measured faster (benchmarks/RESULTS.md).
+    """``--channels_last`` when not given, before any timing (benchmarks/RESULTS.md).
 
-    CUDA: channels_last. CPU in float32 (``--amp off``, or ``auto`` without fast bfloat16):
-    channels_last (faster in every run measured, with AVX-512 code and with AVX2 code emulated on
-    the same CPU). CPU under bfloat16: what ``network_prefers_channels_last()`` says
+    CUDA: channels_last. On the CPU a training run replaces this by timing both formats
+    (:mod:`idml.training.format_trial`); this rule remains for what is not timed (checkpoints that
+    record no format, ``IDML_MEMORY_FORMAT_TRIAL=off``, a run where no trial step could run). CPU
+    in float32 (``--amp off``, or ``auto`` without fast bfloat16): channels_last (faster with
+    AVX-512 code and with AVX2 code emulated, but 0.87-0.91x of NCHW on a real AVX2-only EPYC,
+    issue 20: hence the timing). CPU under bfloat16: what ``network_prefers_channels_last()`` says
     (:func:`idml.models.layout.channels_last_under_bf16`), or channels_last when no network is
     given. Apple MPS: NCHW (not measured).
     """

@@ -31,6 +31,9 @@ ONNX_RUNTIME_PACKAGES = ("onnx", "onnxruntime")
 #: The ONNX opset written by default: the lowest torch.onnx's exporter writes natively (onnxruntime
 #: runs it from version 1.14); lower ones go through ONNX's version converter.
 DEFAULT_OPSET = 18
+#: The opsets ``--opset`` may name: ONNX's version converter goes down to opset 7, and no opset
+#: beyond 99 exists (ONNX 1.17 writes 22).
+MIN_OPSET, MAX_OPSET = 7, 99
 
 
 def require(packages: tuple[str, ...], extra: str | None, purpose: str) -> None:

@@ -18,11 +18,12 @@ import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from idml.checkpoint.schema import CLASS_NAMES
+from idml.checkpoint.schema import CLASS_NAMES, checkpoint_rule
+from idml.config import CHANNEL_MEAN, CHANNEL_STD
 from idml.data.catalog import MAX_INPUT_SIZE
 from idml.data.image_files import PREPARERS
 from idml.errors import IdmlError
-from idml.rules import Rule, integer, number, numbers, one_of, optional, text
+from idml.rules import Rule, integer, numbers, one_of, optional, text
 from idml.scores import LOGIT_SCORE_NAMES
 
 SCHEMA = "idml-export/1"
@@ -43,9 +44,9 @@ METADATA_RULES: dict[str, Rule] = {
     "schema": one_of(SCHEMA),
     "class_names": CLASS_NAMES,
     "input_size": integer(1, MAX_INPUT_SIZE),
-    "mean": numbers(3),
-    "std": numbers(3, above=0),
-    "temperature": optional(number(above=0)),
+    "mean": numbers(3, each=CHANNEL_MEAN),
+    "std": numbers(3, each=CHANNEL_STD),
+    "temperature": checkpoint_rule("temperature"),
     "score": one_of(*LOGIT_SCORE_NAMES),
     "preparation": one_of(*PREPARERS),
     "weights": one_of("model", "ema"),

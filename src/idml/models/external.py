@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from idml.errors import ConfigError, one_line
+from idml.errors import ConfigError, describe, one_line
 from idml.extras import missing
 from idml.models.spec import EXTERNAL_SOURCES, form_problem
 
@@ -92,7 +92,7 @@ def name_problem(net_type: str) -> str | None:
             return missing(facts.extra, f"--net_type {net_type}")
         return f"--net_type {net_type} needs the {facts.package} package: pip install {facts.package}"
     if name not in SOURCES[prefix.lower()].names():
-        return (f"{facts.package} has no model {name!r} (--net_type {net_type}); "
+        return (f"{facts.package} has no model {describe(name)} (--net_type {describe(net_type)}); "
                 f"list them with python -c 'import {facts.package}; print({facts.package}.list_models())'")
     return None
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from idml.errors import describe
+
 #: The networks idml builds itself (the official code's two).
 BUILTIN_NET_TYPES = ("pyramidnet", "resnet")
 #: The depths of the ImageNet-style ResNets and PyramidNets (torchvision's stage layouts; 200 adds
@@ -69,9 +71,9 @@ def form_problem(net_type: str) -> str | None:
     prefix, _, name = net_type.partition(":")
     if prefix.lower() not in EXTERNAL_SOURCES:
         forms = " or ".join(f"{p}:<name>" for p in EXTERNAL_SOURCES)
-        return f"unknown backbone source {prefix!r} in --net_type {net_type!r}: use {forms}"
+        return f"unknown backbone source {describe(prefix)} in --net_type {describe(net_type)}: use {forms}"
     if not name:
-        return f"--net_type {net_type!r} names no model after the colon"
+        return f"--net_type {describe(net_type)} names no model after the colon"
     return None
 
 
@@ -86,7 +88,7 @@ def net_type_problem(net_type: str) -> str | None:
     if net_type.lower() in BUILTIN_NET_TYPES:
         return None
     choices = ", ".join([*BUILTIN_NET_TYPES, *(f"{prefix}:<name>" for prefix in EXTERNAL_SOURCES)])
-    return f"unknown --net_type {net_type!r}: choose one of {choices}"
+    return f"unknown --net_type {describe(net_type)}: choose one of {choices}"
 
 
 def cifar_depth_step(bottleneck: bool) -> int:

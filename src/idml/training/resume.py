@@ -37,8 +37,10 @@ from torch import Tensor
 from idml.checkpoint.io import load_checkpoint
 from idml.checkpoint.schema import CHECKPOINT_NAME, Checkpoint, check_weights
 from idml.config import TrainConfig
+from idml.data.identity import change_words, changed_splits
+from idml.data.types import DataBundle
 from idml.device.runtime import Runtime
-from idml.errors import ConfigError
+from idml.errors import ConfigError, describe
 from idml.training.distributed import control_group
 
 
@@ -94,7 +96,7 @@ def resume_after_restart(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, st
 def check_same_model(ckpt: Checkpoint, spec: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint of another network with one line naming the settings that differ."""
     saved = ckpt.model
-    diffs = [f"{key} {saved.get(key)!r} (checkpoint) vs {value!r} (this run)"
+    diffs = [f"{key} {describe(saved.get(key))} (checkpoint) vs {describe(value)} (this run)"
              for key, value in spec.items() if saved.get(key) != value]
     if diffs:
         raise ConfigError(
@@ -103,15 +105,20 @@ def check_same_model(ckpt: Checkpoint, spec: dict[str, Any], path: Path) -> None
         )
 
 
-def load_resume_state(path: Path, spec: dict[str, Any], expected_weights: dict[str, Tensor]) -> Checkpoint:
-    """The checkpoint at ``path``, checked to be a training checkpoint of this very model (the
-    settings, then the weights against ``expected_weights``, the network's on the meta device),
-    with weights worth continuing (an older idml could save diverged ones)."""
+def load_resume_state(path: Path) -> Checkpoint:
+    """The checkpoint at ``path``, checked to be a training checkpoint (read before the data, whose
+    normalisation a user dataset takes from it)."""
     ckpt = load_checkpoint(path)
     ckpt.require(("epoch", "optimizer", "best_err1"), path)
+    return ckpt
+
+
+def check_resume_model(ckpt: Checkpoint, path: Path, spec: dict[str, Any], expected_weights: dict[str, Tensor]) -> None:
+    """Refuse a checkpoint of another model: the settings, then the weights against
+    ``expected_weights`` (the network's, on the meta device), and weights not worth continuing (an
+    older idml could save diverged ones)."""
     check_same_model(ckpt, spec, path)
     check_weights(expected_weights, ckpt.state_dict, path)
-    return ckpt
 
 
 # -- settings changed on resume -----------------------------------------------------------------
@@ -158,8 +165,46 @@ def setting_changes(ckpt: Checkpoint, cfg: TrainConfig, path: Path) -> list[str]
             f"{', '.join(_flag(name) for name in refused)} there would mix two data orders or label sets in "
             f"one epoch; resume with the checkpoint's {was}, or from a checkpoint written at an epoch's end"
         )
-    return [f"{_flag(name)} changed from {old!r} to {new!r}: applied from the resumed step on"
+    return [f"{_flag(name)} changed from {describe(old)} to {describe(new)}: applied from the resumed step on"
             for name, (old, new) in changed.items()]
+
+
+def data_changes(ckpt: Checkpoint, cfg: TrainConfig, data: DataBundle, path: Path) -> list[str]:
+    """Notes on data that changed since the checkpoint was written; refuses, with one line, the changes
+    that a resume cannot absorb (see :mod:`idml.data.identity`):
+
+    * other class names (a renamed or replaced class folder): each output would mean another class;
+    * other training images inside an epoch: the rest of its order would come from another list;
+    * another held-out validation split (``--val_split`` recomputes it from the training images):
+      it could now hold images the model trained on, and the best error so far means nothing.
+
+    Other changes (images added to ``train/`` or ``val/`` when an epoch ends) are applied with a note.
+    When a setting that defines the data changed (``--seed``, ``--val_split``, ``--classes``...), the
+    rules of :func:`setting_changes` apply instead.
+    """
+    saved = ckpt.config or {}
+    now = cfg.to_dict()
+    if any(saved[name] != now[name] for name, kind in RESUME_RULES.items() if kind == DATA_ORDER and name in saved):
+        return []
+    if ckpt.class_names is not None and list(ckpt.class_names) != list(data.class_names):
+        differ = sorted(set(ckpt.class_names) ^ set(data.class_names))[:3] or ["their order"]
+        raise ConfigError(f"{path} was trained on other classes than the data holds now (they differ in "
+                          f"{', '.join(describe(n) for n in differ)}): every output would mean another class; restore "
+                          "the data as it was, or start a new run (another --expname)")
+    notes = []
+    for split, counts in changed_splits(ckpt.data, data.identity).items():
+        change = change_words(split, counts)
+        if split == "selection" and cfg.val_split > 0:
+            raise ConfigError(f"{path}: {change}: the validation split that --val_split holds out of the training "
+                              "images would be drawn again from other files, and could now hold images the model "
+                              "trained on; restore the data as it was, or start a new run (another --expname)")
+        if split == "train" and ckpt.step:
+            raise ConfigError(f"{path} stopped inside epoch {ckpt.epoch} (after step {ckpt.step}), and {change}: "
+                              "the rest of the epoch would follow the order of another list of images; restore the "
+                              "data as it was, or resume from a checkpoint written at an epoch's end")
+        notes.append(f"{change}: " + ("the next epochs train on them as they are now" if split == "train" else
+                                      "the best error so far was measured on the earlier ones"))
+    return notes
 
 
 # -- RNG states ---------------------------------------------------------------------------------

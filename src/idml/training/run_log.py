@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import secrets
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
@@ -19,9 +21,9 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from idml.errors import IdmlError
+from idml.errors import IdmlError, one_line
 from idml.extras import require
-from idml.files import write_text
+from idml.files import atomic_write, free_name, refuse_link, write_text
 
 METRICS_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -107,8 +109,8 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
             return rows
     except OSError as exc:
         raise IdmlError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (ValueError, TypeError) as exc:
-        raise IdmlError(f"{path} holds a malformed row ({exc})") from exc
+    except (ValueError, TypeError, csv.Error) as exc:  # csv.Error: e.g. a field over csv's 128 KiB limit
+        raise IdmlError(f"{path} holds a malformed row ({one_line(exc)[:200]})") from exc
 
 
 def read_run(run_dir: Path) -> dict[str, list[float]]:
@@ -158,39 +160,77 @@ def _formatted(row: dict) -> dict[str, str]:
     return {k: "" if v is None else str(v) if k in ("epoch", "best") else f"{v:.6g}" for k, v in row.items()}
 
 
+def metrics_history(path: Path, first_epoch: int) -> tuple[list[dict], str | None]:
+    """The rows of the run's ``metrics.csv`` that a run starting at ``first_epoch`` continues, and a
+    note when the file was set aside.
+
+    Nothing that was there is lost: a file idml cannot read (a comment line, a field over csv's
+    128 KiB limit, a foreign file) is renamed to ``metrics.csv.bad-<n>``; a file that holds rows of
+    the epochs this run trains again (it resumes from an earlier checkpoint) is renamed to
+    ``metrics.csv.old-<n>`` and the rows before ``first_epoch`` are written back at once. Either way
+    the note says so. Called once, before the run writes anything else (``config.yaml`` included).
+    """
+    if not os.path.lexists(path):
+        return [], None
+    refuse_link(path)
+    try:
+        rows = read_metrics(path)
+    except IdmlError as exc:
+        aside = free_name(path, "bad-")
+        path.rename(aside)
+        return [], f"{path} could not be read ({exc}): kept as {aside}; a new {path.name} starts now"
+    kept = [row for row in rows if row["epoch"] < first_epoch]
+    if len(kept) == len(rows):
+        return kept, None
+    aside = free_name(path, "old-")
+    if kept:  # a second name for the file first: a kill before the rewrite below leaves it whole
+        keep_copy(path, aside)
+        _write_rows(path, kept, [c for c in ALL_COLUMNS if c in kept[0]])
+    else:
+        path.rename(aside)
+    redone = sorted({row["epoch"] for row in rows} - {row["epoch"] for row in kept})
+    return kept, (f"{path} held epoch(s) {_epochs(redone)} that this run trains again from epoch {first_epoch}: "
+                  f"the whole file is kept as {aside}")
+
+
+def keep_copy(path: Path, copy: Path) -> None:
+    """``copy`` becomes another name of the file ``path`` (a hard link), or a copy of it where the
+    file system has no hard links."""
+    try:
+        os.link(path, copy)
+    except OSError:
+        data = path.read_bytes()
+        atomic_write(copy, lambda fh: fh.write(data))
+
+
+def _epochs(epochs: list[int]) -> str:
+    return f"{epochs[0]}-{epochs[-1]}" if len(epochs) > 2 else ", ".join(map(str, epochs))
+
+
+def _write_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """``rows`` under ``columns`` as ``path``, whole and atomically (see :func:`idml.files.atomic_write`)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(_formatted(row) for row in rows)
+    write_text(path, out.getvalue())
+
+
 class MetricsCSV:
-    """``metrics.csv``: rows of epochs before the first one logged now are kept (a resumed run
-    continues its file), later ones are dropped (a fresh run, or epochs being redone).
+    """``metrics.csv``: the rows a run continues (:func:`metrics_history`), then one row per epoch.
 
     The file is small (one row per epoch) and rewritten whole, atomically, for each new row: a
     kill while it is written leaves the previous version, never a truncated or emptied file.
     """
 
-    def __init__(self, path: Path, first_epoch: int, with_test: bool = False) -> None:
+    def __init__(self, path: Path, history: list[dict], with_test: bool = False) -> None:
         self.path = path
         self.columns = ALL_COLUMNS if with_test else [c for c in ALL_COLUMNS if c not in TEST_COLUMNS]
-        self.rows = [_formatted(row) for row in self._rows_before(path, first_epoch)]
-        self._save()
-
-    def _save(self) -> None:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\r\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text(self.path, out.getvalue())
-
-    @staticmethod
-    def _rows_before(path: Path, epoch: int) -> list[dict]:
-        if epoch == 0 or not path.is_file():
-            return []
-        try:
-            return [row for row in read_metrics(path) if row["epoch"] < epoch]
-        except IdmlError:  # a damaged or foreign file: start it afresh rather than stop training
-            return []
+        self.rows = list(history)
 
     def write(self, record: EpochRecord) -> None:
-        self.rows.append(_formatted(asdict(record)))
-        self._save()
+        self.rows.append(asdict(record))
+        _write_rows(self.path, self.rows, self.columns)
 
     def close(self) -> None:
         """Nothing is held open between rows."""
@@ -203,7 +243,12 @@ class TensorBoardLog:
         require("tensorboard", "--tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        refuse_link(log_dir)
+        if os.path.lexists(log_dir) and not log_dir.is_dir():
+            raise IdmlError(f"cannot write TensorBoard events to {log_dir}: it is not a folder; remove it")
+        # TensorBoard opens its event file with a plain open(), which follows links: a random part in
+        # the name makes it one that nobody can have planted a link under in advance
+        self.writer = SummaryWriter(log_dir=str(log_dir), filename_suffix=f".{secrets.token_hex(8)}")
 
     def write(self, record: EpochRecord) -> None:
         for name, value in asdict(record).items():
@@ -231,6 +276,18 @@ class RunLog:
         self.interactive = is_main and verbose and sys.stdout.isatty()
         self._bar: tqdm | None = None
         self._sinks: list[MetricsCSV | TensorBoardLog] | None = None
+        #: the rows of metrics.csv this run continues (None: not read yet)
+        self.history: list[dict] | None = None
+
+    def take_history(self, first_epoch: int) -> None:
+        """Read the run folder's metrics.csv for a run starting at ``first_epoch`` (rank 0 only), setting
+        aside what it cannot continue and saying so (:func:`metrics_history`). Called before the run
+        writes anything, and at the latest when the first epoch ends."""
+        if not self.is_main:
+            return
+        self.history, note = metrics_history(self.run_dir / METRICS_NAME, first_epoch)
+        if note:
+            self.printer(f"=> note: {note}")
 
     def progress(self, loader: Iterable, description: str, total: int, initial: int = 0) -> Iterable:
         """``loader`` itself, or wrapped in a tqdm progress bar (steps/s and ETA) when interactive.
@@ -258,7 +315,10 @@ class RunLog:
             self._bar.set_postfix({name: f"{value:.4g}" for name, value in running.items()}, refresh=False)
 
     def _open(self, first_epoch: int, with_test: bool) -> list[MetricsCSV | TensorBoardLog]:
-        sinks: list[MetricsCSV | TensorBoardLog] = [MetricsCSV(self.run_dir / METRICS_NAME, first_epoch, with_test)]
+        if self.history is None:
+            self.take_history(first_epoch)
+        sinks: list[MetricsCSV | TensorBoardLog] = [MetricsCSV(self.run_dir / METRICS_NAME, self.history or [],
+                                                               with_test)]
         if self.tensorboard:
             sinks.append(TensorBoardLog(self.run_dir / TENSORBOARD_DIR))
         return sinks

@@ -39,7 +39,14 @@ from idml.training.checkpoints import RunCheckpoints
 from idml.training.distributed import broadcast_buffers, gather_rows
 from idml.training.ema import ModelEMA
 from idml.training.host_reads import DeferredLines
-from idml.training.resume import ResumePoint, own_rank_state, progress_fields, restore_rng, resume_point
+from idml.training.resume import (
+    ResumePoint,
+    data_changes,
+    own_rank_state,
+    progress_fields,
+    restore_rng,
+    resume_point,
+)
 from idml.training.run_log import RunLog
 from idml.training.schedule import Accumulation, Schedule, accumulation, learning_rate  # noqa: F401 - re-export
 from idml.training.stopping import StopControl, StopRequest
@@ -415,6 +422,7 @@ class Trainer:
             mean=list(self.data.mean),
             std=list(self.data.std),
             input_size=self.data.input_size,
+            data=self.data.identity or None,
             # the memory format this run used, which --channels_last left to the runtime when not given:
             # idml eval and predict run the network as it trained (config.yaml keeps the settings as given)
             config=self.cfg.to_dict() | {"channels_last": self.rt.channels_last},
@@ -455,6 +463,7 @@ class Trainer:
             restore_rng(own, self.rt.device)  # dropout, ImageNet workers' seeds: as if never stopped
         self._load_ema(ckpt, notes)
         self.start = resume_point(ckpt, self.cfg, self.rt, own, notes, path)
+        notes += data_changes(ckpt, self.cfg, self.data, path)
         self._restore_pending_grads(notes)
         self.saved.last = f"{path} (resumes at epoch {self.start.epoch}, step {self.start.step})"
         return notes
