@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,7 +31,11 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_json_has_both_pipelines_and_their_ratio(photos: Path, capsys, workers: str) -> None:
     assert cli.main([*PIPELINE, "--data_dir", str(photos), "-j", workers, "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    # progress on stderr, as for the step benchmark: each stage, and each round with an estimate
+    assert all(re.match(r"idml bench \[\d+ s\]: ", line) for line in captured.err.splitlines()), captured.err
+    assert len(re.findall(r"round [12]/2 done \(\d+\.\d s\), about \d+ s left", captured.err)) == 2
     assert result["variant"] == "idml" and result["images_per_second"] > 0
     by = {r["variant"]: r for r in result["results"]}
     assert set(by) == {"idml", "official"} and result["config"]["images"] == 8

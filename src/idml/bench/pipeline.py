@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,13 +145,15 @@ def result_of(slot: Slot, clock: WorkerClock, warmup: int) -> dict:
     }
 
 
-def measure_pipeline(cfg: TrainConfig, variants: list[str], steps: int, warmup: int, images: int | None) -> dict:
-    """Time the variants' input pipelines in alternating turns; the JSON object the bench prints."""
+def measure_pipeline(cfg: TrainConfig, variants: list[str], steps: int, warmup: int, images: int | None,
+                     progress: Callable[[str], None] | None = None) -> dict:
+    """Time the variants' input pipelines in alternating turns; the JSON object the bench prints.
+    ``progress`` receives a line at each stage and round, as for the step benchmark."""
     count = images or cfg.batch_size * DEFAULT_BATCHES
     clocks = {name: WorkerClock() for name in variants}
     slots = [Slot(name, pipeline_runner, (cfg, name, count, clocks[name])) for name in variants]
     warmup = max(warmup, 1)  # the first turn starts the workers and reads the files into the page cache
-    measure_rounds(slots, steps, warmup, isolation="none", seed=cfg.seed)
+    measure_rounds(slots, steps, warmup, isolation="none", seed=cfg.seed, report=progress)
     device = resolve_device(cfg.device)
     results = [result_of(slot, clocks[slot.label], warmup) for slot in slots]
     by_label = {slot.label: slot for slot in slots}

@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
         from idml.bench.pipeline import measure_pipeline
 
         variants = pipeline_variants(args.variants, cfg.dataset)
-        result = measure_pipeline(cfg, variants, args.steps, args.warmup, args.images)
+        result = measure_pipeline(cfg, variants, args.steps, args.warmup, args.images, progress)
         print(json.dumps(result) if args.json else format_pipeline(result))
         return 0
     from idml.training.preflight import preflight
