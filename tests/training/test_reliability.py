@@ -185,12 +185,13 @@ def test_every_setting_has_a_resume_rule() -> None:
 def test_changed_optimiser_settings_are_applied_noted_and_recorded(data, tmp_path, capsys) -> None:
     args = train_args(data, tmp_path, "run", "--epochs", "1", *QUIET)
     assert run_cli(args, capsys)[0] == 0
-    changed = ["--epochs", "2", "--momentum", "0.5", "--wd", "0.001", "--mixup_alpha", "0.2", "--print-freq", "3"]
+    changed = ["--epochs", "2", "--momentum", "0.5", "--wd", "0.001", "--mixup_alpha", "0.2", "--mixup_prob", "1",
+               "--dist_timeout", "600"]
     code, out, err = run_cli([*args, *changed, "--resume", "auto"], capsys)
     assert code == 0, err
-    for flag in ("--momentum", "--weight-decay", "--mixup_alpha", "--epochs"):
+    for flag in ("--momentum", "--weight-decay", "--mixup_alpha", "--mixup_prob", "--epochs"):
         assert f"=> note: {flag} changed" in out, flag
-    assert "--print-freq" not in out  # runtime settings change silently
+    assert "--dist_timeout" not in out  # runtime settings change silently
     state = load(tmp_path / "run" / CHECKPOINT_NAME)
     group = state["optimizer"]["param_groups"][0]
     assert (group["momentum"], group["weight_decay"]) == (0.5, 0.001)  # what ran...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from idml.training.trainer import learning_rate
@@ -48,7 +50,8 @@ def test_trainer_sets_the_schedule_on_the_optimizer(tmp_path) -> None:
 
     cfg = TrainConfig(dataset="cifar10", epochs=4, lr=LR, output_dir=str(tmp_path))
     model = torch.nn.Linear(2, 2)
-    trainer = Trainer(cfg, model, data=None, runtime=Runtime(torch.device("cpu"), None, False))
+    classes = SimpleNamespace(class_names=[str(c) for c in range(10)])  # all the trainer reads of its data here
+    trainer = Trainer(cfg, model, data=classes, runtime=Runtime(torch.device("cpu"), None, False))
     group = trainer.optimizer.param_groups[0]
     assert group["nesterov"] and group["momentum"] == 0.9 and group["weight_decay"] == 1e-4
     for epoch, factor in enumerate((1.0, 1.0, 0.1, 0.01)):
